@@ -1,0 +1,56 @@
+# ModelExpress front door. `make setup` once, then `make test`, `make lint`, `make generate`, `make demo`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is pinned to a CPU build: on this project's machines `pip install torch==2.13.0` finds the local CPU
+# wheel; elsewhere point TORCH_INDEX at the PyTorch CPU index. The resolver must never pull CUDA torch.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+PIP_TORCH_FLAGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
+
+.PHONY: setup test test-unit test-integration lint format generate bench demo e2e clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml hack/constraints-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(PIP_TORCH_FLAGS) "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet --constraint hack/constraints-cpu.txt -e '.[operator,worker,dev]'
+	$(PY) hack/check_torch_cpu.py
+	touch $@
+
+test: setup
+	$(PY) -m pytest
+
+test-unit: setup
+	$(PY) -m pytest tests/unit
+
+test-integration: setup
+	$(PY) -m pytest tests/integration
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
+	$(PY) hack/generate.py --check
+
+format: setup
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+generate: setup
+	$(PY) hack/generate.py
+
+bench: setup
+	$(PY) bench/run_all.py
+
+demo: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash hack/demo.sh
+
+e2e: setup
+	bash hack/kind-e2e.sh
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,66 @@
+"""Pure builders of the status the operator writes: initial ModelCache and ModelMetadata status."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from modelexpress.api import (
+    ModelCacheStatus,
+    ModelMetadataSpec,
+    ModelMetadataStatus,
+    SourceState,
+    WorkerSource,
+)
+from modelexpress.api.common import set_condition
+
+
+def ready_replicas(spec: ModelMetadataSpec, sources: list[WorkerSource]) -> int:
+    """Instances that have every rank 0..TP*PP-1 Ready."""
+    ranks: dict[str, set[int]] = defaultdict(set)
+    for source in sources:
+        if source.state == SourceState.READY:
+            ranks[source.instance or source.pod].add(source.rank)
+    wanted = set(range(spec.world_size))
+    return sum(1 for held in ranks.values() if wanted <= held)
+
+
+def metadata_status(spec: ModelMetadataSpec, current: dict[str, Any] | None, generation: int) -> dict[str, Any]:
+    """The full ModelMetadata status for the current sources: counts, phase, Ready condition."""
+    status = ModelMetadataStatus.model_validate(current or {})
+    replicas = ready_replicas(spec, status.sources)
+    status.layout = spec.layout
+    status.ready_sources = sum(1 for s in status.sources if s.state == SourceState.READY)
+    status.ready_replicas = replicas
+    status.observed_generation = generation
+    if replicas:
+        status.phase = status.phase.READY
+        status.conditions = set_condition(
+            status.conditions,
+            "Ready",
+            "True",
+            "SourcesReady",
+            f"{replicas} instance(s) with every rank Ready",
+            generation,
+        )
+    else:
+        status.phase = status.phase.PENDING
+        status.conditions = set_condition(
+            status.conditions,
+            "Ready",
+            "False",
+            "NoReadyInstance",
+            f"waiting for an instance with all {spec.world_size} rank(s) Ready",
+            generation,
+        )
+    return status.to_api()
+
+
+def initial_cache_status(current: dict[str, Any] | None, generation: int) -> dict[str, Any]:
+    """Status of a ModelCache that has been accepted but not yet downloaded."""
+    status = ModelCacheStatus.model_validate(current or {})
+    status.observed_generation = generation
+    status.conditions = set_condition(
+        status.conditions, "Ready", "False", "Pending", "the model is not on the cache volume yet", generation
+    )
+    return status.to_api()

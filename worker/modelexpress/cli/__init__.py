@@ -1,0 +1,1 @@
+"""The `modelexpress` command line: one module per verb group, assembled in `main`."""

@@ -1,0 +1,61 @@
+"""`modelexpress config generate | validate | show`: write, check and inspect the configuration."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from modelexpress.cli.options import add_config_flags, config_from_args
+from modelexpress.config import ConfigError, load_config, render_config_yaml
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    config = subparsers.add_parser("config", help="generate, validate and show configuration")
+    verbs = config.add_subparsers(dest="config_verb", required=True, metavar="VERB")
+
+    generate = verbs.add_parser("generate", help="write every option with its default value")
+    generate.add_argument("--output", "-o", type=Path, help="file to write (default: standard output)")
+    generate.add_argument("--no-comments", action="store_true", help="leave out the option descriptions")
+    generate.set_defaults(handler=_generate)
+
+    validate = verbs.add_parser("validate", help="check a configuration file (with the environment applied)")
+    validate.add_argument("file", type=Path, help="YAML configuration file")
+    validate.set_defaults(handler=_validate)
+
+    show = verbs.add_parser("show", help="print the effective configuration after all layers")
+    add_config_flags(show)
+    show.set_defaults(handler=_show)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    text = render_config_yaml(comments=not args.no_comments)
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.output.with_name(args.output.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(args.output)  # never leave a half-written configuration behind
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    try:
+        load_config(args.file)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{args.file}: valid")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    sys.stdout.write(render_config_yaml(config, comments=False))
+    return 0

@@ -1,0 +1,127 @@
+"""Logging set-up from `LoggingSettings`: json, pretty or compact lines, to standard error or a file.
+
+Adds a TRACE level below DEBUG (the seeds' `trace`), and a filter that masks known secret values
+(tokens, keys) wherever they would appear in a message, so that a token never reaches a log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from modelexpress.config.settings import LoggingSettings
+
+TRACE = 5
+logging.addLevelName(TRACE, "TRACE")
+
+LEVELS = {
+    "trace": TRACE,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+# Environment variables whose values are credentials; their values are masked in every log record.
+SECRET_ENV_VARS = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "NGC_API_KEY",
+    "NGC_CLI_API_KEY",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AZURE_ACCOUNT_KEY",
+    "AZURE_CLIENT_SECRET",
+)
+_installed: logging.Handler | None = None
+_STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+def _context(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
+
+
+class SecretMaskingFilter(logging.Filter):
+    """Replaces the values of secret environment variables (at least 4 characters) with `***`."""
+
+    def __init__(self, environ: dict[str, str] | None = None) -> None:
+        super().__init__()
+        env = os.environ if environ is None else environ
+        self._secrets = sorted({env[k] for k in SECRET_ENV_VARS if len(env.get(k, "")) >= 4}, key=len, reverse=True)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._secrets:
+            message = record.getMessage()
+            for secret in self._secrets:
+                message = message.replace(secret, "***")
+            record.msg, record.args = message, None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, context fields, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(_context(record))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """`pretty`: time, padded level, logger, message; `compact`: level initial and message only."""
+
+    def __init__(self, compact: bool, structured: bool) -> None:
+        super().__init__()
+        self._compact = compact
+        self._structured = structured
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if self._structured:
+            extra = " ".join(f"{k}={v}" for k, v in _context(record).items())
+            message = f"{message} {extra}" if extra else message
+        if self._compact:
+            line = f"{record.levelname[0]} {record.name}: {message}"
+        else:
+            stamp = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+            line = f"{stamp} {record.levelname:<5} {record.name}: {message}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def configure_logging(settings: LoggingSettings, stream: Any = None) -> logging.Handler:
+    """Install one handler on the root logger per the settings; returns it (tests read it)."""
+    handler: logging.Handler
+    if settings.file is not None:
+        path = Path(settings.file).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(stream or sys.stderr)
+    if settings.format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(TextFormatter(compact=settings.format == "compact", structured=settings.structured))
+    handler.addFilter(SecretMaskingFilter())
+    global _installed  # noqa: PLW0603 - one process-wide handler, replaced on reconfiguration
+    root = logging.getLogger()
+    if _installed is not None:
+        root.removeHandler(_installed)
+        _installed.close()
+    _installed = handler
+    root.addHandler(handler)
+    root.setLevel(LEVELS[settings.level])
+    return handler
