@@ -1,0 +1,57 @@
+"""How the operator authenticates: in-cluster ServiceAccount, else the kubeconfig named by $KUBECONFIG now.
+
+kopf's stock client login calls `kubernetes.config.load_kube_config()`, whose default path is read
+from $KUBECONFIG when the `kubernetes` package is first imported. Reading it at login time instead
+lets one process run the operator under a kubeconfig chosen after start-up (a ServiceAccount's, in
+the RBAC tests), and gives a clear error naming what was tried.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+
+SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+def connection_from_kubeconfig(path: str | None, context: str | None = None) -> kopf.ConnectionInfo:
+    """kopf credentials from a kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)."""
+    target = client.Configuration()
+    config.load_kube_config(config_file=path, context=context, client_configuration=target)  # type: ignore[no-untyped-call]
+    header = target.get_api_key_with_prefix("BearerToken") or target.get_api_key_with_prefix("authorization")
+    scheme, _, token = (header or "").partition(" ")
+    return kopf.ConnectionInfo(
+        server=target.host,
+        ca_path=target.ssl_ca_cert,
+        insecure=not target.verify_ssl,
+        scheme=scheme or None,
+        token=token or None,
+        username=target.username or None,
+        password=target.password or None,
+        certificate_path=target.cert_file,
+        private_key_path=target.key_file,
+    )
+
+
+@kopf.on.login()
+def login(logger: kopf.Logger, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    if (
+        os.environ.get("KUBERNETES_SERVICE_HOST")
+        and SERVICE_ACCOUNT_TOKEN.exists()
+        and not os.environ.get("KUBECONFIG")
+    ):
+        return kopf.login_with_service_account(logger=logger, **kwargs)
+    path = os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+    try:
+        info = connection_from_kubeconfig(path)
+    except (config.ConfigException, OSError) as exc:
+        raise kopf.LoginError(
+            f"cannot authenticate: not in a cluster and the kubeconfig {path} is unusable ({exc}); "
+            "set KUBECONFIG or run in a pod with a ServiceAccount"
+        ) from exc
+    logger.debug("authenticated with kubeconfig %s against %s", path, info.server)
+    return info

@@ -1,0 +1,127 @@
+"""Kubernetes clients and helpers for tests: clients per identity, CRD install, waits with deadlines."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from kubernetes import client
+
+T = TypeVar("T")
+__all__ = [
+    "apply_crds",
+    "condition",
+    "get_table",
+    "make_api_client",
+    "service_account_token",
+    "wait_for",
+    "write_kubeconfig",
+]
+
+
+def write_kubeconfig(path: Path, server: str, token: str, ca_file: Path | None, user: str = "admin") -> Path:
+    """A kubeconfig with one bearer-token user (admin or a ServiceAccount)."""
+    cluster = f'certificate-authority: "{ca_file}"' if ca_file else "insecure-skip-tls-verify: true"
+    path.write_text(
+        "apiVersion: v1\nkind: Config\n"
+        f'clusters: [{{name: local, cluster: {{server: "{server}", {cluster}}}}}]\n'
+        f'users: [{{name: {user}, user: {{token: "{token}"}}}}]\n'
+        f"contexts: [{{name: local, context: {{cluster: local, user: {user}}}}}]\n"
+        "current-context: local\n"
+    )
+    path.chmod(0o600)
+    return path
+
+
+def make_api_client(server: str, token: str, ca_file: Path | None) -> client.ApiClient:
+    """A `kubernetes` client for one bearer token, verifying the API server's certificate."""
+    config = client.Configuration()
+    config.host = server
+    config.api_key = {"authorization": token}
+    config.api_key_prefix = {"authorization": "Bearer"}
+    if ca_file is not None:
+        config.ssl_ca_cert = str(ca_file)
+    else:
+        config.verify_ssl = False
+    return client.ApiClient(config)
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float = 30, interval: float = 0.1, what: str = "condition") -> T:
+    """Call `probe` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = probe()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+        time.sleep(interval)
+
+
+def apply_crds(api: client.ApiClient, crd_dir: Path, timeout: float = 30) -> list[str]:
+    """Create (or replace) every CRD in `crd_dir` and wait until each is Established."""
+    ext = client.ApiextensionsV1Api(api)
+    names = []
+    for path in sorted(crd_dir.glob("*.yaml")):
+        body = yaml.safe_load(path.read_text())
+        name = body["metadata"]["name"]
+        try:
+            current = ext.read_custom_resource_definition(name)
+            body["metadata"]["resourceVersion"] = current.metadata.resource_version
+            ext.replace_custom_resource_definition(name, body)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+            ext.create_custom_resource_definition(body)
+        names.append(name)
+
+    def established(name: str) -> bool:
+        conditions = ext.read_custom_resource_definition(name).status.conditions or []
+        return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+    for name in names:
+        wait_for(lambda n=name: established(n), timeout, what=f"CRD {name} Established")  # type: ignore[misc]
+    return names
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    """The condition of `type_` in an object's status, if any."""
+    for entry in (obj.get("status") or {}).get("conditions") or []:
+        if entry.get("type") == type_:
+            return dict(entry)
+    return None
+
+
+def service_account_token(api: client.ApiClient, namespace: str, name: str, seconds: int = 3600) -> str:
+    """A bound token of a ServiceAccount (TokenRequest API), as a pod would mount it."""
+    core = client.CoreV1Api(api)
+    try:
+        core.create_namespaced_service_account(namespace, {"metadata": {"name": name}})
+    except client.ApiException as exc:
+        if exc.status != 409:
+            raise
+    request = client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=seconds)
+    )
+    response = core.create_namespaced_service_account_token(name, namespace, request)
+    token: str = response.status.token
+    return token
+
+
+def get_table(api: client.ApiClient, path: str) -> dict[str, Any]:
+    """GET `path` as a meta.k8s.io Table: what `kubectl get` prints, printer columns included."""
+    method, url, headers, body, post = api.param_serialize(
+        "GET",
+        path,
+        header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+        auth_settings=["BearerToken"],
+    )
+    response = api.call_api(method, url, header_params=headers, body=body, post_params=post)
+    response.read()
+    table: dict[str, Any] = json.loads(response.data)
+    return table
