@@ -56,14 +56,18 @@ def _source(conn: Connection, total: int, count: int) -> None:
 
 def _target(conn: Connection, total: int, count: int, reps: int, results: Any) -> None:
     agent = _agent("bench-target")
-    layouts = {name: [torch.zeros_like(t) for t in _tensors(name, total, count, seed=99)] for name in ("pooled", "per-tensor")}
+    layouts = {
+        name: [torch.zeros_like(t) for t in _tensors(name, total, count, seed=99)] for name in ("pooled", "per-tensor")
+    }
     for tensors in layouts.values():
         agent.register_memory(tensors)
     offer = conn.recv()
     remote = agent.add_remote_agent(offer["metadata"])
     out: dict[str, Any] = {}
     for name, tensors in layouts.items():
-        handle = agent.initialize_xfer("READ", agent.get_xfer_descs(tensors), agent.deserialize_descs(offer["descs"][name]), remote)
+        handle = agent.initialize_xfer(
+            "READ", agent.get_xfer_descs(tensors), agent.deserialize_descs(offer["descs"][name]), remote
+        )
         best = float("inf")
         for _ in range(reps):
             start = time.perf_counter()
@@ -74,7 +78,11 @@ def _target(conn: Connection, total: int, count: int, reps: int, results: Any) -
                 raise RuntimeError(f"{name}: NIXL transfer failed")
             best = min(best, time.perf_counter() - start)
         agent.release_xfer_handle(handle)
-        out[name] = {"seconds": best, "descriptors": len(tensors), "verified": _digest(tensors) == offer["digests"][name]}
+        out[name] = {
+            "seconds": best,
+            "descriptors": len(tensors),
+            "verified": _digest(tensors) == offer["digests"][name],
+        }
     results.put(out)
     conn.send("done")
 
