@@ -174,6 +174,15 @@ def test_kubectl_wait_for_ready_condition(
             )
             assert out.returncode == 0, out.stderr
             assert "condition met" in out.stdout
+        listing = subprocess.run(
+            [kubectl, "--kubeconfig", str(control_plane.kubeconfig), "-n", namespace, "get", "modelmetadatas"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.splitlines()
+        assert listing[0].split() == ["NAME", "MODEL", "LAYOUT", "READY-SOURCES", "REPLICAS", "PHASE", "AGE"]
+        assert listing[1].split()[:2] == ["waitable", "Qwen/Qwen3-0.6B"]
 
 
 def test_read_only_service_account_is_refused_writes(
