@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from modelexpress import __version__
-from modelexpress.cli import config_cmd, server_cmd
+from modelexpress.cli import config_cmd, server_cmd, worker_cmd
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     config_cmd.register(subparsers)
     server_cmd.register(subparsers)
+    worker_cmd.register(subparsers)
     return parser
 
 

@@ -1,0 +1,198 @@
+"""`modelexpress worker serve | pull`: serve a model's tensors to peers, or pull them from peers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from modelexpress.config import LoggingSettings
+from modelexpress.config.logs import configure_logging
+from modelexpress.config.worker import WorkerSettings
+from modelexpress.p2p.identity import WorkerIdentity
+from modelexpress.p2p.memory import TensorLayout, TensorSpec, allocate_pool
+from modelexpress.p2p.nixl_engine import NixlEngine
+from modelexpress.p2p.pull import PullError, PullOptions, pull
+from modelexpress.p2p.safetensors_dir import SafetensorsError, disk_fallback, load_into, scan
+from modelexpress.p2p.source import SourceWorker
+from modelexpress.registry import open_registry
+
+log = logging.getLogger("modelexpress.worker")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    worker = subparsers.add_parser("worker", help="serve tensors to peers, or pull them from peers (NIXL)")
+    verbs = worker.add_subparsers(dest="worker_verb", required=True, metavar="VERB")
+
+    serve = verbs.add_parser("serve", help="load a safetensors model directory into memory and serve it")
+    serve.add_argument("model_dir", type=Path, help="directory of *.safetensors files")
+    _identity_flags(serve)
+    serve.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    serve.add_argument("--ready-file", type=Path, help="write the endpoint here once Ready (for scripts)")
+    serve.set_defaults(handler=_serve)
+
+    pull_cmd = verbs.add_parser("pull", help="find a source of the identity and pull its tensors")
+    _identity_flags(pull_cmd)
+    pull_cmd.add_argument("--model-dir", type=Path, help="safetensors directory: tensor layout and disk fallback")
+    pull_cmd.add_argument("--source", action="append", default=[], help="host:port of a source (skips the registry)")
+    pull_cmd.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    pull_cmd.add_argument("--serve-after", action="store_true", help="become a source once pulled (until Ctrl-C)")
+    pull_cmd.add_argument("--ready-file", type=Path, help="with --serve-after: write the endpoint here once Ready")
+    pull_cmd.set_defaults(handler=_pull)
+
+
+def _identity_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-name", required=True, help="model identity, e.g. org/name")
+    parser.add_argument("--revision", default="main")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
+    parser.add_argument("--pp", type=int, default=1, help="pipeline-parallel size")
+    parser.add_argument("--rank", type=int, default=0, help="global rank of this worker")
+    parser.add_argument("--log-level", default="info", help="trace, debug, info, warn or error")
+
+
+def _identity(args: argparse.Namespace) -> WorkerIdentity:
+    return WorkerIdentity(
+        model_name=args.model_name,
+        revision=args.revision,
+        dtype=args.dtype,
+        tensor_parallel_size=args.tp,
+        pipeline_parallel_size=args.pp,
+        rank=args.rank,
+    )
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+
+
+def _run_source(identity: WorkerIdentity, layout: TensorLayout, engine: NixlEngine, ready_file: Path | None) -> None:
+    settings = WorkerSettings()
+    registry = open_registry(settings)
+    source = SourceWorker(identity, layout, settings, engine)
+    source.start(registry)
+    assert source.manifest is not None
+    print(
+        f"serving {len(source.manifest.tensors)} tensors ({source.manifest.total_bytes / 2**30:.2f} GiB) of "
+        f"{identity.model_name} rank {identity.rank} at {source.endpoint} (agent {engine.name}); Ctrl-C to stop",
+        flush=True,
+    )
+    if ready_file:
+        tmp = ready_file.with_name(ready_file.name + ".tmp")
+        tmp.write_text(source.endpoint)
+        tmp.replace(ready_file)
+    try:
+        _wait_for_signal()
+    finally:
+        source.stop()
+        registry.close()
+        print(f"stopped; peers completed {source.served_reads} READ(s)", flush=True)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    configure_logging(LoggingSettings(level=args.log_level, format="compact"))
+    identity = _identity(args)
+    try:
+        stored = scan(args.model_dir)
+    except SafetensorsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    layout = allocate_pool([s.spec for s in stored], args.device)
+    started = time.perf_counter()
+    nbytes = load_into(layout.tensors, stored)
+    log.info(
+        "loaded %d tensors (%d bytes) from %s in %.2fs",
+        len(stored),
+        nbytes,
+        args.model_dir,
+        time.perf_counter() - started,
+    )
+    engine = NixlEngine()
+    engine.register(layout)
+    _run_source(identity, layout, engine, args.ready_file)
+    return 0
+
+
+class _ProgressBar:
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or (now - self._last < 0.1 and done < total):
+            return
+        self._last = now
+        width = 30
+        filled = int(width * done / total) if total else width
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done / 2**20:8.1f}/{total / 2**20:.1f} MiB")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _pull(args: argparse.Namespace) -> int:
+    configure_logging(LoggingSettings(level=args.log_level, format="compact"))
+    identity = _identity(args)
+    settings = WorkerSettings()
+    endpoints = list(args.source)
+    if not endpoints:
+        registry = open_registry(settings)
+        endpoints = [r.endpoint for r in registry.find_ready(identity)]
+        registry.close()
+    if not endpoints and args.model_dir is None:
+        print(
+            f"error: no Ready source of {identity.model_name} rank {identity.rank} and no --model-dir to load",
+            file=sys.stderr,
+        )
+        return 3
+    engine = NixlEngine()
+    specs: list[TensorSpec]
+    fallback = None
+    if args.model_dir is not None:
+        specs = [s.spec for s in scan(args.model_dir)]
+        fallback = disk_fallback(args.model_dir)
+    else:
+        from modelexpress.p2p.client import WorkerClient
+
+        client = WorkerClient(endpoints[0], timeout=settings.connect_timeout_secs)
+        try:
+            manifest = client.manifest()
+        finally:
+            client.close()
+        specs = [TensorSpec(t.name, t.dtype, t.shape, t.is_parameter) for t in manifest.tensors]
+    layout = allocate_pool(specs, args.device)
+    engine.register(layout)
+    options = PullOptions(
+        chunk_bytes=settings.chunk_bytes,
+        max_inflight=settings.max_inflight,
+        transfer_timeout=settings.transfer_timeout_secs,
+        connect_timeout=settings.connect_timeout_secs,
+    )
+    try:
+        result = pull(layout, identity, endpoints, engine, options, fallback, progress=_ProgressBar())
+    except PullError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        engine.deregister_all()
+        return 1
+    via = f"from {len(result.sources)} source(s)" if result.sources else "from no source"
+    if result.fell_back:
+        via += f"; {len(result.fell_back)} tensor(s) from disk"
+    print(
+        f"pulled {len(layout.placements)} tensors, {result.bytes / 2**30:.3f} GiB in {result.seconds:.3f} s "
+        f"({result.gbps:.2f} GB/s) {via}; all checksums verified",
+        flush=True,
+    )
+    if args.serve_after:
+        _run_source(identity, layout, engine, args.ready_file)
+    else:
+        engine.deregister_all()
+    return 0

@@ -1,0 +1,38 @@
+"""Settings of a worker process (`MX_*` environment variables of the seeds, plus transfer tuning)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_registry_path() -> str:
+    return str(Path.home() / ".cache" / "modelexpress" / "sources.db")
+
+
+class WorkerSettings(BaseSettings):
+    """Worker-side options, read from `MX_*` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="MX_", extra="ignore", use_attribute_docstrings=True)
+
+    worker_grpc_port: int = Field(default=0, ge=0, le=65535)
+    """Port of the worker's gRPC WorkerService (0 picks a free port)."""
+    worker_host: str | None = None
+    """Address peers use to reach this worker (default: this host's address)."""
+    metadata_backend: Literal["embedded", "kubernetes", "redis"] = "embedded"
+    """Where sources are recorded: a local SQLite file, ModelMetadata resources, or Redis."""
+    registry_path: str = Field(default_factory=_default_registry_path)
+    """SQLite file of the embedded source registry."""
+    status_ttl_secs: int = Field(default=3600, ge=1)
+    """A source not heard from for this long is stale and never handed out."""
+    transfer_timeout_secs: float = Field(default=60.0, gt=0)
+    """Deadline of one chunk READ; a source that misses it is abandoned for this pull."""
+    connect_timeout_secs: float = Field(default=10.0, gt=0)
+    """Deadline of each gRPC call to a source."""
+    max_inflight: int = Field(default=4, ge=1, le=256)
+    """READs in flight per source."""
+    chunk_bytes: int = Field(default=64 << 20, ge=1 << 16)
+    """Bytes per READ chunk: the unit of striping and retry."""

@@ -1,0 +1,17 @@
+"""Prometheus metrics of the worker library (bytes, transfers, failures, durations)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+PULL_BYTES = Counter("modelexpress_pull_bytes_total", "Bytes received from peers over NIXL")
+PULLS = Counter("modelexpress_pulls_total", "Pulls by outcome", ["outcome"])
+PULL_SECONDS = Histogram(
+    "modelexpress_pull_duration_seconds",
+    "Duration of whole pulls (connect, transfer, verification)",
+    buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
+)
+CHUNKS = Counter("modelexpress_transfer_chunks_total", "Chunk READs by outcome", ["outcome"])
+SOURCE_FAILURES = Counter("modelexpress_source_failures_total", "Sources abandoned during a pull", ["reason"])
+CHECKSUM_MISMATCHES = Counter("modelexpress_checksum_mismatches_total", "Tensors whose checksum did not match")
+SERVED_READS = Counter("modelexpress_served_reads_total", "READs peers completed against this worker")

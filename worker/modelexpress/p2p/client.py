@@ -1,0 +1,92 @@
+"""Client of a peer's WorkerService: manifest, agent metadata, status watching, all with deadlines."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import grpc
+
+from modelexpress._proto.worker.v1 import worker_pb2, worker_pb2_grpc
+from modelexpress.p2p.manifest import Manifest, ManifestError
+
+log = logging.getLogger(__name__)
+STATE_NAMES = {
+    worker_pb2.WORKER_STATE_INITIALIZING: "Initializing",
+    worker_pb2.WORKER_STATE_READY: "Ready",
+    worker_pb2.WORKER_STATE_DRAINING: "Draining",
+}
+
+
+class SourceUnavailableError(RuntimeError):
+    """A source cannot be reached or did not answer in time."""
+
+
+class WorkerClient:
+    """Talks to one worker's WorkerService."""
+
+    def __init__(self, endpoint: str, timeout: float = 30.0) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(endpoint, options=[("grpc.max_receive_message_length", 64 << 20)])
+        self._stub = worker_pb2_grpc.WorkerServiceStub(self._channel)
+        self._watch: grpc.Future | None = None  # type: ignore[type-arg]
+
+    def _fail(self, what: str, exc: grpc.RpcError) -> SourceUnavailableError:
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+        return SourceUnavailableError(f"{what} from {self.endpoint} failed ({code}): {detail}")
+
+    def manifest(self, page_size: int = 0) -> Manifest:
+        try:
+            stream = self._stub.GetManifest(worker_pb2.GetManifestRequest(page_size=page_size), timeout=self.timeout)
+            return Manifest.from_chunks(stream)
+        except grpc.RpcError as exc:
+            raise self._fail("fetching the manifest", exc) from exc
+        except ManifestError as exc:
+            raise SourceUnavailableError(f"the manifest from {self.endpoint} is unusable: {exc}") from exc
+
+    def agent_metadata(self) -> worker_pb2.AgentMetadata:
+        try:
+            reply: worker_pb2.AgentMetadata = self._stub.GetAgentMetadata(
+                worker_pb2.GetAgentMetadataRequest(), timeout=self.timeout
+            )
+            return reply
+        except grpc.RpcError as exc:
+            raise self._fail("fetching NIXL agent metadata", exc) from exc
+
+    def status(self) -> worker_pb2.WorkerStatus:
+        """The worker's current status (the first message of its status stream)."""
+        try:
+            stream = self._stub.WatchStatus(worker_pb2.WatchStatusRequest(), timeout=self.timeout)
+            first: worker_pb2.WorkerStatus = next(iter(stream))
+            stream.cancel()
+            return first
+        except grpc.RpcError as exc:
+            raise self._fail("reading the status", exc) from exc
+
+    def watch(
+        self, on_status: Callable[[worker_pb2.WorkerStatus], None], on_end: Callable[[str], None]
+    ) -> threading.Thread:
+        """Follow the status stream in a daemon thread; `on_end` gets the reason when it stops."""
+        stream = self._stub.WatchStatus(worker_pb2.WatchStatusRequest())
+        self._watch = stream
+
+        def follow() -> None:
+            reason = "the worker ended its status stream"
+            try:
+                for status in stream:
+                    on_status(status)
+            except grpc.RpcError as exc:
+                reason = f"status stream broke: {exc.code() if isinstance(exc, grpc.Call) else exc}"
+            on_end(reason)
+
+        thread = threading.Thread(target=follow, name=f"mx-watch-{self.endpoint}", daemon=True)
+        thread.start()
+        return thread
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        self._channel.close()

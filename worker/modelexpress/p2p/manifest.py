@@ -1,0 +1,172 @@
+"""The tensor manifest of one worker rank, and its compact paged encoding for gRPC.
+
+A manifest lists every tensor a worker serves (parameters and non-parameters such as FP8 scales)
+with dtype, shape, byte size, region and offset, and checksum, under the worker's identity. It is
+built for 100k+ tensors: sent as a header then pages, names front-coded within a page (consecutive
+names share long prefixes such as `model.layers.17.mlp.`), shapes packed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import xxhash
+
+from modelexpress._proto.worker.v1 import worker_pb2
+from modelexpress.p2p.checksum import checksum
+from modelexpress.p2p.dtypes import NAME_TO_WIRE, WIRE_TO_NAME
+from modelexpress.p2p.identity import WorkerIdentity
+from modelexpress.p2p.memory import Region, TensorLayout
+
+DEFAULT_PAGE_SIZE = 4096
+_KIND_TO_WIRE = {"DRAM": worker_pb2.MEMORY_KIND_DRAM, "VRAM": worker_pb2.MEMORY_KIND_VRAM}
+_WIRE_TO_KIND = {v: k for k, v in _KIND_TO_WIRE.items()}
+
+
+class ManifestError(ValueError):
+    """A manifest that is malformed or does not fit the local layout."""
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    region_id: int
+    offset: int
+    checksum: int
+    is_parameter: bool = True
+
+
+@dataclass(frozen=True)
+class Manifest:
+    identity: WorkerIdentity
+    regions: tuple[Region, ...]
+    tensors: tuple[TensorEntry, ...]
+    version: str
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    def by_name(self) -> dict[str, TensorEntry]:
+        return {t.name: t for t in self.tensors}
+
+    # --- building ---------------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, identity: WorkerIdentity, layout: TensorLayout, checksums: dict[str, int] | None = None) -> Manifest:
+        """The manifest of a layout; checksums are computed unless given."""
+        entries = tuple(
+            TensorEntry(
+                name=p.spec.name,
+                dtype=p.spec.dtype,
+                shape=p.spec.shape,
+                nbytes=p.spec.nbytes,
+                region_id=p.region_id,
+                offset=p.offset,
+                checksum=checksums[p.spec.name] if checksums else checksum(layout.tensors[p.spec.name]),
+                is_parameter=p.spec.is_parameter,
+            )
+            for p in layout.placements
+        )
+        return cls(identity, tuple(layout.regions), entries, _version(entries))
+
+    # --- wire encoding --------------------------------------------------------------------------
+
+    def to_chunks(self, page_size: int = DEFAULT_PAGE_SIZE) -> Iterator[worker_pb2.ManifestChunk]:
+        page_size = page_size or DEFAULT_PAGE_SIZE
+        yield worker_pb2.ManifestChunk(
+            header=worker_pb2.ManifestHeader(
+                identity=self.identity.to_proto(),
+                tensor_count=len(self.tensors),
+                total_bytes=self.total_bytes,
+                checksum_algorithm=worker_pb2.CHECKSUM_ALGORITHM_XXH3_64,
+                regions=[
+                    worker_pb2.MemoryRegion(
+                        id=r.id, kind=_KIND_TO_WIRE[r.kind], device_id=r.device_id, address=r.address, length=r.length
+                    )
+                    for r in self.regions
+                ],
+                manifest_version=self.version,
+            )
+        )
+        for first in range(0, len(self.tensors), page_size):
+            previous = ""
+            descriptors = []
+            for entry in self.tensors[first : first + page_size]:
+                shared = _common_prefix(previous, entry.name)
+                descriptors.append(
+                    worker_pb2.TensorDescriptor(
+                        name=entry.name[shared:],
+                        shared_prefix_length=shared,
+                        dtype=NAME_TO_WIRE[entry.dtype],  # type: ignore[arg-type]
+                        shape=entry.shape,
+                        nbytes=entry.nbytes,
+                        region_id=entry.region_id,
+                        offset=entry.offset,
+                        checksum=entry.checksum,
+                        is_parameter=entry.is_parameter,
+                    )
+                )
+                previous = entry.name
+            yield worker_pb2.ManifestChunk(page=worker_pb2.TensorPage(first_index=first, tensors=descriptors))
+
+    @classmethod
+    def from_chunks(cls, chunks: Iterable[worker_pb2.ManifestChunk]) -> Manifest:
+        iterator = iter(chunks)
+        first = next(iterator, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise ManifestError("manifest stream did not start with a header")
+        header = first.header
+        if header.checksum_algorithm != worker_pb2.CHECKSUM_ALGORITHM_XXH3_64:
+            raise ManifestError(f"unsupported checksum algorithm {header.checksum_algorithm}")
+        entries: list[TensorEntry] = []
+        for chunk in iterator:
+            if chunk.WhichOneof("part") != "page":
+                raise ManifestError("a second header in the manifest stream")
+            page = chunk.page
+            if page.first_index != len(entries):
+                raise ManifestError(f"manifest page starts at {page.first_index}, expected {len(entries)}")
+            previous = ""
+            for d in page.tensors:
+                if d.shared_prefix_length > len(previous):
+                    raise ManifestError(f"tensor {len(entries)}: prefix longer than the previous name")
+                name = previous[: d.shared_prefix_length] + d.name
+                entries.append(
+                    TensorEntry(
+                        name=name,
+                        dtype=WIRE_TO_NAME[d.dtype],
+                        shape=tuple(d.shape),
+                        nbytes=d.nbytes,
+                        region_id=d.region_id,
+                        offset=d.offset,
+                        checksum=d.checksum,
+                        is_parameter=d.is_parameter,
+                    )
+                )
+                previous = name
+        if len(entries) != header.tensor_count:
+            raise ManifestError(f"manifest announced {header.tensor_count} tensors, got {len(entries)}")
+        regions = tuple(Region(r.id, _WIRE_TO_KIND[r.kind], r.device_id, r.address, r.length) for r in header.regions)
+        manifest = cls(WorkerIdentity.from_proto(header.identity), regions, tuple(entries), header.manifest_version)
+        if _version(manifest.tensors) != manifest.version:
+            raise ManifestError("manifest version does not match its contents (changed while it was sent?)")
+        return manifest
+
+
+def _common_prefix(a: str, b: str) -> int:
+    limit = min(len(a), len(b))
+    i = 0
+    while i < limit and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _version(entries: tuple[TensorEntry, ...]) -> str:
+    hasher = xxhash.xxh3_64()
+    for e in entries:
+        hasher.update(f"{e.name}|{e.dtype}|{e.shape}|{e.nbytes}|{e.region_id}|{e.offset}|{e.checksum}\n".encode())
+    return hasher.hexdigest()

@@ -1,0 +1,152 @@
+"""Tensor memory laid out for NIXL: few large regions, tensors as (region, offset) inside them.
+
+NIXL registration and READ descriptors are per *region* (allocation), never per tensor: registering
+4096 tensors one by one cost 0.25 s on an H100 against 0.4 ms for one pooled allocation, and 4096
+descriptors reached 2 % of the copy rate against 93 % for one (`shared/GPU.md`).
+- `TensorPool` allocates one buffer for many tensors (targets receive into it; a loaded model is
+  put into it), aligned so every view is valid for its dtype;
+- `adopt_tensors` describes tensors that already live somewhere (an engine's parameters) by the
+  storage that backs them, so each underlying allocation is registered once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from modelexpress.p2p.dtypes import dtype_name, torch_dtype
+
+ALIGNMENT = 256
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, dtype and shape of one tensor; enough to allocate room for it."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    is_parameter: bool = True
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * torch_dtype(self.dtype).itemsize
+
+    @classmethod
+    def of(cls, name: str, tensor: torch.Tensor, is_parameter: bool = True) -> TensorSpec:
+        return cls(name, dtype_name(tensor.dtype), tuple(tensor.shape), is_parameter)
+
+
+@dataclass(frozen=True)
+class Region:
+    """One registered allocation."""
+
+    id: int
+    kind: str  # "DRAM" or "VRAM"
+    device_id: int
+    address: int
+    length: int
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one tensor's bytes are: a region and an offset in it."""
+
+    spec: TensorSpec
+    region_id: int
+    offset: int
+
+
+@dataclass
+class TensorLayout:
+    """Regions, the tensors placed in them, and the views to use them; keeps the memory alive."""
+
+    regions: list[Region]
+    placements: list[Placement]
+    tensors: dict[str, torch.Tensor]
+    _keepalive: list[torch.Tensor] = field(default_factory=list, repr=False)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(p.spec.nbytes for p in self.placements)
+
+    def region(self, region_id: int) -> Region:
+        return self.regions[region_id]
+
+    def buffers(self) -> list[torch.Tensor]:
+        """The backing uint8 buffers, one per region (what gets registered with NIXL)."""
+        return list(self._keepalive)
+
+
+def _memory_kind(device: torch.device) -> tuple[str, int]:
+    if device.type == "cuda":
+        return "VRAM", device.index if device.index is not None else torch.cuda.current_device()
+    if device.type == "cpu":
+        return "DRAM", 0
+    raise ValueError(f"device {device} is neither host memory nor a CUDA GPU")
+
+
+def _align(value: int) -> int:
+    return (value + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
+
+
+def allocate_pool(specs: Sequence[TensorSpec], device: torch.device | str = "cpu", region_id: int = 0) -> TensorLayout:
+    """One allocation holding every tensor of `specs` back to back (in order, aligned); tensors view it."""
+    device = torch.device(device)
+    kind, device_id = _memory_kind(device)
+    offsets = []
+    cursor = 0
+    for spec in specs:
+        cursor = _align(cursor)
+        offsets.append(cursor)
+        cursor += spec.nbytes
+    buffer = torch.empty(max(cursor, 1), dtype=torch.uint8, device=device)
+    region = Region(region_id, kind, device_id, buffer.data_ptr(), buffer.numel())
+    tensors: dict[str, torch.Tensor] = {}
+    placements = []
+    for spec, offset in zip(specs, offsets, strict=True):
+        raw = buffer[offset : offset + spec.nbytes]
+        tensors[spec.name] = raw.view(torch_dtype(spec.dtype)).view(spec.shape)
+        placements.append(Placement(spec, region_id, offset))
+    return TensorLayout([region], placements, tensors, [buffer])
+
+
+def adopt_tensors(named: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> TensorLayout:
+    """Describe existing tensors by the storages that back them: one region per distinct allocation.
+
+    Non-contiguous tensors cannot be read as one byte range; they are copied into a side pool.
+    """
+    items = list(named.items()) if isinstance(named, Mapping) else list(named)
+    regions: dict[tuple[str, int], Region] = {}
+    keepalive: list[torch.Tensor] = []
+    placements: list[Placement] = []
+    tensors: dict[str, torch.Tensor] = {}
+    strays: list[tuple[str, torch.Tensor]] = []
+    for name, tensor in items:
+        if not tensor.is_contiguous():
+            strays.append((name, tensor))
+            continue
+        storage = tensor.untyped_storage()
+        base = storage.data_ptr()
+        kind, device_id = _memory_kind(tensor.device)
+        key = (f"{kind}:{device_id}", base)
+        if key not in regions:
+            regions[key] = Region(len(regions), kind, device_id, base, storage.nbytes())
+            keepalive.append(torch.empty(0, dtype=torch.uint8, device=tensor.device).set_(storage))
+        offset = tensor.data_ptr() - base
+        placements.append(Placement(TensorSpec.of(name, tensor), regions[key].id, offset))
+        tensors[name] = tensor
+    if strays:
+        side = allocate_pool([TensorSpec.of(n, t) for n, t in strays], strays[0][1].device, region_id=len(regions))
+        for name, tensor in strays:
+            side.tensors[name].copy_(tensor)
+        regions[("side", -1)] = side.regions[0]
+        placements.extend(side.placements)
+        tensors.update(side.tensors)
+        keepalive.extend(side.buffers())
+    order = {name: i for i, (name, _) in enumerate(items)}
+    placements.sort(key=lambda p: order[p.spec.name])
+    return TensorLayout(sorted(regions.values(), key=lambda r: r.id), placements, tensors, keepalive)

@@ -1,0 +1,426 @@
+"""Pull a model's tensors from peer workers into local (pooled) memory, verified, or fall back to disk.
+
+1. Connect to every offered source: it must be Ready, have exactly our identity, and serve a manifest
+   matching our tensors by name, shape and dtype.
+2. Cut our tensors into chunks and stripe the chunk READs across the sources, with a bounded number
+   in flight per source and a deadline per READ.
+3. Verify each tensor's checksum as soon as all its bytes are in; a mismatch re-fetches the tensor
+   from another source.
+4. A source that fails (READ error, missed deadline, status stream broken) is abandoned and its
+   chunks go to the others; with none left, the caller's disk loader fills what is missing.
+The target memory is written in place throughout: a retry never holds a second copy of the model.
+Nothing is reported loaded unless every tensor is verified.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from modelexpress import metrics
+from modelexpress.p2p.checksum import checksum
+from modelexpress.p2p.client import STATE_NAMES, SourceUnavailableError, WorkerClient
+from modelexpress.p2p.identity import WorkerIdentity
+from modelexpress.p2p.manifest import Manifest, TensorEntry
+from modelexpress.p2p.memory import TensorLayout
+from modelexpress.p2p.nixl_engine import NixlEngine, ReadHandle, TransferError
+from modelexpress.p2p.plan import (
+    DEFAULT_CHUNK_BYTES,
+    Chunk,
+    TensorMismatchError,
+    descriptors,
+    make_chunks,
+    match,
+    tensors_of_chunks,
+)
+
+log = logging.getLogger(__name__)
+
+Fallback = Callable[[dict[str, torch.Tensor], list[str]], None]
+"""Fills the named tensors of the dict in place (e.g. from disk)."""
+Progress = Callable[[int, int], None]
+
+
+class PullError(RuntimeError):
+    """The tensors could not be obtained; nothing is loaded."""
+
+
+class NoSourceError(PullError):
+    """No usable source and no fallback."""
+
+
+@dataclass(frozen=True)
+class PullOptions:
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    max_inflight: int = 4
+    transfer_timeout: float = 60.0
+    connect_timeout: float = 10.0
+
+
+@dataclass
+class PullResult:
+    bytes: int
+    seconds: float
+    sources: list[str]
+    failed_sources: dict[str, str]
+    retried_chunks: int = 0
+    refetched_tensors: int = 0
+    fell_back: list[str] = field(default_factory=list)
+
+    @property
+    def gbps(self) -> float:
+        return self.bytes / self.seconds / 1e9 if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _InFlight:
+    chunk: int
+    read: ReadHandle
+    deadline: float
+
+
+@dataclass
+class _Source:
+    endpoint: str
+    client: WorkerClient
+    manifest: Manifest
+    entries: dict[str, TensorEntry]
+    remote_agent: str
+    region_bases: dict[int, int]
+    region_kinds: dict[int, tuple[str, int]]
+    inflight: list[_InFlight] = field(default_factory=list)
+    failure: str | None = None
+    served: int = 0
+
+
+@dataclass
+class _State:
+    """Book-keeping of one pull: chunks pending, in which tensors, delivered by whom, verified."""
+
+    chunks: list[Chunk]
+    owners: dict[str, set[int]] = field(init=False)
+    remaining: dict[str, set[int]] = field(init=False)
+    pending: collections.deque[int] = field(init=False)
+    delivered_by: dict[int, _Source] = field(default_factory=dict)
+    excluded: collections.defaultdict[int, set[str]] = field(default_factory=lambda: collections.defaultdict(set))
+    verified: set[str] = field(default_factory=set)
+    verifying: dict[str, Future[bool]] = field(default_factory=dict)
+    retried: int = 0
+    refetched: int = 0
+    done_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        self.owners = tensors_of_chunks(self.chunks)
+        self.remaining = {name: set(indices) for name, indices in self.owners.items()}
+        self.pending = collections.deque(c.index for c in self.chunks)
+
+    @property
+    def total(self) -> int:
+        return sum(c.nbytes for c in self.chunks)
+
+
+class _Pull:
+    def __init__(
+        self,
+        layout: TensorLayout,
+        identity: WorkerIdentity,
+        engine: NixlEngine,
+        options: PullOptions,
+        progress: Progress | None,
+    ) -> None:
+        self.layout = layout
+        self.identity = identity
+        self.engine = engine
+        self.options = options
+        self.progress = progress
+        self.local = {p.spec.name: p for p in layout.placements}
+        self.local_bases = {r.id: r.address for r in layout.regions}
+        self.local_kinds = {r.id: (r.kind, r.device_id) for r in layout.regions}
+        self.sources: list[_Source] = []
+        self.failed: dict[str, str] = {}
+        self.mismatches: list[TensorMismatchError] = []
+        self._dead: dict[str, str] = {}
+        self._dead_lock = threading.Lock()
+
+    # --- sources --------------------------------------------------------------------------------
+
+    def connect(self, endpoints: list[str]) -> None:
+        for endpoint in endpoints:
+            client = WorkerClient(endpoint, timeout=self.options.connect_timeout)
+            try:
+                source = self._connect_one(endpoint, client)
+            except (SourceUnavailableError, TransferError, TensorMismatchError, ValueError) as exc:
+                client.close()
+                if isinstance(exc, TensorMismatchError):
+                    self.mismatches.append(exc)
+                self.failed[endpoint] = str(exc)
+                metrics.SOURCE_FAILURES.labels("connect").inc()
+                log.warning("source %s not used: %s", endpoint, exc)
+                continue
+            self.sources.append(source)
+
+    def _connect_one(self, endpoint: str, client: WorkerClient) -> _Source:
+        status = client.status()
+        state = STATE_NAMES.get(status.state, "Unknown")
+        if state != "Ready":
+            raise SourceUnavailableError(f"source {endpoint} is {state}, not Ready")
+        manifest = client.manifest()
+        differences = self.identity.differences(manifest.identity)
+        if differences:
+            raise ValueError(f"source {endpoint} has another identity: {'; '.join(differences)}")
+        entries = match(self.layout, manifest)
+        meta = client.agent_metadata()
+        remote_agent = self.engine.add_remote(meta.metadata)
+        source = _Source(
+            endpoint,
+            client,
+            manifest,
+            entries,
+            remote_agent,
+            {r.id: r.address for r in manifest.regions},
+            {r.id: (r.kind, r.device_id) for r in manifest.regions},
+        )
+        client.watch(lambda _status: None, functools.partial(self._mark_dead, endpoint))
+        return source
+
+    def _mark_dead(self, endpoint: str, reason: str) -> None:
+        with self._dead_lock:
+            self._dead.setdefault(endpoint, reason)
+
+    def _alive(self) -> list[_Source]:
+        return [s for s in self.sources if s.failure is None]
+
+    def _fail_source(self, source: _Source, reason: str, requeue: collections.deque[int]) -> None:
+        if source.failure is not None:
+            return
+        source.failure = reason
+        self.failed[source.endpoint] = reason
+        metrics.SOURCE_FAILURES.labels("transfer").inc()
+        log.warning("abandoning source %s: %s", source.endpoint, reason)
+        for flight in source.inflight:
+            self.engine.release(flight.read)
+            requeue.appendleft(flight.chunk)
+        source.inflight.clear()
+
+    # --- transfer -------------------------------------------------------------------------------
+
+    def _post(self, source: _Source, chunk: Chunk) -> ReadHandle:
+        runs = descriptors(chunk, self.local, self.local_bases, source.entries, source.region_bases)
+        first = chunk.pieces[0]
+        local_kind, local_dev = self.local_kinds[self.local[first.name].region_id]
+        remote_kind, remote_dev = source.region_kinds[source.entries[first.name].region_id]
+        return self.engine.start_read(
+            source.remote_agent,
+            [(r.local_address, r.remote_address, r.length) for r in runs],
+            local_kind,
+            local_dev,
+            remote_kind,
+            remote_dev,
+            notification=f"mx-read:{chunk.nbytes}".encode(),
+        )
+
+    def run(self, fallback: Fallback | None) -> PullResult:
+        start = time.perf_counter()
+        state = _State(make_chunks(self.layout, self.options.chunk_bytes))
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mx-verify")
+        try:
+            # zero-byte tensors have no chunk: verify them at once
+            for placement in self.layout.placements:
+                name = placement.spec.name
+                if name not in state.owners and self.sources:
+                    state.verifying[name] = pool.submit(self._verify, name, None)
+            while True:
+                self._reap_dead(state)
+                progressed = self._post_reads(state)
+                progressed |= self._poll_reads(state, pool)
+                self._collect_verifications(state)
+                if self._finished(state):
+                    break
+                if not progressed:
+                    time.sleep(0.0005)
+            for name, fut in state.verifying.items():
+                if fut.result():
+                    state.verified.add(name)
+        finally:
+            pool.shutdown(wait=True)
+        missing = self._complete_with_fallback(state, fallback)
+        pulled = sum(self.local[n].spec.nbytes for n in state.verified)
+        metrics.PULL_BYTES.inc(pulled)
+        return PullResult(
+            bytes=pulled,
+            seconds=time.perf_counter() - start,
+            sources=[s.endpoint for s in self.sources if s.served],
+            failed_sources=dict(self.failed),
+            retried_chunks=state.retried,
+            refetched_tensors=state.refetched,
+            fell_back=missing,
+        )
+
+    def _verify(self, name: str, source: _Source | None) -> bool:
+        """Does the tensor's content match the checksum of the source that delivered it?"""
+        entries = source.entries if source else self.sources[0].entries
+        return checksum(self.layout.tensors[name]) == entries[name].checksum
+
+    def _reap_dead(self, state: _State) -> None:
+        with self._dead_lock:
+            dead = dict(self._dead)
+        for source in self._alive():
+            if source.endpoint in dead:
+                self._fail_source(source, dead[source.endpoint], state.pending)
+
+    def _post_reads(self, state: _State) -> bool:
+        """Fill every live source up to its in-flight limit, round-robin over the pending chunks."""
+        posted = False
+        for source in self._alive():
+            skipped: list[int] = []
+            while state.pending and len(source.inflight) < self.options.max_inflight:
+                index = state.pending.popleft()
+                if source.endpoint in state.excluded[index]:
+                    skipped.append(index)
+                    continue
+                try:
+                    read = self._post(source, state.chunks[index])
+                except TransferError as exc:
+                    state.pending.appendleft(index)
+                    self._fail_source(source, str(exc), state.pending)
+                    break
+                source.inflight.append(_InFlight(index, read, time.monotonic() + self.options.transfer_timeout))
+                posted = True
+            state.pending.extendleft(reversed(skipped))
+        return posted
+
+    def _poll_reads(self, state: _State, pool: ThreadPoolExecutor) -> bool:
+        completed = False
+        now = time.monotonic()
+        for source in self._alive():
+            for flight in list(source.inflight):
+                status = self.engine.state(flight.read)
+                if status == "DONE":
+                    self.engine.release(flight.read)
+                    source.inflight.remove(flight)
+                    self._chunk_arrived(state, state.chunks[flight.chunk], source, pool)
+                    completed = True
+                elif status == "ERR" or now > flight.deadline:
+                    metrics.CHUNKS.labels("failed").inc()
+                    reason = (
+                        "READ failed"
+                        if status == "ERR"
+                        else f"READ missed its {self.options.transfer_timeout}s deadline"
+                    )
+                    state.retried += len(source.inflight)
+                    self._fail_source(source, reason, state.pending)
+                    break
+        return completed
+
+    def _chunk_arrived(self, state: _State, chunk: Chunk, source: _Source, pool: ThreadPoolExecutor) -> None:
+        metrics.CHUNKS.labels("done").inc()
+        state.delivered_by[chunk.index] = source
+        source.served += chunk.nbytes
+        state.done_bytes += chunk.nbytes
+        if self.progress:
+            self.progress(min(state.done_bytes, state.total), state.total)
+        for name in {p.name for p in chunk.pieces}:
+            state.remaining[name].discard(chunk.index)
+            if not state.remaining[name]:
+                state.verifying[name] = pool.submit(self._verify, name, source)
+
+    def _collect_verifications(self, state: _State) -> None:
+        for name, fut in list(state.verifying.items()):
+            if not fut.done():
+                continue
+            del state.verifying[name]
+            if fut.result():
+                state.verified.add(name)
+                continue
+            metrics.CHECKSUM_MISMATCHES.inc()
+            state.refetched += 1
+            log.warning("checksum mismatch on %s; fetching it again from another source", name)
+            for index in state.owners.get(name, ()):
+                source = state.delivered_by.get(index)
+                if source is not None:
+                    state.excluded[index].add(source.endpoint)
+                state.remaining[name].add(index)
+                state.pending.append(index)
+                state.done_bytes -= state.chunks[index].nbytes
+
+    def _finished(self, state: _State) -> bool:
+        """Everything verified, or nothing left that could make progress."""
+        if not state.pending and not state.verifying and all(not s.inflight for s in self.sources):
+            return True
+        alive = self._alive()
+        if any(s.inflight for s in alive) or state.verifying:
+            return False
+        return not any(s.endpoint not in state.excluded[i] for s in alive for i in state.pending)
+
+    def _complete_with_fallback(self, state: _State, fallback: Fallback | None) -> list[str]:
+        missing = [p.spec.name for p in self.layout.placements if p.spec.name not in state.verified]
+        if not missing:
+            return missing
+        if fallback is None:
+            raise NoSourceError(
+                f"{len(missing)} of {len(self.layout.placements)} tensors could not be pulled "
+                f"(sources: {self._describe_failures()}) and no fallback loader was given"
+            )
+        log.warning("pulling %d tensor(s) failed; loading them with the fallback loader", len(missing))
+        fallback(self.layout.tensors, missing)
+        if self.sources:
+            bad = [n for n in missing if not self._verify(n, None)]
+            if bad:
+                raise PullError(
+                    f"{len(bad)} tensor(s) loaded by the fallback loader differ from the sources' checksums, "
+                    f"e.g. {bad[0]}: the disk copy is another model or revision"
+                )
+        return missing
+
+    def _describe_failures(self) -> str:
+        return "; ".join(f"{ep}: {why}" for ep, why in self.failed.items()) or "none offered"
+
+    def close(self) -> None:
+        for source in self.sources:
+            for flight in source.inflight:
+                self.engine.release(flight.read)
+            self.engine.remove_remote(source.remote_agent)
+            source.client.close()
+
+
+def pull(
+    layout: TensorLayout,
+    identity: WorkerIdentity,
+    endpoints: list[str],
+    engine: NixlEngine,
+    options: PullOptions | None = None,
+    fallback: Fallback | None = None,
+    progress: Progress | None = None,
+) -> PullResult:
+    """Fill `layout`'s tensors from the sources at `endpoints` (or the fallback); verified or an exception.
+
+    `engine` must already have `layout` registered.
+    """
+    started = time.perf_counter()
+    job = _Pull(layout, identity, engine, options or PullOptions(), progress)
+    try:
+        job.connect(endpoints)
+        if not job.sources:
+            if job.mismatches and fallback is None:
+                raise job.mismatches[0]
+            if fallback is None:
+                raise NoSourceError(
+                    f"no usable source for {identity.model_name} rank {identity.rank}: {job._describe_failures()}"
+                )
+        result = job.run(fallback)
+    except Exception:
+        metrics.PULLS.labels("failed").inc()
+        raise
+    finally:
+        job.close()
+        metrics.PULL_SECONDS.observe(time.perf_counter() - started)
+    metrics.PULLS.labels("fallback" if result.fell_back else "ok").inc()
+    return result

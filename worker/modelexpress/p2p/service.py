@@ -1,0 +1,168 @@
+"""WorkerService over gRPC: a worker's manifest, its NIXL agent metadata, its status stream, and health.
+
+Binds to `MX_WORKER_HOST`/`MX_WORKER_GRPC_PORT` (port 0 picks a free one). The status stream sends
+the current state at once and then every change (Initializing -> Ready -> Draining), so the operator
+learns the moment a worker goes away: the stream breaks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field, replace
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from modelexpress._proto.worker.v1 import worker_pb2, worker_pb2_grpc
+from modelexpress.p2p.manifest import Manifest
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = "modelexpress.worker.v1.WorkerService"
+STATES = {
+    "Initializing": worker_pb2.WORKER_STATE_INITIALIZING,
+    "Ready": worker_pb2.WORKER_STATE_READY,
+    "Draining": worker_pb2.WORKER_STATE_DRAINING,
+}
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What the status stream reports besides the state."""
+
+    agent_name: str
+    endpoint: str = ""
+    pod_name: str = ""
+    pod_uid: str = ""
+    node_name: str = ""
+    instance: str = ""
+
+
+@dataclass
+class _Status:
+    state: str = "Initializing"
+    message: str = ""
+    updated: float = field(default_factory=time.time)
+    version: int = 0
+
+
+class _Servicer(worker_pb2_grpc.WorkerServiceServicer):  # type: ignore[misc]
+    def __init__(self, worker: WorkerServer) -> None:
+        self._worker = worker
+
+    def GetManifest(  # noqa: N802 - gRPC method name
+        self, request: worker_pb2.GetManifestRequest, context: grpc.ServicerContext
+    ) -> Iterator[worker_pb2.ManifestChunk]:
+        manifest = self._worker.manifest
+        if manifest is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the worker has not loaded its tensors yet")
+        yield from manifest.to_chunks(request.page_size)
+
+    def GetAgentMetadata(  # noqa: N802
+        self, request: worker_pb2.GetAgentMetadataRequest, context: grpc.ServicerContext
+    ) -> worker_pb2.AgentMetadata:
+        w = self._worker
+        if w.agent_metadata is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the worker has not registered its memory yet")
+        return worker_pb2.AgentMetadata(agent_name=w.info.agent_name, metadata=w.agent_metadata, backend=w.backend)
+
+    def WatchStatus(  # noqa: N802
+        self, request: worker_pb2.WatchStatusRequest, context: grpc.ServicerContext
+    ) -> Iterator[worker_pb2.WorkerStatus]:
+        seen = -1
+        while context.is_active():
+            status = self._worker.wait_for_change(seen, timeout=1.0)
+            if status.version != seen:
+                seen = status.version
+                yield self._worker.status_message(status)
+            if self._worker.stopping:
+                return
+
+
+class WorkerServer:
+    """The gRPC server of one worker rank."""
+
+    def __init__(self, info: WorkerInfo, host: str = "0.0.0.0", port: int = 0, backend: str = "UCX") -> None:
+        self.info = info
+        self.backend = backend
+        self.manifest: Manifest | None = None
+        self.agent_metadata: bytes | None = None
+        self.stopping = False
+        self.active_transfers = 0
+        self._status = _Status()
+        self._changed = threading.Condition()
+        self._health = health.HealthServicer()
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="mx-worker-grpc"),
+            options=[("grpc.max_send_message_length", 64 << 20)],
+        )
+        worker_pb2_grpc.add_WorkerServiceServicer_to_server(_Servicer(self), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind the WorkerService to {host}:{port}")
+        self.host = host
+        self._set_health()
+
+    @property
+    def state(self) -> str:
+        return self._status.state
+
+    def start(self) -> None:
+        self._server.start()
+        log.info("WorkerService listening on %s:%d", self.host, self.port)
+
+    def publish(self, manifest: Manifest, agent_metadata: bytes) -> None:
+        self.manifest, self.agent_metadata = manifest, agent_metadata
+
+    def set_state(self, state: str, message: str = "") -> None:
+        if state not in STATES:
+            raise ValueError(f"unknown worker state {state!r}")
+        with self._changed:
+            self._status = _Status(state, message, time.time(), self._status.version + 1)
+            self._changed.notify_all()
+        self._set_health()
+        log.info("worker state %s%s", state, f": {message}" if message else "")
+
+    def wait_for_change(self, seen: int, timeout: float) -> _Status:
+        with self._changed:
+            if self._status.version == seen and not self.stopping:
+                self._changed.wait(timeout)
+            return replace(self._status)
+
+    def status_message(self, status: _Status | None = None) -> worker_pb2.WorkerStatus:
+        status = status or self._status
+        manifest = self.manifest
+        return worker_pb2.WorkerStatus(
+            state=STATES[status.state],
+            identity=manifest.identity.to_proto() if manifest else None,
+            agent_name=self.info.agent_name,
+            tensor_count=len(manifest.tensors) if manifest else 0,
+            total_bytes=manifest.total_bytes if manifest else 0,
+            message=status.message,
+            updated_unix_ms=int(status.updated * 1000),
+            pod_name=self.info.pod_name,
+            pod_uid=self.info.pod_uid,
+            node_name=self.info.node_name,
+            instance=self.info.instance,
+            endpoint=self.info.endpoint,
+            active_transfers=self.active_transfers,
+        )
+
+    def _set_health(self) -> None:
+        serving = health_pb2.HealthCheckResponse.SERVING
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        ready = self._status.state == "Ready"
+        self._health.set("", serving)  # the process is up
+        self._health.set(SERVICE_NAME, serving if ready else not_serving)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop serving: status streams end, in-flight calls get `grace` seconds."""
+        with self._changed:
+            self.stopping = True
+            self._changed.notify_all()
+        self._health.enter_graceful_shutdown()
+        self._server.stop(grace).wait(grace + 1)

@@ -1,0 +1,127 @@
+"""A source worker: registers its tensors with NIXL, serves them over WorkerService, records itself.
+
+Life cycle: Initializing (memory registered, manifest built) -> Ready (recorded in the registry,
+peers may READ) -> Draining (on stop: removed from the registry first, then the server stops and
+the memory is deregistered). A heartbeat keeps the registry record fresh (`MX_STATUS_TTL_SECS`).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import uuid
+
+from modelexpress import metrics
+from modelexpress.config.worker import WorkerSettings
+from modelexpress.p2p.identity import WorkerIdentity
+from modelexpress.p2p.manifest import Manifest
+from modelexpress.p2p.memory import TensorLayout
+from modelexpress.p2p.nixl_engine import NixlEngine
+from modelexpress.p2p.records import Registrar, SourceRecord
+from modelexpress.p2p.service import WorkerInfo, WorkerServer
+
+log = logging.getLogger(__name__)
+
+
+def advertised_host(settings: WorkerSettings) -> str:
+    """`MX_WORKER_HOST`, else this host's resolvable address, else loopback."""
+    if settings.worker_host:
+        return settings.worker_host
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+class SourceWorker:
+    """Serves one rank's tensors until stopped."""
+
+    def __init__(
+        self,
+        identity: WorkerIdentity,
+        layout: TensorLayout,
+        settings: WorkerSettings,
+        engine: NixlEngine | None = None,
+        checksums: dict[str, int] | None = None,
+    ) -> None:
+        self.identity = identity
+        self.layout = layout
+        self.settings = settings
+        self.engine = engine or NixlEngine()
+        self.worker_id = f"{self.engine.name}-{uuid.uuid4().hex[:6]}"
+        host = advertised_host(settings)
+        bind = settings.worker_host or "0.0.0.0"
+        self.server = WorkerServer(
+            WorkerInfo(agent_name=self.engine.name), bind, settings.worker_grpc_port, self.engine.backend
+        )
+        self.endpoint = f"{host}:{self.server.port}"
+        self.server.info = WorkerInfo(agent_name=self.engine.name, endpoint=self.endpoint)
+        self._checksums = checksums
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.manifest: Manifest | None = None
+        self.served_reads = 0
+        self._registry: Registrar | None = None
+        self._record: SourceRecord | None = None
+
+    def start(self, registry: Registrar | None = None) -> None:
+        """Register memory, build the manifest, serve, and (with a registry) publish as Ready."""
+        self.server.start()
+        if not self.engine.regions:
+            self.engine.register(self.layout)
+        self.manifest = Manifest.build(self.identity, self.layout, self._checksums)
+        self.server.publish(self.manifest, self.engine.metadata())
+        self.server.set_state("Ready", f"{len(self.manifest.tensors)} tensors, {self.manifest.total_bytes} bytes")
+        self._registry = registry
+        if self._registry is not None:
+            self._record = SourceRecord(
+                worker_id=self.worker_id,
+                identity=self.identity,
+                endpoint=self.endpoint,
+                agent_name=self.engine.name,
+                state="Ready",
+                tensor_count=len(self.manifest.tensors),
+                total_bytes=self.manifest.total_bytes,
+            )
+            self._registry.publish(self._record)
+        self._spawn(self._heartbeat, "mx-heartbeat")
+        self._spawn(self._count_reads, "mx-notifications")
+
+    def _spawn(self, target: object, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+        thread.start()
+        self._threads.append(thread)
+
+    def _heartbeat(self) -> None:
+        interval = max(1.0, self.settings.status_ttl_secs / 3)
+        while not self._stop.wait(interval):
+            if self._registry is not None and self._record is not None:
+                try:
+                    self._registry.publish(self._record)
+                except Exception as exc:  # a registry hiccup must not kill the source
+                    log.warning("refreshing the registry record failed: %s", exc)
+
+    def _count_reads(self) -> None:
+        # Targets tag each READ with a notification; the engine is only touched from this thread
+        # after start(), so NIXL's thread-confinement holds.
+        while not self._stop.wait(0.2):
+            for messages in self.engine.notifications().values():
+                for message in messages:
+                    if message.startswith(b"mx-read:"):
+                        self.served_reads += 1
+                        metrics.SERVED_READS.inc()
+
+    def stop(self) -> None:
+        """Drain: leave the registry, tell watchers, stop serving, release memory registrations."""
+        self.server.set_state("Draining", "stopping")
+        if self._registry is not None:
+            try:
+                self._registry.remove(self.worker_id)
+            except Exception as exc:
+                log.warning("removing the registry record failed: %s", exc)
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=2)
+        self.server.stop(grace=2)
+        self.engine.deregister_all()

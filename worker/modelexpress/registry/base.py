@@ -1,0 +1,44 @@
+"""The source registry interface and the record it keeps per worker rank."""
+
+from __future__ import annotations
+
+import abc
+
+from modelexpress.config.worker import WorkerSettings
+from modelexpress.p2p.identity import WorkerIdentity
+from modelexpress.p2p.records import SourceRecord
+
+
+class SourceRegistry(abc.ABC):
+    """Record and find sources. Implementations must be safe for concurrent writers."""
+
+    @abc.abstractmethod
+    def publish(self, record: SourceRecord) -> None:
+        """Insert or replace the record of `record.worker_id`."""
+
+    @abc.abstractmethod
+    def set_state(self, worker_id: str, state: str) -> None:
+        """Change a worker's state and refresh its timestamp."""
+
+    @abc.abstractmethod
+    def remove(self, worker_id: str) -> None:
+        """Forget a worker (it stopped)."""
+
+    @abc.abstractmethod
+    def find_ready(self, identity: WorkerIdentity, node: str | None = None) -> list[SourceRecord]:
+        """Ready, fresh sources with exactly this identity and rank; same-node sources first."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+def open_registry(settings: WorkerSettings) -> SourceRegistry:
+    """The registry named by `MX_METADATA_BACKEND`."""
+    if settings.metadata_backend == "embedded":
+        from modelexpress.registry.embedded import EmbeddedRegistry
+
+        return EmbeddedRegistry(settings.registry_path, ttl_seconds=settings.status_ttl_secs)
+    raise ValueError(
+        f"MX_METADATA_BACKEND={settings.metadata_backend} is not available in this version; "
+        "use MX_METADATA_BACKEND=embedded"
+    )
