@@ -35,6 +35,7 @@ from modelexpress.p2p.nixl_engine import NixlEngine, ReadHandle, TransferError
 from modelexpress.p2p.plan import (
     DEFAULT_CHUNK_BYTES,
     Chunk,
+    Piece,
     TensorMismatchError,
     descriptors,
     make_chunks,
@@ -110,7 +111,9 @@ class _State:
     remaining: dict[str, set[int]] = field(init=False)
     pending: collections.deque[int] = field(init=False)
     delivered_by: dict[int, _Source] = field(default_factory=dict)
-    excluded: collections.defaultdict[int, set[str]] = field(default_factory=lambda: collections.defaultdict(set))
+    # repair chunks carry one tensor's bytes only and may come from one source only
+    pinned: dict[int, str] = field(default_factory=dict)
+    tried: collections.defaultdict[str, set[str]] = field(default_factory=lambda: collections.defaultdict(set))
     verified: set[str] = field(default_factory=set)
     verifying: dict[str, Future[bool]] = field(default_factory=dict)
     retried: int = 0
@@ -277,24 +280,30 @@ class _Pull:
                 self._fail_source(source, dead[source.endpoint], state.pending)
 
     def _post_reads(self, state: _State) -> bool:
-        """Fill every live source up to its in-flight limit, round-robin over the pending chunks."""
+        """Hand out pending chunks one per source per round (striping), up to each in-flight limit."""
+        self._repin_orphaned_repairs(state)
         posted = False
-        for source in self._alive():
-            skipped: list[int] = []
-            while state.pending and len(source.inflight) < self.options.max_inflight:
-                index = state.pending.popleft()
-                if source.endpoint in state.excluded[index]:
-                    skipped.append(index)
+        while state.pending:
+            round_posted = False
+            for source in self._alive():
+                if len(source.inflight) >= self.options.max_inflight:
                     continue
+                index = next(
+                    (i for i in state.pending if state.pinned.get(i, source.endpoint) == source.endpoint), None
+                )
+                if index is None:
+                    continue
+                state.pending.remove(index)
                 try:
                     read = self._post(source, state.chunks[index])
                 except TransferError as exc:
                     state.pending.appendleft(index)
                     self._fail_source(source, str(exc), state.pending)
-                    break
+                    continue
                 source.inflight.append(_InFlight(index, read, time.monotonic() + self.options.transfer_timeout))
-                posted = True
-            state.pending.extendleft(reversed(skipped))
+                posted = round_posted = True
+            if not round_posted:
+                break
         return posted
 
     def _poll_reads(self, state: _State, pool: ThreadPoolExecutor) -> bool:
@@ -342,23 +351,53 @@ class _Pull:
                 continue
             metrics.CHECKSUM_MISMATCHES.inc()
             state.refetched += 1
-            log.warning("checksum mismatch on %s; fetching it again from another source", name)
-            for index in state.owners.get(name, ()):
-                source = state.delivered_by.get(index)
-                if source is not None:
-                    state.excluded[index].add(source.endpoint)
-                state.remaining[name].add(index)
-                state.pending.append(index)
-                state.done_bytes -= state.chunks[index].nbytes
+            implicated = {state.delivered_by[i].endpoint for i in state.owners.get(name, ()) if i in state.delivered_by}
+            state.tried[name] |= implicated if len(implicated) == 1 else set()
+            self._schedule_repair(state, name, implicated)
+
+    def _schedule_repair(self, state: _State, name: str, implicated: set[str]) -> None:
+        """Fetch the whole tensor again from one source, unimplicated sources first; give up when none is left.
+
+        Only this tensor's bytes are re-read, so tensors already verified are never overwritten.
+        """
+        alive = [s.endpoint for s in self._alive() if s.endpoint not in state.tried[name]]
+        candidates = sorted(alive, key=lambda ep: ep in implicated)
+        if not candidates:
+            log.warning("no source left to fetch %s from; it will come from the fallback", name)
+            state.owners.pop(name, None)
+            state.remaining.pop(name, None)
+            return
+        chosen = candidates[0]
+        state.tried[name].add(chosen)
+        log.warning("checksum mismatch on %s; fetching it again from %s", name, chosen)
+        nbytes = self.local[name].spec.nbytes
+        indices: set[int] = set()
+        for start in range(0, nbytes, self.options.chunk_bytes):
+            chunk = Chunk(len(state.chunks), (Piece(name, start, min(self.options.chunk_bytes, nbytes - start)),))
+            state.chunks.append(chunk)
+            state.pinned[chunk.index] = chosen
+            state.pending.append(chunk.index)
+            indices.add(chunk.index)
+        state.owners[name] = set(indices)
+        state.remaining[name] = set(indices)
+
+    def _repin_orphaned_repairs(self, state: _State) -> None:
+        """A repair pinned to a source that has since failed moves to the next candidate (or is dropped)."""
+        alive = {s.endpoint for s in self._alive()}
+        orphaned = {
+            state.chunks[i].pieces[0].name for i in state.pending if i in state.pinned and state.pinned[i] not in alive
+        }
+        for name in orphaned:
+            dropped = {i for i in state.pending if state.chunks[i].pieces[0].name == name and i in state.pinned}
+            state.pending = collections.deque(i for i in state.pending if i not in dropped)
+            self._schedule_repair(state, name, set())
 
     def _finished(self, state: _State) -> bool:
         """Everything verified, or nothing left that could make progress."""
         if not state.pending and not state.verifying and all(not s.inflight for s in self.sources):
             return True
         alive = self._alive()
-        if any(s.inflight for s in alive) or state.verifying:
-            return False
-        return not any(s.endpoint not in state.excluded[i] for s in alive for i in state.pending)
+        return not alive and not state.verifying
 
     def _complete_with_fallback(self, state: _State, fallback: Fallback | None) -> list[str]:
         missing = [p.spec.name for p in self.layout.placements if p.spec.name not in state.verified]

@@ -1,0 +1,132 @@
+"""Manifests (paged, front-coded encoding at 100k tensors), pooled layouts, chunking and descriptor coalescing."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from modelexpress.p2p.identity import WorkerIdentity
+from modelexpress.p2p.manifest import Manifest, ManifestError
+from modelexpress.p2p.memory import ALIGNMENT, TensorSpec, adopt_tensors, allocate_pool
+from modelexpress.p2p.plan import TensorMismatchError, descriptors, make_chunks, match, tensors_of_chunks
+
+IDENTITY = WorkerIdentity(model_name="org/model", tensor_parallel_size=2, rank=1)
+
+
+def _specs(n: int, numel: int = 8) -> list[TensorSpec]:
+    return [TensorSpec(f"model.layers.{i // 10}.mlp.experts.{i % 10}.weight", "bfloat16", (numel,)) for i in range(n)]
+
+
+def test_pool_views_are_aligned_and_disjoint() -> None:
+    specs = [
+        TensorSpec("a", "float32", (3,)),
+        TensorSpec("b", "bfloat16", (5, 7)),
+        TensorSpec("c", "float8_e4m3fn", (0,)),
+    ]
+    layout = allocate_pool(specs)
+    region = layout.regions[0]
+    offsets = [p.offset for p in layout.placements]
+    assert all(o % ALIGNMENT == 0 for o in offsets)
+    assert layout.tensors["b"].shape == (5, 7) and layout.tensors["b"].dtype == torch.bfloat16
+    assert layout.tensors["a"].data_ptr() == region.address + offsets[0]
+    assert layout.tensors["c"].numel() == 0
+
+
+def test_adopt_registers_each_allocation_once() -> None:
+    big = torch.zeros(1000)
+    named = {"x": big[:100], "y": big[100:300], "z": torch.ones(4), "t": torch.randn(4, 6).t()}
+    layout = adopt_tensors(named)
+    # big's storage, z's storage, and a side pool for the non-contiguous view
+    assert len(layout.regions) == 3
+    by_name = {p.spec.name: p for p in layout.placements}
+    assert by_name["x"].region_id == by_name["y"].region_id
+    assert by_name["y"].offset == 100 * 4
+    assert torch.equal(layout.tensors["t"], named["t"])
+
+
+def test_manifest_of_100k_tensors_round_trips_compactly() -> None:
+    specs = _specs(100_000)
+    layout = allocate_pool(specs)
+    manifest = Manifest.build(IDENTITY, layout, checksums={s.name: i for i, s in enumerate(specs)})
+    started = time.perf_counter()
+    chunks = list(manifest.to_chunks(page_size=4096))
+    back = Manifest.from_chunks(chunks)
+    elapsed = time.perf_counter() - started
+    assert back == manifest
+    wire = sum(c.ByteSize() for c in chunks)
+    raw_names = sum(len(s.name) for s in specs)
+    shared = sum(d.shared_prefix_length for c in chunks[1:] for d in c.page.tensors)
+    assert shared > 0.6 * raw_names, "front coding should drop most of the repeated name prefixes"
+    assert wire / len(specs) < 48, f"{wire / len(specs):.1f} bytes per tensor on the wire"
+    assert len(chunks) == 1 + 25
+    assert elapsed < 5, elapsed
+
+
+def test_manifest_stream_errors_are_caught() -> None:
+    layout = allocate_pool(_specs(10))
+    chunks = list(Manifest.build(IDENTITY, layout).to_chunks(page_size=4))
+    with pytest.raises(ManifestError, match="start with a header"):
+        Manifest.from_chunks(chunks[1:])
+    with pytest.raises(ManifestError, match="expected"):
+        Manifest.from_chunks([chunks[0], chunks[2]])
+    chunks[1].page.tensors[0].checksum ^= 1
+    with pytest.raises(ManifestError, match="version does not match"):
+        Manifest.from_chunks(chunks)
+
+
+def test_identity_differences_are_listed() -> None:
+    other = IDENTITY.model_copy(update={"rank": 0, "dtype": "bfloat16"})
+    assert IDENTITY.differences(other) == ["dtype: 'auto' != 'bfloat16'", "rank: 1 != 0"]
+    assert WorkerIdentity.from_proto(IDENTITY.to_proto()) == IDENTITY
+
+
+def test_match_lists_first_differences() -> None:
+    source = Manifest.build(IDENTITY, allocate_pool(_specs(30)))
+    local_specs = _specs(30)
+    local_specs[3] = TensorSpec(local_specs[3].name, "float16", local_specs[3].shape)
+    local_specs.append(TensorSpec("extra.weight", "bfloat16", (2,)))
+    with pytest.raises(TensorMismatchError) as info:
+        match(allocate_pool(local_specs), source)
+    text = str(info.value)
+    assert "2 tensor(s) do not match" in text
+    assert "local float16[8] != source bfloat16[8]" in text
+    assert "extra.weight: not served by the source" in text
+
+
+def test_small_pooled_tensors_coalesce_into_one_descriptor() -> None:
+    specs = _specs(4096, numel=50)  # 100 bytes each, padded to 256
+    local, remote = allocate_pool(specs), allocate_pool(specs)
+    manifest = Manifest.build(IDENTITY, remote, checksums={s.name: 0 for s in specs})
+    entries = match(local, manifest)
+    chunks = make_chunks(local, chunk_bytes=64 << 20)
+    assert len(chunks) == 1
+    runs = descriptors(
+        chunks[0],
+        {p.spec.name: p for p in local.placements},
+        {r.id: r.address for r in local.regions},
+        entries,
+        {r.id: r.address for r in manifest.regions},
+    )
+    assert len(runs) == 1
+    assert runs[0].length == local.placements[-1].offset + 100
+
+
+def test_different_layouts_split_descriptors_and_chunks_split_big_tensors() -> None:
+    specs = [TensorSpec("a", "uint8", (1000,)), TensorSpec("b", "uint8", (3000,))]
+    local = allocate_pool(specs)
+    remote = allocate_pool(list(reversed(specs)))  # the source holds them in the other order
+    manifest = Manifest.build(IDENTITY, remote, checksums={"a": 0, "b": 0})
+    chunks = make_chunks(local, chunk_bytes=1024)
+    assert [c.nbytes for c in chunks] == [1024, 1024, 1024, 928]
+    owners = tensors_of_chunks(chunks)
+    assert owners["a"] == {0} and owners["b"] == {0, 1, 2, 3}
+    runs = descriptors(
+        chunks[0],
+        {p.spec.name: p for p in local.placements},
+        {r.id: r.address for r in local.regions},
+        match(local, manifest),
+        {r.id: r.address for r in manifest.regions},
+    )
+    assert [r.length for r in runs] == [1000, 24]  # not contiguous on the source: two runs
