@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.harness.kube import apply_crds, make_api_client, write_kubeconfig
+from tests.harness.processes import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager")
@@ -124,8 +125,17 @@ class ControlPlane:
 
 def _spawn(cp: ControlPlane, name: str, argv: list[str]) -> None:
     log = (cp.workdir / "logs" / f"{name}.log").open("wb")
-    # Own process group: a Ctrl-C in pytest must not leave orphans, and stop() signals them explicitly.
-    cp.processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    # Own session, so a Ctrl-C aimed at pytest does not hit them mid-shutdown; stop() signals them, and
+    # the parent-death signal ends them if the test process itself dies without cleaning up.
+    cp.processes.append(
+        subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - one libc call, loaded before fork
+        )
+    )
 
 
 def _wait_ready(cp: ControlPlane, timeout: float) -> None:

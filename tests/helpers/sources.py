@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.harness.processes import die_with_parent
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -47,6 +49,7 @@ def start_source(tmp: Path, *args: str, timeout: float = 60) -> SourceProcess:
             stderr=subprocess.STDOUT,
             env=env,
             cwd=ROOT,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - one libc call, loaded before fork
         )
     deadline = time.monotonic() + timeout
     while not ready.exists():
