@@ -166,7 +166,5 @@ def _common_prefix(a: str, b: str) -> int:
 
 
 def _version(entries: tuple[TensorEntry, ...]) -> str:
-    hasher = xxhash.xxh3_64()
-    for e in entries:
-        hasher.update(f"{e.name}|{e.dtype}|{e.shape}|{e.nbytes}|{e.region_id}|{e.offset}|{e.checksum}\n".encode())
-    return hasher.hexdigest()
+    text = "\n".join(f"{e.name}|{e.dtype}|{e.shape}|{e.nbytes}|{e.region_id}|{e.offset}|{e.checksum}" for e in entries)
+    return xxhash.xxh3_64_hexdigest(text.encode())

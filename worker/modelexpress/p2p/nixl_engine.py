@@ -56,6 +56,7 @@ class NixlEngine:
         self.backend = backend
         self._agent = nixl_agent(self.name, nixl_agent_config(backends=[backend]))
         self._registrations: list[Any] = []
+        self._remotes: dict[bytes, str] = {}
         self.regions: list[Region] = []
         log.info(
             "NIXL agent %s ready with backend %s; UCX settings: %s",
@@ -87,13 +88,23 @@ class NixlEngine:
         return data
 
     def add_remote(self, metadata: bytes) -> str:
+        """Load a peer's agent; a peer already loaded with the same metadata keeps its connection."""
+        known = self._remotes.get(metadata)
+        if known is not None:
+            return known
         try:
-            name: str = self._agent.add_remote_agent(metadata)
+            loaded = self._agent.add_remote_agent(metadata)
         except Exception as exc:
             raise TransferError(f"cannot load the peer's NIXL agent metadata: {exc}") from exc
-        return name if isinstance(name, str) else name.decode()
+        name: str = loaded if isinstance(loaded, str) else loaded.decode()
+        self._remotes[metadata] = name
+        return name
 
     def remove_remote(self, name: str) -> None:
+        """Forget a peer (it failed or went away); the next add_remote connects afresh."""
+        for metadata, known in list(self._remotes.items()):
+            if known == name:
+                del self._remotes[metadata]
         try:
             self._agent.remove_remote_agent(name)
         except Exception as exc:

@@ -17,10 +17,11 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -45,6 +46,7 @@ from modelexpress.p2p.plan import (
 
 log = logging.getLogger(__name__)
 
+_MIN_IDLE, _MAX_IDLE = 0.0002, 0.004
 Fallback = Callable[[dict[str, torch.Tensor], list[str]], None]
 """Fills the named tensors of the dict in place (e.g. from disk)."""
 Progress = Callable[[int, int], None]
@@ -115,7 +117,9 @@ class _State:
     pinned: dict[int, str] = field(default_factory=dict)
     tried: collections.defaultdict[str, set[str]] = field(default_factory=lambda: collections.defaultdict(set))
     verified: set[str] = field(default_factory=set)
-    verifying: dict[str, Future[bool]] = field(default_factory=dict)
+    # verification results arrive here from the checksum thread: (tensor, matches, delivering source)
+    results: queue.SimpleQueue[tuple[str, bool]] = field(default_factory=queue.SimpleQueue)
+    outstanding: int = 0
     retried: int = 0
     refetched: int = 0
     done_bytes: int = 0
@@ -236,10 +240,10 @@ class _Pull:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mx-verify")
         try:
             # zero-byte tensors have no chunk: verify them at once
-            for placement in self.layout.placements:
-                name = placement.spec.name
-                if name not in state.owners and self.sources:
-                    state.verifying[name] = pool.submit(self._verify, name, None)
+            if self.sources:
+                empty = [p.spec.name for p in self.layout.placements if p.spec.name not in state.owners]
+                self._submit_verification(state, pool, empty, None)
+            idle = _MIN_IDLE
             while True:
                 self._reap_dead(state)
                 progressed = self._post_reads(state)
@@ -247,11 +251,11 @@ class _Pull:
                 self._collect_verifications(state)
                 if self._finished(state):
                     break
+                # Back off while READs are in flight: on small hosts a spinning poller takes the CPU
+                # that the transport and the checksum thread need.
+                idle = _MIN_IDLE if progressed else min(idle * 2, _MAX_IDLE)
                 if not progressed:
-                    time.sleep(0.0005)
-            for name, fut in state.verifying.items():
-                if fut.result():
-                    state.verified.add(name)
+                    time.sleep(idle)
         finally:
             pool.shutdown(wait=True)
         missing = self._complete_with_fallback(state, fallback)
@@ -271,6 +275,25 @@ class _Pull:
         """Does the tensor's content match the checksum of the source that delivered it?"""
         entries = source.entries if source else self.sources[0].entries
         return checksum(self.layout.tensors[name]) == entries[name].checksum
+
+    def _submit_verification(
+        self, state: _State, pool: ThreadPoolExecutor, names: list[str], source: _Source | None
+    ) -> None:
+        """Checksum `names` in the background (one job per batch); results come back through a queue."""
+        if not names:
+            return
+        state.outstanding += len(names)
+
+        def job() -> None:
+            for name in names:
+                try:
+                    ok = self._verify(name, source)
+                except Exception:  # a failed checksum must be reported, never lost
+                    log.exception("verifying %s failed", name)
+                    ok = False
+                state.results.put((name, ok))
+
+        pool.submit(job)
 
     def _reap_dead(self, state: _State) -> None:
         with self._dead_lock:
@@ -336,17 +359,23 @@ class _Pull:
         state.done_bytes += chunk.nbytes
         if self.progress:
             self.progress(min(state.done_bytes, state.total), state.total)
-        for name in {p.name for p in chunk.pieces}:
-            state.remaining[name].discard(chunk.index)
-            if not state.remaining[name]:
-                state.verifying[name] = pool.submit(self._verify, name, source)
+        complete = []
+        for piece in chunk.pieces:
+            waiting = state.remaining[piece.name]
+            if chunk.index in waiting:
+                waiting.discard(chunk.index)
+                if not waiting:
+                    complete.append(piece.name)
+        self._submit_verification(state, pool, complete, source)
 
     def _collect_verifications(self, state: _State) -> None:
-        for name, fut in list(state.verifying.items()):
-            if not fut.done():
-                continue
-            del state.verifying[name]
-            if fut.result():
+        while True:
+            try:
+                name, ok = state.results.get_nowait()
+            except queue.Empty:
+                return
+            state.outstanding -= 1
+            if ok:
                 state.verified.add(name)
                 continue
             metrics.CHECKSUM_MISMATCHES.inc()
@@ -394,10 +423,9 @@ class _Pull:
 
     def _finished(self, state: _State) -> bool:
         """Everything verified, or nothing left that could make progress."""
-        if not state.pending and not state.verifying and all(not s.inflight for s in self.sources):
+        if not state.pending and not state.outstanding and all(not s.inflight for s in self.sources):
             return True
-        alive = self._alive()
-        return not alive and not state.verifying
+        return not self._alive() and not state.outstanding
 
     def _complete_with_fallback(self, state: _State, fallback: Fallback | None) -> list[str]:
         missing = [p.spec.name for p in self.layout.placements if p.spec.name not in state.verified]
@@ -426,7 +454,8 @@ class _Pull:
         for source in self.sources:
             for flight in source.inflight:
                 self.engine.release(flight.read)
-            self.engine.remove_remote(source.remote_agent)
+            if source.failure is not None:
+                self.engine.remove_remote(source.remote_agent)  # healthy peers keep their connection
             source.client.close()
 
 

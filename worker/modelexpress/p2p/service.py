@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from modelexpress._proto.worker.v1 import worker_pb2, worker_pb2_grpc
-from modelexpress.p2p.manifest import Manifest
+from modelexpress.p2p.manifest import DEFAULT_PAGE_SIZE, Manifest
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "modelexpress.worker.v1.WorkerService"
@@ -59,7 +59,10 @@ class _Servicer(worker_pb2_grpc.WorkerServiceServicer):  # type: ignore[misc]
         manifest = self._worker.manifest
         if manifest is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "the worker has not loaded its tensors yet")
-        yield from manifest.to_chunks(request.page_size)
+        if request.page_size in (0, DEFAULT_PAGE_SIZE):
+            yield from self._worker.encoded_manifest  # encoded once, served to every target
+        else:
+            yield from manifest.to_chunks(request.page_size)
 
     def GetAgentMetadata(  # noqa: N802
         self, request: worker_pb2.GetAgentMetadataRequest, context: grpc.ServicerContext
@@ -89,6 +92,7 @@ class WorkerServer:
         self.info = info
         self.backend = backend
         self.manifest: Manifest | None = None
+        self.encoded_manifest: list[worker_pb2.ManifestChunk] = []
         self.agent_metadata: bytes | None = None
         self.stopping = False
         self.active_transfers = 0
@@ -116,6 +120,7 @@ class WorkerServer:
         log.info("WorkerService listening on %s:%d", self.host, self.port)
 
     def publish(self, manifest: Manifest, agent_metadata: bytes) -> None:
+        self.encoded_manifest = list(manifest.to_chunks(DEFAULT_PAGE_SIZE))
         self.manifest, self.agent_metadata = manifest, agent_metadata
 
     def set_state(self, state: str, message: str = "") -> None:
