@@ -240,3 +240,27 @@ def test_failover_never_holds_two_copies(tmp_path: Path) -> None:
     assert figures["failed"], "no failover happened"
     # one model, plus staging and runtime overheads bounded at 64 MiB
     assert figures["growth"] <= figures["model"] + (64 << 20), figures
+
+
+def test_metrics_count_bytes_and_pulls(model_dir: Path, engine: NixlEngine, tmp_path: Path) -> None:
+    import urllib.request
+
+    from modelexpress.metrics import serve_metrics
+
+    port = serve_metrics(0, "127.0.0.1")
+
+    def scrape() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            lines = response.read().decode().splitlines()
+        return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in lines if line and not line.startswith("#"))}
+
+    before = scrape()
+    with sources(tmp_path, 1, "--model-dir", str(model_dir)) as (src,):
+        layout = _target(model_dir, engine)
+        pull(layout, IDENTITY, [src.endpoint], engine, FAST)
+    after = scrape()
+    assert after["modelexpress_pull_bytes_total"] - before.get("modelexpress_pull_bytes_total", 0) == layout.total_bytes
+    assert (
+        after['modelexpress_pulls_total{outcome="ok"}'] - before.get('modelexpress_pulls_total{outcome="ok"}', 0) == 1
+    )
+    assert after["modelexpress_pull_duration_seconds_count"] >= 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import logging
+
+from prometheus_client import Counter, Histogram, start_http_server
 
 PULL_BYTES = Counter("modelexpress_pull_bytes_total", "Bytes received from peers over NIXL")
 PULLS = Counter("modelexpress_pulls_total", "Pulls by outcome", ["outcome"])
@@ -15,3 +17,13 @@ CHUNKS = Counter("modelexpress_transfer_chunks_total", "Chunk READs by outcome",
 SOURCE_FAILURES = Counter("modelexpress_source_failures_total", "Sources abandoned during a pull", ["reason"])
 CHECKSUM_MISMATCHES = Counter("modelexpress_checksum_mismatches_total", "Tensors whose checksum did not match")
 SERVED_READS = Counter("modelexpress_served_reads_total", "READs peers completed against this worker")
+
+
+def serve_metrics(port: int | None, host: str = "0.0.0.0") -> int | None:
+    """Expose /metrics on `port` (0 picks one); returns the port, or None when disabled."""
+    if port is None:
+        return None
+    server, _thread = start_http_server(port, addr=host)
+    bound: int = server.server_port
+    logging.getLogger(__name__).info("Prometheus metrics on http://%s:%d/metrics", host, bound)
+    return bound

@@ -13,6 +13,7 @@ from pathlib import Path
 from modelexpress.config import LoggingSettings
 from modelexpress.config.logs import configure_logging
 from modelexpress.config.worker import WorkerSettings
+from modelexpress.metrics import serve_metrics
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.memory import TensorLayout, TensorSpec, allocate_pool
 from modelexpress.p2p.nixl_engine import NixlEngine
@@ -99,6 +100,7 @@ def _run_source(identity: WorkerIdentity, layout: TensorLayout, engine: NixlEngi
 
 def _serve(args: argparse.Namespace) -> int:
     configure_logging(LoggingSettings(level=args.log_level, format="compact"))
+    serve_metrics(WorkerSettings().metrics_port)
     identity = _identity(args)
     try:
         stored = scan(args.model_dir)
@@ -143,6 +145,7 @@ def _pull(args: argparse.Namespace) -> int:
     configure_logging(LoggingSettings(level=args.log_level, format="compact"))
     identity = _identity(args)
     settings = WorkerSettings()
+    serve_metrics(settings.metrics_port)
     endpoints = list(args.source)
     if not endpoints:
         registry = open_registry(settings)

@@ -36,3 +36,5 @@ class WorkerSettings(BaseSettings):
     """READs in flight per source."""
     chunk_bytes: int = Field(default=64 << 20, ge=1 << 16)
     """Bytes per READ chunk: the unit of striping and retry."""
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """Serve Prometheus metrics on this port (unset: no metrics endpoint)."""

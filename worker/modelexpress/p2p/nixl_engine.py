@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,11 +29,19 @@ class TransferError(RuntimeError):
     """A NIXL operation failed; the receiving process carries on (the caller retries or falls back)."""
 
 
-def configure_ucx_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """Apply our UCX defaults where the user set nothing; returns the UCX_* settings in effect."""
+def configure_ucx_environment(
+    environ: MutableMapping[str, str] | None = None, show_transports: bool = False
+) -> dict[str, str]:
+    """Apply our UCX defaults where the user set nothing; returns the UCX_* settings in effect.
+
+    With `show_transports`, UCX prints the protocol and transport it picks for each kind of
+    operation (`UCX_PROTO_INFO`), e.g. `zero-copy cma/memory` for host READs or `cuda_ipc` for GPUs.
+    """
     env = os.environ if environ is None else environ
     for key, value in UCX_DEFAULTS.items():
         env.setdefault(key, value)
+    if show_transports:
+        env.setdefault("UCX_PROTO_INFO", "y")
     return {k: v for k, v in env.items() if k.startswith("UCX_")}
 
 
@@ -51,7 +60,7 @@ class NixlEngine:
     def __init__(self, name: str | None = None, backend: str = "UCX") -> None:
         from nixl._api import nixl_agent, nixl_agent_config
 
-        ucx = configure_ucx_environment()
+        ucx = configure_ucx_environment(show_transports=log.isEnabledFor(logging.DEBUG))
         self.name = name or f"mx-{uuid.uuid4().hex[:12]}"
         self.backend = backend
         self._agent = nixl_agent(self.name, nixl_agent_config(backends=[backend]))
@@ -64,6 +73,10 @@ class NixlEngine:
             backend,
             ", ".join(f"{k}={v}" for k, v in sorted(ucx.items())) or "defaults",
         )
+        try:
+            log.debug("%s backend parameters: %s", backend, self._agent.get_plugin_params(backend))
+        except Exception as exc:  # informational only
+            log.debug("%s backend parameters unavailable: %s", backend, exc)
 
     def register(self, layout: TensorLayout) -> None:
         """Register every region of the layout (one registration per allocation, never per tensor)."""
