@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from modelexpress.config.worker import WorkerSettings
+from modelexpress.files import write_text_atomic
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.memory import TensorLayout, adopt_tensors, allocate_pool
 from modelexpress.p2p.safetensors_dir import load_into, scan
@@ -68,9 +69,7 @@ def main() -> None:
                 raw = tensor.view(-1).view(torch.uint8) if tensor.is_contiguous() else None
                 if raw is not None:
                     raw[0] ^= 0xFF
-    tmp = args.ready_file.with_name(args.ready_file.name + ".tmp")
-    tmp.write_text(source.endpoint)
-    tmp.replace(args.ready_file)
+    write_text_atomic(args.ready_file, source.endpoint)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -34,7 +34,7 @@ def test_generate_writes_a_valid_file(tmp_path: Path) -> None:
         "shutdown_timeout_seconds": 30,
     }
     assert data["cache"]["eviction"]["policy"]["unused_threshold"] == "7d"
-    assert not list(out.parent.glob("*.tmp"))
+    assert not list(out.parent.glob("*.tmp")) and not list(out.parent.glob(".*.tmp"))
     valid = _run("config", "validate", str(out))
     assert valid.returncode == 0 and "valid" in valid.stdout
 

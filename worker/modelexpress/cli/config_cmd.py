@@ -8,6 +8,7 @@ from pathlib import Path
 
 from modelexpress.cli.options import add_config_flags, config_from_args
 from modelexpress.config import ConfigError, load_config, render_config_yaml
+from modelexpress.files import write_text_atomic
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,10 +34,7 @@ def _generate(args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(text)
         return 0
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_name(args.output.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(args.output)  # never leave a half-written configuration behind
+    write_text_atomic(args.output, text)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from modelexpress.config import LoggingSettings
 from modelexpress.config.logs import configure_logging
 from modelexpress.config.worker import WorkerSettings
+from modelexpress.files import write_text_atomic
 from modelexpress.metrics import serve_metrics
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.memory import TensorLayout, TensorSpec, allocate_pool
@@ -87,9 +88,7 @@ def _run_source(identity: WorkerIdentity, layout: TensorLayout, engine: NixlEngi
         flush=True,
     )
     if ready_file:
-        tmp = ready_file.with_name(ready_file.name + ".tmp")
-        tmp.write_text(source.endpoint)
-        tmp.replace(ready_file)
+        write_text_atomic(ready_file, source.endpoint)
     try:
         _wait_for_signal()
     finally:
