@@ -195,7 +195,7 @@ def test_awkward_tensors_move_correctly(engine: NixlEngine, tmp_path: Path) -> N
 
 
 _PEAK_SCRIPT = """
-import json, resource, sys, torch
+import json, sys, torch
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.memory import allocate_pool
 from modelexpress.p2p.nixl_engine import NixlEngine
@@ -206,7 +206,13 @@ from pathlib import Path
 model, tmp = Path(sys.argv[1]), Path(sys.argv[2])
 a = start_source(tmp, "--model-dir", str(model)); b = start_source(tmp, "--model-dir", str(model))
 engine = NixlEngine()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def kib(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak-RSS mark (VmHWM): start-up peaks must not hide the pull's
+before = kib("VmRSS")
 layout = allocate_pool([s.spec for s in scan(model)])
 engine.register(layout)
 state = []
@@ -215,7 +221,7 @@ def kill(done, total):
         state.append(done); a.kill()
 r = pull(layout, WorkerIdentity(model_name="test/model"), [a.endpoint, b.endpoint], engine,
          PullOptions(chunk_bytes=4 << 20, max_inflight=2, transfer_timeout=10), fallback=disk_fallback(model), progress=kill)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = kib("VmHWM")
 b.stop()
 print(json.dumps({"model": layout.total_bytes, "growth": peak - before, "failed": list(r.failed_sources)}))
 """
@@ -238,7 +244,9 @@ def test_failover_never_holds_two_copies(tmp_path: Path) -> None:
 
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     assert figures["failed"], "no failover happened"
-    # one model, plus staging and runtime overheads bounded at 64 MiB
+    # the measurement sees the one copy of the model that the pull fills...
+    assert figures["growth"] >= 0.9 * figures["model"], figures
+    # ...and nothing like a second one: one model plus staging and runtime overheads within 64 MiB
     assert figures["growth"] <= figures["model"] + (64 << 20), figures
 
 
