@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP_TORCH_FLAGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: setup test test-unit test-integration lint format generate bench demo e2e clean
+.PHONY: setup test test-unit test-integration lint format generate bench demo clean
 
 setup: $(VENV)/.installed
 
@@ -48,9 +48,6 @@ bench: setup
 
 demo: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash hack/demo.sh
-
-e2e: setup
-	bash hack/kind-e2e.sh
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
