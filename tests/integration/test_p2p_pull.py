@@ -272,3 +272,39 @@ def test_metrics_count_bytes_and_pulls(model_dir: Path, engine: NixlEngine, tmp_
         after['modelexpress_pulls_total{outcome="ok"}'] - before.get('modelexpress_pulls_total{outcome="ok"}', 0) == 1
     )
     assert after["modelexpress_pull_duration_seconds_count"] >= 1
+
+
+def test_cli_pull_without_local_files_takes_the_layout_from_the_source(model_dir: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "MX_REGISTRY_PATH": str(tmp_path / "reg.db"), "MX_WORKER_HOST": "127.0.0.1"}
+    with sources(tmp_path, 1, "--model-dir", str(model_dir)) as (src,):
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "modelexpress",
+                "worker",
+                "pull",
+                "--model-name",
+                "test/model",
+                "--source",
+                src.endpoint,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            check=False,
+        )
+    assert out.returncode == 0, out.stderr
+    assert f"pulled {len(scan(model_dir))} tensors" in out.stdout
+    assert "from 1 source(s); all checksums verified" in out.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "modelexpress", "worker", "pull", "--model-name", "nobody/serves-this"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert missing.returncode == 3
+    assert "no Ready source of nobody/serves-this rank 0" in missing.stderr
