@@ -30,7 +30,7 @@ from modelexpress import metrics
 from modelexpress.p2p.checksum import checksum
 from modelexpress.p2p.client import STATE_NAMES, SourceUnavailableError, WorkerClient
 from modelexpress.p2p.identity import WorkerIdentity
-from modelexpress.p2p.manifest import Manifest, TensorEntry
+from modelexpress.p2p.manifest import TensorEntry
 from modelexpress.p2p.memory import TensorLayout
 from modelexpress.p2p.nixl_engine import NixlEngine, ReadHandle, TransferError
 from modelexpress.p2p.plan import (
@@ -94,7 +94,6 @@ class _InFlight:
 class _Source:
     endpoint: str
     client: WorkerClient
-    manifest: Manifest
     entries: dict[str, TensorEntry]
     remote_agent: str
     region_bases: dict[int, int]
@@ -109,6 +108,7 @@ class _State:
     """Book-keeping of one pull: chunks pending, in which tensors, delivered by whom, verified."""
 
     chunks: list[Chunk]
+    total: int = field(init=False)
     owners: dict[str, set[int]] = field(init=False)
     remaining: dict[str, set[int]] = field(init=False)
     pending: collections.deque[int] = field(init=False)
@@ -117,21 +117,17 @@ class _State:
     pinned: dict[int, str] = field(default_factory=dict)
     tried: collections.defaultdict[str, set[str]] = field(default_factory=lambda: collections.defaultdict(set))
     verified: set[str] = field(default_factory=set)
-    # verification results arrive here from the checksum thread: (tensor, matches, delivering source)
+    # verification results arrive here from the checksum thread: (tensor, checksum matched)
     results: queue.SimpleQueue[tuple[str, bool]] = field(default_factory=queue.SimpleQueue)
     outstanding: int = 0
-    retried: int = 0
     refetched: int = 0
     done_bytes: int = 0
 
     def __post_init__(self) -> None:
+        self.total = sum(c.nbytes for c in self.chunks)  # repair chunks re-read bytes, they add none
         self.owners = tensors_of_chunks(self.chunks)
         self.remaining = {name: set(indices) for name, indices in self.owners.items()}
         self.pending = collections.deque(c.index for c in self.chunks)
-
-    @property
-    def total(self) -> int:
-        return sum(c.nbytes for c in self.chunks)
 
 
 class _Pull:
@@ -153,6 +149,7 @@ class _Pull:
         self.local_kinds = {r.id: (r.kind, r.device_id) for r in layout.regions}
         self.sources: list[_Source] = []
         self.failed: dict[str, str] = {}
+        self.retried = 0
         self.mismatches: list[TensorMismatchError] = []
         self._dead: dict[str, str] = {}
         self._dead_lock = threading.Lock()
@@ -189,7 +186,6 @@ class _Pull:
         source = _Source(
             endpoint,
             client,
-            manifest,
             entries,
             remote_agent,
             {r.id: r.address for r in manifest.regions},
@@ -215,6 +211,7 @@ class _Pull:
         for flight in source.inflight:
             self.engine.release(flight.read)
             requeue.appendleft(flight.chunk)
+        self.retried += len(source.inflight)
         source.inflight.clear()
 
     # --- transfer -------------------------------------------------------------------------------
@@ -266,7 +263,7 @@ class _Pull:
             seconds=time.perf_counter() - start,
             sources=[s.endpoint for s in self.sources if s.served],
             failed_sources=dict(self.failed),
-            retried_chunks=state.retried,
+            retried_chunks=self.retried,
             refetched_tensors=state.refetched,
             fell_back=missing,
         )
@@ -347,7 +344,6 @@ class _Pull:
                         if status == "ERR"
                         else f"READ missed its {self.options.transfer_timeout}s deadline"
                     )
-                    state.retried += len(source.inflight)
                     self._fail_source(source, reason, state.pending)
                     break
         return completed

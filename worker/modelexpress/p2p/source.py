@@ -11,6 +11,7 @@ import logging
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 
 from modelexpress import metrics
 from modelexpress.config.worker import WorkerSettings
@@ -88,8 +89,8 @@ class SourceWorker:
         self._spawn(self._heartbeat, "mx-heartbeat")
         self._spawn(self._count_reads, "mx-notifications")
 
-    def _spawn(self, target: object, name: str) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
 
