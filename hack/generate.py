@@ -37,7 +37,50 @@ def generate_crds(out_dir: Path) -> list[Path]:
         text = yaml.safe_dump(build_crd(model), sort_keys=False, width=110)
         path.write_text(CRD_HEADER + text, encoding="utf-8")
         written.append(path)
+    for crd in peering_crds():
+        path = out_dir / f"kopf.dev_{crd['spec']['names']['plural']}.yaml"
+        path.write_text(
+            CRD_HEADER.replace("from worker/modelexpress/api", "from hack/generate.py")
+            + yaml.safe_dump(crd, sort_keys=False),
+            encoding="utf-8",
+        )
+        written.append(path)
     return written
+
+
+def peering_crds() -> list[dict[str, object]]:
+    """kopf's peering kinds: replicas of the operator find each other and elect the active one through them."""
+    crds: list[dict[str, object]] = []
+    for kind, scope in (("ClusterKopfPeering", "Cluster"), ("KopfPeering", "Namespaced")):
+        plural = kind.lower() + "s"
+        crds.append(
+            {
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {"name": f"{plural}.kopf.dev"},
+                "spec": {
+                    "scope": scope,
+                    "group": "kopf.dev",
+                    "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+                    "versions": [
+                        {
+                            "name": "v1",
+                            "served": True,
+                            "storage": True,
+                            "schema": {
+                                "openAPIV3Schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                                    },
+                                }
+                            },
+                        }
+                    ],
+                },
+            }
+        )
+    return crds
 
 
 def generate_stubs(out_dir: Path) -> list[Path]:

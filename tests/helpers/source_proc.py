@@ -18,6 +18,7 @@ import torch
 
 from modelexpress.config.worker import WorkerSettings
 from modelexpress.files import write_text_atomic
+from modelexpress.p2p.checksum import checksum
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.memory import TensorLayout, adopt_tensors, allocate_pool
 from modelexpress.p2p.safetensors_dir import load_into, scan
@@ -60,15 +61,18 @@ def main() -> None:
         load_into(layout.tensors, stored)
     identity = WorkerIdentity(model_name=args.model_name, rank=args.rank)
     settings = WorkerSettings(worker_host="127.0.0.1", worker_grpc_port=0)
-    source = SourceWorker(identity, layout, settings)
-    registry = EmbeddedRegistry(args.registry) if args.registry else None
-    source.start(registry)
+    checksums = None
     if args.corrupt:
+        # Checksums of the good bytes, then the damage, before anyone can READ: no race with targets.
+        checksums = {name: checksum(tensor) for name, tensor in layout.tensors.items()}
         for tensor in layout.tensors.values():
             if tensor.numel():
                 raw = tensor.view(-1).view(torch.uint8) if tensor.is_contiguous() else None
                 if raw is not None:
                     raw[0] ^= 0xFF
+    source = SourceWorker(identity, layout, settings, checksums=checksums)
+    registry = EmbeddedRegistry(args.registry) if args.registry else None
+    source.start(registry)
     write_text_atomic(args.ready_file, source.endpoint)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

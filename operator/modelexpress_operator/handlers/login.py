@@ -8,14 +8,12 @@ the RBAC tests), and gives a clear error naming what was tried.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import kopf
 from kubernetes import client, config
 
-SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+from modelexpress_operator.kube import in_cluster, kubeconfig_path
 
 
 def connection_from_kubeconfig(path: str | None, context: str | None = None) -> kopf.ConnectionInfo:
@@ -39,13 +37,9 @@ def connection_from_kubeconfig(path: str | None, context: str | None = None) -> 
 
 @kopf.on.login()
 def login(logger: kopf.Logger, **kwargs: Any) -> kopf.ConnectionInfo | None:
-    if (
-        os.environ.get("KUBERNETES_SERVICE_HOST")
-        and SERVICE_ACCOUNT_TOKEN.exists()
-        and not os.environ.get("KUBECONFIG")
-    ):
+    if in_cluster():
         return kopf.login_with_service_account(logger=logger, **kwargs)
-    path = os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+    path = kubeconfig_path()
     try:
         info = connection_from_kubeconfig(path)
     except (config.ConfigException, OSError) as exc:

@@ -87,14 +87,18 @@ class WorkerSource(KubeModel):
     """host:port of the worker's gRPC WorkerService."""
     agent_name: str | None = Field(default=None, max_length=253)
     """NIXL agent name of the worker."""
+    gpu_architecture: str | None = Field(default=None, max_length=63)
+    """GPU architecture the worker's weights are laid out for; targets only pull from their own."""
     state: SourceState = SourceState.INITIALIZING
     """Initializing, Ready, Draining or Stale."""
     tensor_count: int | None = Field(default=None, ge=0)
     """Tensors the worker serves."""
     bytes: int | None = Field(default=None, ge=0)
     """Bytes the worker serves."""
+    active_transfers: int = Field(default=0, ge=0)
+    """Targets pulling from the worker at the last update; targets prefer the least loaded source."""
     updated_at: datetime | None = None
-    """When the operator last heard from the worker."""
+    """When the entry last changed (state, load or counts); heartbeats alone do not rewrite it."""
 
 
 class ModelMetadataStatus(KubeModel):
@@ -146,11 +150,55 @@ class ModelMetadata(KubeModel):
     status: ModelMetadataStatus | None = None
 
 
+IDENTITY_LABEL = "modelexpress.io/identity"
+"""Label holding `identity_hash()`: the operator finds the ModelMetadata of a worker's identity by it."""
+_HASHED_FIELDS = (
+    "model_name",
+    "revision",
+    "engine",
+    "engine_version",
+    "dtype",
+    "quantization",
+    "tensor_parallel_size",
+    "pipeline_parallel_size",
+    "expert_parallel_size",
+)
+
+
+def _label_value(text: str) -> str:
+    """`text` made a valid label value (63 characters of [A-Za-z0-9._-], alphanumeric at both ends)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", ".", text)[:63].strip("._-")
+
+
 class ModelIdentity(ModelMetadataSpec):
-    """The identity fields alone, with a stable resource name derived from them."""
+    """The identity fields alone, with a stable hash, resource name and labels derived from them.
+
+    The GPU architecture is not part of the hash: one ModelMetadata lists the sources of every
+    architecture (each source records its own), and targets pick sources of theirs.
+    """
+
+    def identity_hash(self) -> str:
+        """16 hex digits over every identity field except the GPU architecture."""
+        fields = self.model_dump(include=set(_HASHED_FIELDS))
+        return hashlib.sha256(repr([(name, fields[name]) for name in _HASHED_FIELDS]).encode()).hexdigest()[:16]
 
     def resource_name(self) -> str:
-        """A DNS-1123 name unique to this identity: readable slug plus a hash of every field."""
-        digest = hashlib.sha256(repr(sorted(self.model_dump(exclude={"cache_ref"}).items())).encode()).hexdigest()[:10]
+        """A DNS-1123 name unique to this identity: readable slug plus the identity hash."""
+        digest = self.identity_hash()[:10]
         slug = re.sub(r"[^a-z0-9]+", "-", self.model_name.lower()).strip("-")[:40].strip("-")
         return f"{slug}-{digest}" if slug else f"model-{digest}"
+
+    def labels(self) -> dict[str, str]:
+        """Labels that make the identity selectable (`kubectl get mm -l modelexpress.io/tp=8`)."""
+        return {
+            IDENTITY_LABEL: self.identity_hash(),
+            "modelexpress.io/model": _label_value(self.model_name),
+            "modelexpress.io/revision": _label_value(self.revision),
+            "modelexpress.io/dtype": self.dtype,
+            "modelexpress.io/tp": str(self.tensor_parallel_size),
+            "modelexpress.io/pp": str(self.pipeline_parallel_size),
+        }
+
+    @classmethod
+    def of(cls, spec: ModelMetadataSpec) -> ModelIdentity:
+        return cls.model_validate(spec.model_dump(include=set(ModelMetadataSpec.model_fields)))

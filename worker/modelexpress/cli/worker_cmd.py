@@ -146,10 +146,15 @@ def _pull(args: argparse.Namespace) -> int:
     settings = WorkerSettings()
     serve_metrics(settings.metrics_port)
     endpoints = list(args.source)
+    expected_pods: dict[str, str] = {}
     if not endpoints:
         registry = open_registry(settings)
-        endpoints = [r.endpoint for r in registry.find_ready(identity)]
-        registry.close()
+        try:
+            records = registry.find_ready(identity, node=settings.node_name)
+        finally:
+            registry.close()
+        endpoints = [r.endpoint for r in records]
+        expected_pods = {r.endpoint: r.pod_uid for r in records if r.pod_uid}
     if not endpoints and args.model_dir is None:
         print(
             f"error: no Ready source of {identity.model_name} rank {identity.rank} and no --model-dir to load",
@@ -178,6 +183,7 @@ def _pull(args: argparse.Namespace) -> int:
         max_inflight=settings.max_inflight,
         transfer_timeout=settings.transfer_timeout_secs,
         connect_timeout=settings.connect_timeout_secs,
+        expected_pods=expected_pods,
     )
     try:
         result = pull(layout, identity, endpoints, engine, options, fallback, progress=_ProgressBar())

@@ -38,3 +38,15 @@ class WorkerSettings(BaseSettings):
     """Bytes per READ chunk: the unit of striping and retry."""
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     """Serve Prometheus metrics on this port (unset: no metrics endpoint)."""
+    pod_name: str | None = None
+    """Name of this worker's pod (downward API `metadata.name`); reported on the status stream."""
+    pod_uid: str | None = None
+    """UID of this worker's pod (downward API `metadata.uid`): the operator only records a worker
+    whose reported UID matches the pod it dialled, so a reused pod IP is never mistaken for it."""
+    pod_namespace: str | None = None
+    """Namespace of this worker's pod (downward API `metadata.namespace`); where the Kubernetes
+    registry reads ModelMetadata (default: the in-cluster ServiceAccount's namespace)."""
+    node_name: str | None = None
+    """Node of this worker's pod (downward API `spec.nodeName`); same-node sources are preferred."""
+    instance: str | None = None
+    """Engine instance this rank belongs to (all ranks of one instance share it; default: the pod name)."""

@@ -67,10 +67,16 @@ class WorkerClient:
             raise self._fail("reading the status", exc) from exc
 
     def watch(
-        self, on_status: Callable[[worker_pb2.WorkerStatus], None], on_end: Callable[[str], None]
+        self,
+        on_status: Callable[[worker_pb2.WorkerStatus], None],
+        on_end: Callable[[str], None],
+        puller: bool = False,
     ) -> threading.Thread:
-        """Follow the status stream in a daemon thread; `on_end` gets the reason when it stops."""
-        stream = self._stub.WatchStatus(worker_pb2.WatchStatusRequest())
+        """Follow the status stream in a daemon thread; `on_end` gets the reason when it stops.
+
+        `puller`: this stream belongs to a target pulling from the worker (counted as its load).
+        """
+        stream = self._stub.WatchStatus(worker_pb2.WatchStatusRequest(puller=puller))
         self._watch = stream
 
         def follow() -> None:

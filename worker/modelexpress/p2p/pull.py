@@ -66,6 +66,9 @@ class PullOptions:
     max_inflight: int = 4
     transfer_timeout: float = 60.0
     connect_timeout: float = 10.0
+    expected_pods: dict[str, str] = field(default_factory=dict)
+    """endpoint -> pod UID the registry recorded there: a source answering for another pod (its pod
+    was replaced and the address reused) is refused, never taken for its previous incarnation."""
 
 
 @dataclass
@@ -176,6 +179,12 @@ class _Pull:
         state = STATE_NAMES.get(status.state, "Unknown")
         if state != "Ready":
             raise SourceUnavailableError(f"source {endpoint} is {state}, not Ready")
+        expected_uid = self.options.expected_pods.get(endpoint)
+        if expected_uid and status.pod_uid != expected_uid:
+            raise SourceUnavailableError(
+                f"source {endpoint} now answers for pod UID {status.pod_uid or '(none)'}, not the recorded "
+                f"{expected_uid}: the pod was replaced"
+            )
         manifest = client.manifest()
         differences = self.identity.differences(manifest.identity)
         if differences:
@@ -191,7 +200,7 @@ class _Pull:
             {r.id: r.address for r in manifest.regions},
             {r.id: (r.kind, r.device_id) for r in manifest.regions},
         )
-        client.watch(lambda _status: None, functools.partial(self._mark_dead, endpoint))
+        client.watch(lambda _status: None, functools.partial(self._mark_dead, endpoint), puller=True)
         return source
 
     def _mark_dead(self, endpoint: str, reason: str) -> None:

@@ -21,6 +21,8 @@ class SourceRecord(BaseModel):
     tensor_count: int = 0
     total_bytes: int = 0
     node: str | None = None
+    pod_uid: str | None = None
+    active_transfers: int = 0
     updated_at: float = Field(default_factory=time.time)
 
 

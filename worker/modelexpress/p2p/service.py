@@ -37,6 +37,7 @@ class WorkerInfo:
     endpoint: str = ""
     pod_name: str = ""
     pod_uid: str = ""
+    pod_namespace: str = ""
     node_name: str = ""
     instance: str = ""
 
@@ -75,14 +76,23 @@ class _Servicer(worker_pb2_grpc.WorkerServiceServicer):  # type: ignore[misc]
     def WatchStatus(  # noqa: N802
         self, request: worker_pb2.WatchStatusRequest, context: grpc.ServicerContext
     ) -> Iterator[worker_pb2.WorkerStatus]:
-        seen = -1
-        while context.is_active():
-            status = self._worker.wait_for_change(seen, timeout=1.0)
-            if status.version != seen:
-                seen = status.version
-                yield self._worker.status_message(status)
-            if self._worker.stopping:
-                return
+        heartbeat = request.heartbeat_ms / 1000 if request.heartbeat_ms else None
+        if request.puller:
+            self._worker.count_puller(+1)
+        try:
+            seen, sent = -1, 0.0
+            while context.is_active():
+                wait = 1.0 if heartbeat is None else max(0.05, min(1.0, sent + heartbeat - time.monotonic()))
+                status = self._worker.wait_for_change(seen, timeout=wait)
+                due = heartbeat is not None and time.monotonic() - sent >= heartbeat
+                if status.version != seen or due:
+                    seen, sent = status.version, time.monotonic()
+                    yield self._worker.status_message(status)
+                if self._worker.stopping:
+                    return
+        finally:
+            if request.puller:
+                self._worker.count_puller(-1)
 
 
 class WorkerServer:
@@ -132,6 +142,13 @@ class WorkerServer:
         self._set_health()
         log.info("worker state %s%s", state, f": {message}" if message else "")
 
+    def count_puller(self, delta: int) -> None:
+        """A target opened (+1) or closed (-1) its status stream: watchers learn the new load."""
+        with self._changed:
+            self.active_transfers = max(0, self.active_transfers + delta)
+            self._status = replace(self._status, version=self._status.version + 1)
+            self._changed.notify_all()
+
     def wait_for_change(self, seen: int, timeout: float) -> _Status:
         with self._changed:
             if self._status.version == seen and not self.stopping:
@@ -151,6 +168,7 @@ class WorkerServer:
             updated_unix_ms=int(status.updated * 1000),
             pod_name=self.info.pod_name,
             pod_uid=self.info.pod_uid,
+            pod_namespace=self.info.pod_namespace,
             node_name=self.info.node_name,
             instance=self.info.instance,
             endpoint=self.info.endpoint,

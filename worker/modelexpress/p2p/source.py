@@ -57,7 +57,15 @@ class SourceWorker:
             WorkerInfo(agent_name=self.engine.name), bind, settings.worker_grpc_port, self.engine.backend
         )
         self.endpoint = f"{host}:{self.server.port}"
-        self.server.info = WorkerInfo(agent_name=self.engine.name, endpoint=self.endpoint)
+        self.server.info = WorkerInfo(
+            agent_name=self.engine.name,
+            endpoint=self.endpoint,
+            pod_name=settings.pod_name or "",
+            pod_uid=settings.pod_uid or "",
+            pod_namespace=settings.pod_namespace or "",
+            node_name=settings.node_name or "",
+            instance=settings.instance or settings.pod_name or "",
+        )
         self._checksums = checksums
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []

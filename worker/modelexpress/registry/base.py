@@ -38,7 +38,11 @@ def open_registry(settings: WorkerSettings) -> SourceRegistry:
         from modelexpress.registry.embedded import EmbeddedRegistry
 
         return EmbeddedRegistry(settings.registry_path, ttl_seconds=settings.status_ttl_secs)
+    if settings.metadata_backend == "kubernetes":
+        from modelexpress.registry.kubernetes import KubernetesRegistry, default_namespace
+
+        return KubernetesRegistry(default_namespace(settings.pod_namespace))
     raise ValueError(
         f"MX_METADATA_BACKEND={settings.metadata_backend} is not available in this version; "
-        "use MX_METADATA_BACKEND=embedded"
+        "use MX_METADATA_BACKEND=embedded or kubernetes"
     )

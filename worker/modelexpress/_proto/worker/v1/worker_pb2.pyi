@@ -196,11 +196,15 @@ class AgentMetadata(_message.Message):
     def __init__(self, agent_name: _Optional[str] = ..., metadata: _Optional[bytes] = ..., backend: _Optional[str] = ..., regions: _Optional[_Iterable[_Union[MemoryRegion, _Mapping]]] = ...) -> None: ...
 
 class WatchStatusRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("heartbeat_ms", "puller")
+    HEARTBEAT_MS_FIELD_NUMBER: _ClassVar[int]
+    PULLER_FIELD_NUMBER: _ClassVar[int]
+    heartbeat_ms: int
+    puller: bool
+    def __init__(self, heartbeat_ms: _Optional[int] = ..., puller: _Optional[bool] = ...) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("state", "identity", "agent_name", "tensor_count", "total_bytes", "message", "updated_unix_ms", "pod_name", "pod_uid", "node_name", "instance", "endpoint", "active_transfers")
+    __slots__ = ("state", "identity", "agent_name", "tensor_count", "total_bytes", "message", "updated_unix_ms", "pod_name", "pod_uid", "node_name", "instance", "endpoint", "active_transfers", "pod_namespace")
     STATE_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -214,6 +218,7 @@ class WorkerStatus(_message.Message):
     INSTANCE_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_TRANSFERS_FIELD_NUMBER: _ClassVar[int]
+    POD_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     state: WorkerState
     identity: WorkerIdentity
     agent_name: str
@@ -227,4 +232,5 @@ class WorkerStatus(_message.Message):
     instance: str
     endpoint: str
     active_transfers: int
-    def __init__(self, state: _Optional[_Union[WorkerState, str]] = ..., identity: _Optional[_Union[WorkerIdentity, _Mapping]] = ..., agent_name: _Optional[str] = ..., tensor_count: _Optional[int] = ..., total_bytes: _Optional[int] = ..., message: _Optional[str] = ..., updated_unix_ms: _Optional[int] = ..., pod_name: _Optional[str] = ..., pod_uid: _Optional[str] = ..., node_name: _Optional[str] = ..., instance: _Optional[str] = ..., endpoint: _Optional[str] = ..., active_transfers: _Optional[int] = ...) -> None: ...
+    pod_namespace: str
+    def __init__(self, state: _Optional[_Union[WorkerState, str]] = ..., identity: _Optional[_Union[WorkerIdentity, _Mapping]] = ..., agent_name: _Optional[str] = ..., tensor_count: _Optional[int] = ..., total_bytes: _Optional[int] = ..., message: _Optional[str] = ..., updated_unix_ms: _Optional[int] = ..., pod_name: _Optional[str] = ..., pod_uid: _Optional[str] = ..., node_name: _Optional[str] = ..., instance: _Optional[str] = ..., endpoint: _Optional[str] = ..., active_transfers: _Optional[int] = ..., pod_namespace: _Optional[str] = ...) -> None: ...

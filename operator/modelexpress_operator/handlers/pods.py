@@ -1,0 +1,35 @@
+"""Opted-in pods: every event re-decides which of the pod's workers the operator follows.
+
+`on.event` keeps no state on the pods (no finalizers, no annotations written), so the operator
+needs only get/list/watch on pods, and a pod deleted while the operator is down leaves nothing
+behind: its entries are pruned when the ModelMetadata is next loaded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from modelexpress_operator.runtime import Runtime
+from modelexpress_operator.workers import AnnotationError, opted_in
+
+
+@kopf.on.event("", "v1", "pods")
+async def pod_event(
+    type: str | None, body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    runtime: Runtime = memo.runtime
+    uid = meta.get("uid")
+    if not uid:
+        return
+    if not opted_in(meta.get("annotations")):
+        runtime.fleet.drop_pod(uid)  # cheap when it never was; stops following when the annotation went away
+        return
+    try:
+        followed = runtime.fleet.sync_pod(dict(body), deleted=type == "DELETED")
+    except AnnotationError as exc:
+        logger.warning("pod %s/%s opted in but is not followed: %s", meta.get("namespace"), meta.get("name"), exc)
+        return
+    if followed:
+        logger.debug("following %d worker(s) of pod %s", len(followed), meta.get("name"))

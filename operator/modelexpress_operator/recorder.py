@@ -1,0 +1,420 @@
+"""The single writer of ModelMetadata `status.sources`: one serialized writer task per resource.
+
+Worker watchers report observations (a status message, a silence, a pod gone); the recorder applies
+them to an in-memory book per ModelMetadata and marks it dirty. Each book has one writer task, so
+writes to one resource never race: every change that arrives while a write is in flight is carried
+by the next write (one PATCH for a burst of 64 workers, not 64 conflicting ones). Entries are keyed
+by pod UID and port, so a pod replaced under the same name is a different entry.
+
+The first write after start-up loads the resource and keeps its recorded entries only for pods
+that still exist, are opted in and Ready: a restarted operator loses nothing and keeps nothing stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
+
+from kubernetes import client
+from pydantic import ValidationError
+
+from modelexpress import API_GROUP, API_VERSION
+from modelexpress._proto.worker.v1 import worker_pb2
+from modelexpress.api import ModelMetadataSpec, SourceState, WorkerSource
+from modelexpress.api.common import Condition
+from modelexpress.api.modelmetadata import ModelIdentity, ModelMetadata
+from modelexpress.p2p.identity import WorkerIdentity
+from modelexpress_operator.events import post_event
+from modelexpress_operator.metrics import API_REQUESTS, ERRORS, RECONCILE_SECONDS, RECONCILES, SOURCES
+from modelexpress_operator.settings import OperatorSettings
+from modelexpress_operator.status import metadata_status
+from modelexpress_operator.workers import WorkerTarget, pod_targets, same_entry, source_entry
+
+log = logging.getLogger(__name__)
+PLURAL = ModelMetadata.PLURAL
+_MERGE_PATCH = "application/merge-patch+json"
+BookKey = tuple[str, str]  # (namespace, name)
+
+
+class Leadership(Protocol):
+    @property
+    def active(self) -> bool: ...
+
+
+@dataclass
+class Book:
+    """What the operator knows of one ModelMetadata."""
+
+    namespace: str
+    name: str
+    spec: ModelMetadataSpec | None = None
+    generation: int = 0
+    uid: str | None = None
+    conditions: list[Condition] = field(default_factory=list)
+    sources: dict[str, WorkerSource] = field(default_factory=dict)
+    removed_pods: set[str] = field(default_factory=set)
+    loaded: bool = False
+    phase: str | None = None
+    dirty: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def key(self) -> BookKey:
+        return (self.namespace, self.name)
+
+
+def _port_of(endpoint: str) -> str:
+    return endpoint.rsplit(":", 1)[-1]
+
+
+class Recorder:
+    """Applies worker observations to ModelMetadata status; one writer task per resource."""
+
+    def __init__(self, api: client.ApiClient, settings: OperatorSettings, leadership: Leadership) -> None:
+        self.api = api
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.settings = settings
+        self.leadership = leadership
+        self.books: dict[BookKey, Book] = {}
+        self._by_pod: dict[str, set[BookKey]] = {}
+        self._names: dict[tuple[str, str], str] = {}  # (namespace, identity hash) -> resource name
+        self._resolving: dict[tuple[str, str], asyncio.Lock] = {}
+        self.writes = 0
+
+    # --- observations from watchers and pod events ----------------------------------------------
+
+    async def observe(self, target: WorkerTarget, status: worker_pb2.WorkerStatus) -> None:
+        """A worker's latest status: record it in its identity's ModelMetadata."""
+        identity = ModelIdentity.of(WorkerIdentity.from_proto(status.identity))
+        name = await self.resolve(target, identity)
+        if name is None:
+            return
+        self._put(self._book(target.namespace, name), target, source_entry(target, status))
+
+    def stale(self, target: WorkerTarget) -> None:
+        """The worker has not been heard from for the TTL: keep its entry but never as Ready."""
+        for key in self._by_pod.get(target.uid, set()):
+            book = self.books.get(key)
+            entry = book.sources.get(target.key) if book else None
+            if book is not None and entry is not None and entry.state != SourceState.STALE:
+                self._put(book, target, entry.model_copy(update={"state": SourceState.STALE}))
+                log.warning(
+                    "worker %s (pod %s) silent for %.0fs: Stale",
+                    target.endpoint,
+                    target.pod,
+                    self.settings.status_ttl_secs,
+                )
+
+    def forget_pod(self, uid: str) -> None:
+        """The pod is gone or no longer Ready: drop every entry of it, now."""
+        for key in self._by_pod.pop(uid, set()):
+            book = self.books.get(key)
+            if book is None:
+                continue
+            book.removed_pods.add(uid)
+            gone = [k for k, entry in book.sources.items() if entry.pod_uid == uid]
+            for k in gone:
+                del book.sources[k]
+            if gone:
+                book.dirty.set()
+
+    def forget_target(self, target: WorkerTarget) -> None:
+        """One worker of a pod is no longer followed (its pod now runs fewer ranks)."""
+        for key in self._by_pod.get(target.uid, set()):
+            book = self.books.get(key)
+            if book is not None and book.sources.pop(target.key, None) is not None:
+                book.dirty.set()
+
+    def _put(self, book: Book, target: WorkerTarget, entry: WorkerSource) -> None:
+        current = book.sources.get(target.key)
+        if current is not None and same_entry(current, entry):
+            return
+        book.sources[target.key] = entry
+        book.removed_pods.discard(target.uid)
+        self._by_pod.setdefault(target.uid, set()).add(book.key)
+        book.dirty.set()
+
+    # --- resources: resolution, spec changes, deletion ------------------------------------------
+
+    async def resolve(self, target: WorkerTarget, identity: ModelIdentity) -> str | None:
+        """The ModelMetadata to record `identity` in: the pod's pinned one, one with that spec, or a new one."""
+        if target.metadata_name:
+            return target.metadata_name
+        digest = identity.identity_hash()
+        cache_key = (target.namespace, digest)
+        if (name := self._names.get(cache_key)) is not None:
+            return name
+        lock = self._resolving.setdefault(cache_key, asyncio.Lock())
+        async with lock:  # 64 workers of one new identity create one resource, not 64
+            if (name := self._names.get(cache_key)) is None:
+                name = await asyncio.to_thread(self._find_or_create, target.namespace, identity)
+                self._names[cache_key] = name
+        return name
+
+    def _find_or_create(self, namespace: str, identity: ModelIdentity) -> str:
+        API_REQUESTS.labels("list", PLURAL).inc()
+        listing = cast(
+            dict[str, Any], self.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL)
+        )
+        digest = identity.identity_hash()
+        matching = []
+        for item in listing.get("items", []):
+            try:
+                spec = ModelMetadataSpec.model_validate(item.get("spec") or {})
+            except ValidationError:
+                continue
+            if ModelIdentity.of(spec).identity_hash() == digest:
+                matching.append(item["metadata"])
+        if matching:
+            return str(min(matching, key=lambda m: (m["creationTimestamp"], m["name"]))["name"])
+        name = identity.resource_name()
+        body = {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": ModelMetadata.KIND,
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": identity.labels(),
+                "annotations": {f"{API_GROUP}/created-by": "operator"},
+            },
+            "spec": identity.model_copy(update={"gpu_architecture": None}).to_api(),
+        }
+        try:
+            API_REQUESTS.labels("create", PLURAL).inc()
+            created = cast(
+                dict[str, Any],
+                self.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, body),
+            )
+        except client.ApiException as exc:
+            if exc.status == 409:  # created meanwhile by a user or another path: same name, same identity
+                return name
+            raise
+        post_event(
+            self.api,
+            self._ref(namespace, name, created["metadata"]["uid"]),
+            "Normal",
+            "CreatedForWorker",
+            f"created for the workers of {identity.model_name} ({identity.layout}) that opted in",
+        )
+        log.info("created ModelMetadata %s/%s for %s", namespace, name, identity.model_name)
+        return name
+
+    def spec_changed(self, namespace: str, name: str, spec: ModelMetadataSpec, generation: int, uid: str) -> None:
+        """The resource was created, resumed or its spec edited: re-derive the status from it."""
+        book = self._book(namespace, name)
+        digest = ModelIdentity.of(spec).identity_hash()
+        if book.spec is not None and ModelIdentity.of(book.spec).identity_hash() != digest:
+            # Another identity now: the recorded workers no longer match it; they are re-resolved.
+            self._drop_entries(book)
+            self._names = {k: v for k, v in self._names.items() if not (k[0] == namespace and v == name)}
+        book.spec, book.generation, book.uid = spec, generation, uid
+        self._names.setdefault((namespace, digest), name)
+        book.dirty.set()
+
+    def resource_deleted(self, namespace: str, name: str) -> None:
+        book = self.books.pop((namespace, name), None)
+        if book is not None:
+            self._drop_entries(book)
+            if book.task is not None:
+                book.task.cancel()
+        self._names = {k: v for k, v in self._names.items() if not (k[0] == namespace and v == name)}
+
+    def _drop_entries(self, book: Book) -> None:
+        for entry in book.sources.values():
+            if entry.pod_uid and (keys := self._by_pod.get(entry.pod_uid)) is not None:
+                keys.discard(book.key)
+        book.sources.clear()
+
+    async def close(self) -> None:
+        """Stop every writer (leadership lost, or shutdown); the next leader rebuilds from the pods."""
+        tasks = [b.task for b in self.books.values() if b.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.books.clear()
+        self._by_pod.clear()
+        self._names.clear()
+
+    # --- the writer ----------------------------------------------------------------------------
+
+    def _book(self, namespace: str, name: str) -> Book:
+        key = (namespace, name)
+        book = self.books.get(key)
+        if book is None:
+            book = self.books[key] = Book(namespace, name)
+            book.task = asyncio.get_running_loop().create_task(self._write_loop(book), name=f"mx-record-{name}")
+        return book
+
+    async def _write_loop(self, book: Book) -> None:
+        backoff = 0.2
+        while True:
+            await book.dirty.wait()
+            while not self.leadership.active:
+                # kopf resumes a new leader's watches a moment before our peering poll agrees;
+                # hold the change until it does (losing leadership cancels this task instead).
+                await asyncio.sleep(0.2)
+            book.dirty.clear()
+            started = time.perf_counter()
+            try:
+                if not book.loaded:
+                    await asyncio.to_thread(self._load, book)
+                status = self._status_of(book)
+                await asyncio.to_thread(self._write, book, status)
+            except client.ApiException as exc:
+                if exc.status == 404 and await self._recreate(book):
+                    continue
+                if exc.status == 404:
+                    log.info("ModelMetadata %s/%s is gone and no worker needs it", book.namespace, book.name)
+                    self.resource_deleted(book.namespace, book.name)
+                    return
+                await self._retry_later(book, exc, backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            except Exception as exc:
+                await self._retry_later(book, exc, backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            backoff = 0.2
+            RECONCILES.labels(PLURAL, "ok").inc()
+            RECONCILE_SECONDS.labels(PLURAL).observe(time.perf_counter() - started)
+            self._announce(book, status)
+            self._count_sources()
+
+    async def _retry_later(self, book: Book, exc: Exception, delay: float) -> None:
+        RECONCILES.labels(PLURAL, "error").inc()
+        ERRORS.labels("status-write").inc()
+        log.warning(
+            "writing status of ModelMetadata %s/%s failed (%s); retrying in %.1fs",
+            book.namespace,
+            book.name,
+            exc,
+            delay,
+        )
+        await asyncio.sleep(delay)
+        book.dirty.set()
+
+    async def _recreate(self, book: Book) -> bool:
+        """The resource was deleted while workers of it still run: create it again (level-triggered)."""
+        entries = list(book.sources.values())
+        spec = book.spec
+        if not entries or spec is None:
+            return False
+        identity = ModelIdentity.of(spec)
+        body = {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": ModelMetadata.KIND,
+            "metadata": {"name": book.name, "namespace": book.namespace, "labels": identity.labels()},
+            "spec": spec.to_api(),
+        }
+        try:
+            API_REQUESTS.labels("create", PLURAL).inc()
+            await asyncio.to_thread(
+                self.custom.create_namespaced_custom_object, API_GROUP, API_VERSION, book.namespace, PLURAL, body
+            )
+        except client.ApiException as exc:
+            if exc.status != 409:
+                return False
+        book.loaded = False
+        book.dirty.set()
+        return True
+
+    def _load(self, book: Book) -> None:
+        """Read the resource and keep its recorded entries of pods that still exist, opted in and Ready."""
+        API_REQUESTS.labels("get", PLURAL).inc()
+        raw = cast(
+            dict[str, Any],
+            self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, book.namespace, PLURAL, book.name),
+        )
+        resource = ModelMetadata.model_validate(raw)
+        book.spec = book.spec or resource.spec
+        book.generation = max(book.generation, int(raw["metadata"].get("generation") or 0))
+        book.uid = raw["metadata"]["uid"]
+        recorded = resource.status.sources if resource.status else []
+        book.conditions = resource.status.conditions if resource.status else []
+        book.phase = resource.status.phase.value if resource.status else None
+        if recorded:
+            API_REQUESTS.labels("list", "pods").inc()
+            reply = self.core.list_namespaced_pod(book.namespace, _preload_content=False)
+            live = {
+                pod["metadata"]["uid"]
+                for pod in json.loads(reply.data).get("items", [])  # type: ignore[attr-defined]
+                if _followable(pod, self.settings.default_worker_port)
+            }
+            for entry in recorded:
+                uid = entry.pod_uid
+                if uid is None or uid not in live or uid in book.removed_pods:
+                    continue
+                key = f"{uid}:{_port_of(entry.endpoint)}"
+                if key not in book.sources:
+                    book.sources[key] = entry
+                    self._by_pod.setdefault(uid, set()).add(book.key)
+        book.loaded = True
+
+    def _status_of(self, book: Book) -> dict[str, Any]:
+        assert book.spec is not None
+        entries = sorted(book.sources.values(), key=lambda s: (s.instance or s.pod, s.rank, s.pod_uid or ""))
+        current = {
+            "sources": [e.to_api() for e in entries],
+            "conditions": [c.to_api() for c in book.conditions],
+        }
+        status = metadata_status(book.spec, current, book.generation)
+        book.conditions = [Condition.model_validate(c) for c in status.get("conditions", [])]
+        return status
+
+    def _write(self, book: Book, status: dict[str, Any]) -> None:
+        API_REQUESTS.labels("patch", f"{PLURAL}/status").inc()
+        self.custom.patch_namespaced_custom_object_status(
+            API_GROUP,
+            API_VERSION,
+            book.namespace,
+            PLURAL,
+            book.name,
+            {"status": {**status, "sources": status.get("sources", [])}},
+            _content_type=_MERGE_PATCH,
+        )
+        self.writes += 1
+
+    def _announce(self, book: Book, status: dict[str, Any]) -> None:
+        phase = status.get("phase")
+        if phase == book.phase or book.uid is None:
+            return
+        previous, book.phase = book.phase, phase
+        if previous is None and phase != "Ready":
+            return
+        ready = next((c for c in book.conditions if c.type == "Ready"), None)
+        event_type = "Normal" if phase == "Ready" else "Warning"
+        reason = ready.reason if ready else str(phase)
+        message = ready.message if ready else ""
+        asyncio.get_running_loop().run_in_executor(
+            None, post_event, self.api, self._ref(book.namespace, book.name, book.uid), event_type, reason, message
+        )
+
+    def _count_sources(self) -> None:
+        counts = dict.fromkeys(SourceState, 0)
+        for book in self.books.values():
+            for entry in book.sources.values():
+                counts[entry.state] += 1
+        for state, count in counts.items():
+            SOURCES.labels(state.value).set(count)
+
+    @staticmethod
+    def _ref(namespace: str, name: str, uid: str) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": ModelMetadata.KIND,
+            "name": name,
+            "namespace": namespace,
+            "uid": uid,
+        }
+
+
+def _followable(pod: dict[str, Any], default_port: int) -> bool:
+    try:
+        return bool(pod_targets(pod, default_port))
+    except ValueError:
+        return False

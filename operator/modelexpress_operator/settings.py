@@ -1,0 +1,32 @@
+"""Operator settings, from `MX_OPERATOR_*` environment variables (and `MX_STATUS_TTL_SECS`, shared with workers)."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class OperatorSettings(BaseSettings):
+    """How the operator follows workers and where it serves metrics."""
+
+    model_config = SettingsConfigDict(env_prefix="MX_OPERATOR_", extra="ignore", use_attribute_docstrings=True)
+
+    status_ttl_secs: float = Field(
+        default=30.0, gt=0, validation_alias=AliasChoices("MX_STATUS_TTL_SECS", "MX_OPERATOR_STATUS_TTL_SECS")
+    )
+    """A worker not heard from for this long (no status or heartbeat) is marked Stale."""
+    default_worker_port: int = Field(default=50051, ge=1, le=65535)
+    """WorkerService port of opted-in pods that do not name one in `modelexpress.io/worker-port`."""
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """Serve Prometheus metrics on this port (unset: none; the chart sets 8080)."""
+    peering_namespace: str | None = None
+    """Namespace of the KopfPeering object of a namespaced operator (cluster-wide: ClusterKopfPeering)."""
+    peering_lifetime_secs: int = Field(default=60, ge=2)
+    """How long a replica counts as alive after its last peering keep-alive (failover takes up to this)."""
+    reconnect_max_secs: float = Field(default=5.0, gt=0)
+    """Longest pause between attempts to reach a worker whose status stream broke."""
+
+    @property
+    def heartbeat_secs(self) -> float:
+        """How often workers are asked to resend their status: three beats per TTL."""
+        return max(0.2, self.status_ttl_secs / 3)

@@ -1,0 +1,182 @@
+"""The Kubernetes source registry: workers find peers in ModelMetadata status, which only the operator writes.
+
+Workers never write: the operator learns a worker's state from its WorkerService status stream, so
+`publish`, `set_state` and `remove` are no-ops here and the worker's RBAC is get/list/watch on
+`modelmetadatas`. Reads come from a cache kept by a list-then-watch loop (`watch=True`, for
+long-running workers) or from one list per lookup (`watch=False`, for one-shot commands).
+
+A source is handed out only when it is Ready, has the target's rank and GPU architecture, and sits
+in a ModelMetadata whose spec has the target's identity. Same-node sources come first, then the
+least loaded (fewest targets pulling), ties broken at random so that targets spread out.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any, cast
+
+from kubernetes import client, config, watch
+from pydantic import ValidationError
+
+from modelexpress import API_GROUP, API_VERSION
+from modelexpress.api.modelmetadata import ModelIdentity, ModelMetadata, SourceState
+from modelexpress.p2p.identity import WorkerIdentity
+from modelexpress.p2p.records import SourceRecord
+from modelexpress.registry.base import SourceRegistry
+
+log = logging.getLogger(__name__)
+PLURAL = ModelMetadata.PLURAL
+_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def default_namespace(explicit: str | None = None) -> str:
+    """`MX_POD_NAMESPACE`, else the in-cluster ServiceAccount's namespace, else the kubeconfig's, else default."""
+    if explicit:
+        return explicit
+    if _NAMESPACE_FILE.exists():
+        return _NAMESPACE_FILE.read_text().strip()
+    try:
+        _, context = config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
+        return str(context.get("context", {}).get("namespace") or "default")
+    except (config.ConfigException, OSError, TypeError):
+        return "default"
+
+
+def kube_api_client() -> client.ApiClient:
+    """A client with in-cluster credentials, else those of $KUBECONFIG (read now, not at import)."""
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        import os
+
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration
+        )
+    return client.ApiClient(configuration)
+
+
+def sources_for(resources: list[ModelMetadata], identity: WorkerIdentity, node: str | None) -> list[SourceRecord]:
+    """Ready sources of `identity` (same rank and GPU architecture) in `resources`, best first."""
+    wanted = identity.identity_hash()
+    arch = identity.gpu_architecture or None
+    found: list[SourceRecord] = []
+    for resource in resources:
+        spec = ModelIdentity.of(resource.spec)
+        if spec.identity_hash() != wanted or resource.status is None:
+            continue
+        for source in resource.status.sources:
+            if source.state != SourceState.READY or source.rank != identity.rank:
+                continue
+            if (source.gpu_architecture or None) != arch:
+                continue
+            found.append(
+                SourceRecord(
+                    worker_id=f"{source.pod}/{source.rank}",
+                    identity=identity,
+                    endpoint=source.endpoint,
+                    agent_name=source.agent_name or "",
+                    state=source.state.value,
+                    tensor_count=source.tensor_count or 0,
+                    total_bytes=source.bytes or 0,
+                    node=source.node,
+                    pod_uid=source.pod_uid,
+                    active_transfers=source.active_transfers,
+                    updated_at=source.updated_at.timestamp() if source.updated_at else time.time(),
+                )
+            )
+    random.shuffle(found)  # the sort is stable: equal candidates stay in random order
+    return sorted(found, key=lambda r: (bool(node) and r.node != node, r.active_transfers))
+
+
+class KubernetesRegistry(SourceRegistry):
+    """Sources read from ModelMetadata resources of one namespace."""
+
+    def __init__(self, namespace: str, api: client.ApiClient | None = None, watch: bool = False) -> None:
+        self.namespace = namespace
+        self.api = api or kube_api_client()
+        self.custom = client.CustomObjectsApi(self.api)
+        self._cache: dict[str, ModelMetadata] = {}
+        self._synced = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if watch:
+            self._thread = threading.Thread(target=self._watch_loop, name="mx-registry-watch", daemon=True)
+            self._thread.start()
+
+    # Workers only read: the operator records them from their status streams.
+    def publish(self, record: SourceRecord) -> None:
+        log.debug("kubernetes registry: %s is recorded by the operator, not by the worker", record.worker_id)
+
+    def set_state(self, worker_id: str, state: str) -> None:
+        pass
+
+    def remove(self, worker_id: str) -> None:
+        pass
+
+    def find_ready(self, identity: WorkerIdentity, node: str | None = None) -> list[SourceRecord]:
+        if self._thread is None:
+            resources = self.list_all()
+        else:
+            if not self._synced.wait(30):
+                raise TimeoutError(f"no ModelMetadata listing from the API server in 30 s (namespace {self.namespace})")
+            resources = list(self._cache.values())
+        return sources_for(resources, identity, node)
+
+    def list_all(self) -> list[ModelMetadata]:
+        """Every ModelMetadata of the namespace, read now."""
+        items, _ = self._list()
+        return items
+
+    def _list(self) -> tuple[list[ModelMetadata], str]:
+        reply = cast(
+            dict[str, Any], self.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, self.namespace, PLURAL)
+        )
+        return [r for r in map(_parse, reply.get("items", [])) if r is not None], reply["metadata"]["resourceVersion"]
+
+    def _watch_loop(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                items, version = self._list()
+                self._cache = {r.metadata["name"]: r for r in items}
+                self._synced.set()
+                backoff = 0.5
+                stream = watch.Watch()  # type: ignore[no-untyped-call]
+                for event in stream.stream(  # type: ignore[no-untyped-call]
+                    self.custom.list_namespaced_custom_object,
+                    API_GROUP,
+                    API_VERSION,
+                    self.namespace,
+                    PLURAL,
+                    resource_version=version,
+                    timeout_seconds=60,
+                ):
+                    if self._stop.is_set():
+                        stream.stop()  # type: ignore[no-untyped-call]
+                        return
+                    name = event["object"]["metadata"]["name"]
+                    if event["type"] == "DELETED":
+                        self._cache.pop(name, None)
+                    elif (parsed := _parse(event["object"])) is not None:
+                        self._cache[name] = parsed
+            except Exception as exc:  # 410 Gone, connection reset, ...: list again
+                log.debug("ModelMetadata watch restarts: %s", exc)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.api.close()  # type: ignore[no-untyped-call]
+
+
+def _parse(raw: dict[str, Any]) -> ModelMetadata | None:
+    try:
+        return ModelMetadata.model_validate(raw)
+    except ValidationError as exc:
+        log.warning("ignoring ModelMetadata %s: %s", raw.get("metadata", {}).get("name"), exc)
+        return None
