@@ -9,6 +9,7 @@ Running and Ready at 127.0.0.1, where their WorkerServices listen on the annotat
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -471,13 +472,30 @@ def test_worker_service_account_reads_sources_and_every_write_is_refused(
             }
         },
     )
-    api, _ = service_account_client(namespace, "reader", WORKER_RULES)
+    api, kubeconfig = service_account_client(namespace, "reader", WORKER_RULES)
     registry = KubernetesRegistry(namespace, api=api, watch=True)
     try:
         [record] = registry.find_ready(WorkerIdentity(model_name="a/b"))
         assert record.endpoint == "10.0.0.9:50051" and record.pod_uid == "u1"
     finally:
         registry.close()
+    # The CLI, as the same ServiceAccount.
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "MX_METADATA_BACKEND": "kubernetes",
+        "MX_POD_NAMESPACE": namespace,
+    }
+    cli = [sys.executable, "-m", "modelexpress.cli.main", "sources", "ls"]
+    human = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+    assert human.splitlines()[0].split()[:4] == ["MODEL", "LAYOUT", "RANK", "STATE"]
+    assert "a/b" in human and "10.0.0.9:50051" in human and "Ready" in human
+    listed = json.loads(
+        subprocess.run(
+            [*cli, "--format", "json"], env=env, capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+    )
+    assert [(r["model"], r["layout"], r["podUid"], r["state"]) for r in listed] == [("a/b", "TP1xPP1", "u1", "Ready")]
     objs = client.CustomObjectsApi(api)
     writes = [
         lambda: objs.create_namespaced_custom_object(

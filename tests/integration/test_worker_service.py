@@ -51,3 +51,41 @@ def test_status_stream_health_and_manifest() -> None:
     assert ended.wait(10), "the status stream did not end when the worker stopped"
     assert seen[:3] == ["1", "2", "3"]  # Initializing, Ready, Draining
     client.close()
+
+
+def test_heartbeats_and_puller_streams_count_as_active_transfers() -> None:
+    from modelexpress._proto.worker.v1 import worker_pb2, worker_pb2_grpc
+
+    server = WorkerServer(WorkerInfo(agent_name="agent-y", pod_uid="uid-7"), "127.0.0.1", 0)
+    server.start()
+    server.publish(Manifest.build(IDENTITY, allocate_pool([TensorSpec("w", "float32", (4,))])), b"meta")
+    server.set_state("Ready")
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = worker_pb2_grpc.WorkerServiceStub(channel)
+    try:
+        # An observer asking for 100 ms heartbeats hears from a worker whose state never changes.
+        observer = stub.WatchStatus(worker_pb2.WatchStatusRequest(heartbeat_ms=100), timeout=10)
+        first = next(observer)
+        assert (first.state, first.pod_uid, first.active_transfers) == (worker_pb2.WORKER_STATE_READY, "uid-7", 0)
+        beats = [next(observer) for _ in range(3)]
+        assert all(b.state == worker_pb2.WORKER_STATE_READY for b in beats)
+        # Two targets start pulling (their streams are marked puller): the observer sees the load.
+        pullers = [stub.WatchStatus(worker_pb2.WatchStatusRequest(puller=True), timeout=10) for _ in range(2)]
+        for stream in pullers:
+            next(stream)
+        assert _next_where(observer, lambda s: s.active_transfers == 2)
+        pullers[0].cancel()
+        assert _next_where(observer, lambda s: s.active_transfers == 1)
+        observer.cancel()
+        pullers[1].cancel()
+    finally:
+        channel.close()
+        server.stop(grace=1)
+
+
+def _next_where(stream: object, check: object) -> bool:
+    for _ in range(50):
+        status = next(stream)  # type: ignore[call-overload]
+        if check(status):  # type: ignore[operator]
+            return True
+    return False

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from modelexpress import __version__
-from modelexpress.cli import config_cmd, server_cmd, worker_cmd
+from modelexpress.cli import config_cmd, server_cmd, sources_cmd, worker_cmd
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_cmd.register(subparsers)
     server_cmd.register(subparsers)
     worker_cmd.register(subparsers)
+    sources_cmd.register(subparsers)
     return parser
 
 

@@ -28,6 +28,10 @@ class SourceRegistry(abc.ABC):
     def find_ready(self, identity: WorkerIdentity, node: str | None = None) -> list[SourceRecord]:
         """Ready, fresh sources with exactly this identity and rank; same-node sources first."""
 
+    @abc.abstractmethod
+    def list_sources(self) -> list[SourceRecord]:
+        """Every recorded source, whatever its state or identity (for inspection)."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

@@ -80,6 +80,9 @@ class EmbeddedRegistry(SourceRegistry):
         records = [SourceRecord.model_validate_json(r[0]) for r in rows]
         return sorted(records, key=lambda r: r.node != node if node else False)
 
+    def list_sources(self) -> list[SourceRecord]:
+        return self.all()
+
     def all(self) -> list[SourceRecord]:
         with self._lock:
             rows = self._db.execute("SELECT record FROM sources ORDER BY worker_id").fetchall()

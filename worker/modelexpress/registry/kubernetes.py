@@ -23,7 +23,7 @@ from kubernetes import client, config, watch
 from pydantic import ValidationError
 
 from modelexpress import API_GROUP, API_VERSION
-from modelexpress.api.modelmetadata import ModelIdentity, ModelMetadata, SourceState
+from modelexpress.api.modelmetadata import ModelIdentity, ModelMetadata, ModelMetadataSpec, SourceState, WorkerSource
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.records import SourceRecord
 from modelexpress.registry.base import SourceRegistry
@@ -60,6 +60,33 @@ def kube_api_client() -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+def _record(identity: WorkerIdentity, source: WorkerSource) -> SourceRecord:
+    return SourceRecord(
+        worker_id=f"{source.pod}/{source.rank}",
+        identity=identity,
+        endpoint=source.endpoint,
+        agent_name=source.agent_name or "",
+        state=source.state.value,
+        tensor_count=source.tensor_count or 0,
+        total_bytes=source.bytes or 0,
+        node=source.node,
+        pod_uid=source.pod_uid,
+        active_transfers=source.active_transfers,
+        updated_at=source.updated_at.timestamp() if source.updated_at else time.time(),
+    )
+
+
+def all_sources(resources: list[ModelMetadata]) -> list[SourceRecord]:
+    """Every entry of every resource, with its identity (inspection: `modelexpress sources ls`)."""
+    records = []
+    for resource in resources:
+        spec = resource.spec.model_dump(include=set(ModelMetadataSpec.model_fields))
+        for source in resource.status.sources if resource.status else []:
+            identity = WorkerIdentity(**{**spec, "gpu_architecture": source.gpu_architecture, "rank": source.rank})
+            records.append(_record(identity, source))
+    return records
+
+
 def sources_for(resources: list[ModelMetadata], identity: WorkerIdentity, node: str | None) -> list[SourceRecord]:
     """Ready sources of `identity` (same rank and GPU architecture) in `resources`, best first."""
     wanted = identity.identity_hash()
@@ -74,21 +101,7 @@ def sources_for(resources: list[ModelMetadata], identity: WorkerIdentity, node: 
                 continue
             if (source.gpu_architecture or None) != arch:
                 continue
-            found.append(
-                SourceRecord(
-                    worker_id=f"{source.pod}/{source.rank}",
-                    identity=identity,
-                    endpoint=source.endpoint,
-                    agent_name=source.agent_name or "",
-                    state=source.state.value,
-                    tensor_count=source.tensor_count or 0,
-                    total_bytes=source.bytes or 0,
-                    node=source.node,
-                    pod_uid=source.pod_uid,
-                    active_transfers=source.active_transfers,
-                    updated_at=source.updated_at.timestamp() if source.updated_at else time.time(),
-                )
-            )
+            found.append(_record(identity, source))
     random.shuffle(found)  # the sort is stable: equal candidates stay in random order
     return sorted(found, key=lambda r: (bool(node) and r.node != node, r.active_transfers))
 
@@ -117,6 +130,9 @@ class KubernetesRegistry(SourceRegistry):
 
     def remove(self, worker_id: str) -> None:
         pass
+
+    def list_sources(self) -> list[SourceRecord]:
+        return all_sources(self.list_all())
 
     def find_ready(self, identity: WorkerIdentity, node: str | None = None) -> list[SourceRecord]:
         if self._thread is None:

@@ -1,0 +1,74 @@
+"""`modelexpress sources ls`: the source workers a registry knows, from the backend `MX_METADATA_BACKEND` names."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+
+from modelexpress.config.worker import WorkerSettings
+from modelexpress.p2p.records import SourceRecord
+from modelexpress.registry import open_registry
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sources = subparsers.add_parser("sources", help="inspect the source workers recorded for P2P transfers")
+    verbs = sources.add_subparsers(dest="sources_verb", required=True, metavar="VERB")
+    ls = verbs.add_parser("ls", help="list recorded sources (kubernetes: every ModelMetadata of the namespace)")
+    ls.add_argument("--model-name", help="only this model")
+    ls.add_argument("--ready", action="store_true", help="only sources in state Ready")
+    ls.add_argument("--format", default="human", choices=["human", "json", "json-pretty"])
+    ls.set_defaults(handler=_ls)
+
+
+def _row(record: SourceRecord) -> dict[str, object]:
+    identity = record.identity
+    return {
+        "model": identity.model_name,
+        "revision": identity.revision,
+        "layout": identity.layout,
+        "rank": identity.rank,
+        "worker": record.worker_id,
+        "state": record.state,
+        "endpoint": record.endpoint,
+        "node": record.node,
+        "podUid": record.pod_uid,
+        "tensors": record.tensor_count,
+        "bytes": record.total_bytes,
+        "activeTransfers": record.active_transfers,
+        "updatedAt": datetime.fromtimestamp(record.updated_at, UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _ls(args: argparse.Namespace) -> int:
+    settings = WorkerSettings()
+    try:
+        registry = open_registry(settings)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        records = registry.list_sources()
+    finally:
+        registry.close()
+    records = [
+        r
+        for r in records
+        if (args.model_name is None or r.identity.model_name == args.model_name)
+        and (not args.ready or r.state == "Ready")
+    ]
+    rows = [_row(r) for r in sorted(records, key=lambda r: (r.identity.model_name, r.identity.rank, r.worker_id))]
+    if args.format != "human":
+        print(json.dumps(rows, indent=2 if args.format == "json-pretty" else None))
+        return 0
+    if not rows:
+        print(f"no sources recorded ({settings.metadata_backend} registry)")
+        return 0
+    columns = ["model", "layout", "rank", "state", "endpoint", "node", "worker", "activeTransfers"]
+    headers = ["MODEL", "LAYOUT", "RANK", "STATE", "ENDPOINT", "NODE", "WORKER", "LOAD"]
+    cells = [[str(row[c] if row[c] is not None else "-") for c in columns] for row in rows]
+    widths = [max(len(h), *(len(line[i]) for line in cells)) for i, h in enumerate(headers)]
+    for line in [headers, *cells]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+    return 0
