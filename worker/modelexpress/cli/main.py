@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from modelexpress import __version__
-from modelexpress.cli import config_cmd, server_cmd, sources_cmd, worker_cmd
+from modelexpress.cli import cache_cmd, config_cmd, server_cmd, sources_cmd, worker_cmd
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     server_cmd.register(subparsers)
     worker_cmd.register(subparsers)
     sources_cmd.register(subparsers)
+    cache_cmd.register(subparsers)
     return parser
 
 

@@ -1,0 +1,152 @@
+"""The local model cache of one machine: where models go, what the database says, downloads and eviction.
+
+Directory: `cache.directory` when set (`MODEL_EXPRESS_CACHE_DIRECTORY`, YAML or flag), else
+`HF_HUB_CACHE`, else `~/.cache/huggingface/hub` (NGC models: `~/.cache/ngc`). The layout is the
+Hugging Face hub cache, so vLLM reads it offline with `HF_HUB_CACHE` pointing at the same place.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelexpress.cache import huggingface
+from modelexpress.cache.database import CacheDatabase, CachedModel
+from modelexpress.cache.errors import DownloadError, FailureReason
+from modelexpress.cache.eviction import Eviction, EvictionPolicy, plan_eviction
+from modelexpress.cache.sources import ModelSource, parse_source
+from modelexpress.config import ModelExpressConfig
+
+
+def cache_directory(config: ModelExpressConfig, provider: str = "hf") -> Path:
+    """The cache directory by the documented precedence."""
+    if "directory" in config.cache.model_fields_set:
+        return Path(config.cache.directory).expanduser()
+    if provider == "ngc":
+        return Path.home() / ".cache" / "ngc"
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    return Path.home() / ".cache" / "huggingface" / "hub"
+
+
+def eviction_policy(config: ModelExpressConfig) -> EvictionPolicy:
+    policy = config.cache.eviction.policy
+    return EvictionPolicy(
+        unused_threshold_secs=policy.unused_threshold.total_seconds() if policy.unused_threshold else None,
+        max_models=policy.max_models,
+        max_size_bytes=config.cache.max_size_bytes,
+        min_free_space_bytes=policy.min_free_space_bytes,
+    )
+
+
+@dataclass
+class LocalCache:
+    config: ModelExpressConfig
+
+    def __post_init__(self) -> None:
+        self.db = CacheDatabase(self.config.database.path, wal=self.config.database.wal_mode)
+
+    def directory(self, provider: str = "hf") -> Path:
+        return cache_directory(self.config, provider)
+
+    def pull(
+        self,
+        source: str,
+        revision: str = "main",
+        allow_patterns: list[str] | None = None,
+        ignore_patterns: list[str] | None = None,
+        progress: huggingface.Progress | None = None,
+    ) -> CachedModel:
+        """Download (or find already cached) and record the model; returns its database row."""
+        parsed = parse_source(source)
+        if parsed.provider == "local":
+            return self._record_local(parsed, revision)
+        if parsed.provider != "hf":
+            raise DownloadError(
+                FailureReason.INVALID_SOURCE,
+                f"{parsed.uri}: {parsed.provider}:// downloads are not available in this version; use hf:// or a path",
+            )
+        endpoint = os.environ.get("HF_ENDPOINT") or None
+        token = os.environ.get("HF_TOKEN") or None
+        plan = huggingface.plan_download(parsed.name, revision, allow_patterns, ignore_patterns, token, endpoint)
+        reserve = self.config.cache.eviction.policy.min_free_space_bytes or 0
+        result = huggingface.download(plan, self.directory("hf"), token, endpoint, progress, reserve_bytes=reserve)
+        now = time.time()
+        model = CachedModel(
+            provider="hf",
+            name=parsed.name,
+            revision=revision,
+            resolved_revision=result.resolved_revision,
+            path=str(result.path),
+            size_bytes=result.size_bytes,
+            files=result.files,
+            downloaded_at=now,
+            last_used_at=now,
+        )
+        self.db.record(model)
+        return model
+
+    def _record_local(self, parsed: ModelSource, revision: str) -> CachedModel:
+        root = Path(parsed.name)
+        if not root.is_dir():
+            raise DownloadError(FailureReason.NOT_FOUND, f"{root} is not a directory")
+        files = [p for p in root.rglob("*") if p.is_file()]
+        now = time.time()
+        model = CachedModel(
+            "local",
+            str(root),
+            revision,
+            revision,
+            str(root),
+            sum(p.stat().st_size for p in files),
+            len(files),
+            now,
+            now,
+        )
+        self.db.record(model)
+        return model
+
+    def models(self) -> list[CachedModel]:
+        return self.db.models()
+
+    def remove(self, source: str, revision: str | None = None) -> list[CachedModel]:
+        """Delete the model's files (every revision, or one) and forget it; returns what was removed."""
+        parsed = parse_source(source)
+        removed = []
+        for model in self.db.find(parsed.provider, parsed.name, revision):
+            self._delete_files(model)
+            self.db.forget(model.provider, model.name, model.revision)
+            removed.append(model)
+        return removed
+
+    def _delete_files(self, model: CachedModel) -> None:
+        if model.provider == "local":
+            return  # a local directory is the user's, not ours
+        snapshot = Path(model.path)
+        folder = snapshot.parent.parent  # models--org--name
+        others = [m for m in self.db.find(model.provider, model.name) if m.revision != model.revision]
+        if not others and folder.name.startswith("models--"):
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            shutil.rmtree(snapshot, ignore_errors=True)
+
+    def plan_eviction(self, now: float | None = None) -> list[Eviction]:
+        directory = self.directory()
+        directory.mkdir(parents=True, exist_ok=True)
+        return plan_eviction(
+            self.db.models(), eviction_policy(self.config), now or time.time(), shutil.disk_usage(directory).free
+        )
+
+    def evict(self, dry_run: bool = False) -> list[Eviction]:
+        chosen = self.plan_eviction()
+        if not dry_run:
+            for eviction in chosen:
+                self._delete_files(eviction.model)
+                self.db.forget(eviction.model.provider, eviction.model.name, eviction.model.revision)
+        return chosen
+
+    def close(self) -> None:
+        self.db.close()
