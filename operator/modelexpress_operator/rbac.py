@@ -17,6 +17,11 @@ WORKER_RULES: list[dict[str, Any]] = [
     {"apiGroups": [API_GROUP], "resources": ["modelmetadatas"], "verbs": READ},
 ]
 
+CACHE_JOB_RULES: list[dict[str, Any]] = [
+    # A download Job reports its progress on its ModelCache, nothing else.
+    {"apiGroups": [API_GROUP], "resources": ["modelcaches/status"], "verbs": ["patch"]},
+]
+
 OPERATOR_RULES: list[dict[str, Any]] = [
     # create: for an identity that opted-in workers report and nobody declared; patch: labels and
     # kopf's own progress annotations and finalizers.
@@ -25,6 +30,11 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     {"apiGroups": [API_GROUP], "resources": ["modelcaches"], "verbs": [*READ, "patch"]},
     {"apiGroups": [API_GROUP], "resources": ["modelcaches/status"], "verbs": ["get", "patch"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": READ},
+    # ModelCache: the PVC and the download Jobs it owns; the credentials Secret and the Jobs'
+    # ServiceAccount are only checked for existence (their contents are never read into logs or status).
+    {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "create", "delete"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": [*READ, "create"]},
+    {"apiGroups": [""], "resources": ["secrets", "serviceaccounts"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings", "clusterkopfpeerings"], "verbs": [*READ, "patch"]},
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},

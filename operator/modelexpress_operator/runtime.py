@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import kopf
 from kubernetes import client
 
+from modelexpress_operator.caches import CacheController
 from modelexpress_operator.fleet import Fleet
 from modelexpress_operator.kube import api_client
 from modelexpress_operator.leadership import AlwaysLeader, PeeringLeadership
@@ -26,6 +27,7 @@ class Runtime:
     recorder: Recorder
     fleet: Fleet
     leadership: AlwaysLeader | PeeringLeadership
+    caches: CacheController
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -51,7 +53,7 @@ class Runtime:
                 lost,
             )
         recorder = Recorder(api, settings, leadership)
-        runtime = cls(settings, api, recorder, Fleet(recorder, settings), leadership)
+        runtime = cls(settings, api, recorder, Fleet(recorder, settings), leadership, CacheController(api, settings))
         if isinstance(leadership, PeeringLeadership):
             holder.append(runtime)
             runtime.tasks.append(asyncio.get_running_loop().create_task(leadership.run(), name="mx-leadership"))

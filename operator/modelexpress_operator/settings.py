@@ -26,6 +26,22 @@ class OperatorSettings(BaseSettings):
     reconnect_max_secs: float = Field(default=5.0, gt=0)
     """Longest pause between attempts to reach a worker whose status stream broke."""
 
+    worker_image: str = "ghcr.io/modelexpress/modelexpress-worker:0.1.0"
+    """Image of ModelCache download Jobs (the worker image)."""
+    downloader_command: str = "modelexpress"
+    """Executable in the worker image that runs `cache download`."""
+    job_service_account: str = "modelexpress-cache-job"
+    """ServiceAccount of download Jobs, allowed to patch `modelcaches/status` (progress); when it does
+    not exist in the namespace, Jobs run without a token and report no progress."""
+    job_backoff_limit: int = Field(default=4, ge=0, le=20)
+    """Pod retries inside one download Job (exponential backoff by the Job controller)."""
+    retry_limit: int = Field(default=3, ge=1, le=100)
+    """Download Jobs per ModelCache generation before a retryable failure is final."""
+    retry_interval_secs: float = Field(default=300, gt=0)
+    """Pause before a new download Job replaces one that failed for a retryable reason."""
+    hf_endpoint: str | None = None
+    """Hugging Face endpoint (mirror) given to download Jobs as HF_ENDPOINT."""
+
     @property
     def heartbeat_secs(self) -> float:
         """How often workers are asked to resend their status: three beats per TTL."""

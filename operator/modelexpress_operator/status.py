@@ -1,4 +1,4 @@
-"""Pure builders of the status the operator writes: initial ModelCache and ModelMetadata status."""
+"""Pure builder of the ModelMetadata status the operator writes: counts, phase and the Ready condition."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from collections import defaultdict
 from typing import Any
 
 from modelexpress.api import (
-    ModelCacheStatus,
     ModelMetadataSpec,
     ModelMetadataStatus,
     SourceState,
@@ -53,14 +52,4 @@ def metadata_status(spec: ModelMetadataSpec, current: dict[str, Any] | None, gen
             f"waiting for an instance with all {spec.world_size} rank(s) Ready",
             generation,
         )
-    return status.to_api()
-
-
-def initial_cache_status(current: dict[str, Any] | None, generation: int) -> dict[str, Any]:
-    """Status of a ModelCache that has been accepted but not yet downloaded."""
-    status = ModelCacheStatus.model_validate(current or {})
-    status.observed_generation = generation
-    status.conditions = set_condition(
-        status.conditions, "Ready", "False", "Pending", "the model is not on the cache volume yet", generation
-    )
     return status.to_api()

@@ -187,7 +187,7 @@ class NodeHelper:
                     "terminated": {
                         "exitCode": exit_code,
                         "reason": reason,
-                        "message": message[-1024:],
+                        "message": message[-4096:],
                         "startedAt": started,
                         "finishedAt": now,
                     }
@@ -232,6 +232,11 @@ class NodeHelper:
                 f"pod {namespace}/{pod}: container {spec.name} has no command; the node helper cannot run an image entrypoint"
             )
         mounts = self._prepare_volumes(namespace, current)
+        # The kubelet gives each container a file at terminationMessagePath and reports what it
+        # holds on exit; here it is a file of the pod's directory, the path rewritten like a mount.
+        termination_log = self._pod_dir(current) / f"termination-log-{spec.name}"
+        termination_log.write_text("")
+        mounts[spec.termination_message_path or "/dev/termination-log"] = termination_log
         env = self._environment(namespace, current, spec, mounts)
         argv = [self._translate(part, mounts) for part in [*spec.command, *(spec.args or [])]]
         workdir = Path(self._translate(spec.working_dir, mounts)) if spec.working_dir else self._pod_dir(current)
@@ -248,7 +253,8 @@ class NodeHelper:
             result = PodRun(pod, 127, "", f"executable not found: {exc.filename}")
         (self._pod_dir(current) / "stdout.log").write_text(result.stdout)
         (self._pod_dir(current) / "stderr.log").write_text(result.stderr)
-        self.mark_terminated(namespace, pod, result.exit_code, result.stderr.strip()[-1024:])
+        message = termination_log.read_text(errors="replace").strip()[-4096:] or result.stderr.strip()[-1024:]
+        self.mark_terminated(namespace, pod, result.exit_code, message)
         return result
 
     def job_pods(self, namespace: str, job: str) -> list[client.V1Pod]:

@@ -125,12 +125,12 @@ def test_corrupted_file_fails_and_leaves_nothing_that_looks_complete(tmp_path: P
 def test_missing_model_and_revision_and_bad_credentials_say_what_to_fix(tmp_path: Path, hub: FakeHub) -> None:
     hub.add("org/private", {"config.json": b"{}"}, token="hf_secret_token_value")
     missing = cli(tmp_path, hub, "download", "hf://org/nope", "--result-file", str(tmp_path / "r1.json"))
-    assert missing.returncode == 1 and "check the model name and revision" in missing.stderr
+    assert missing.returncode == 3 and "check the model name and revision" in missing.stderr
     assert json.loads((tmp_path / "r1.json").read_text())["reason"] == "NotFound"
     revision = cli(tmp_path, hub, "download", "hf://org/tiny", "--revision", "v9")
-    assert revision.returncode == 1 and "not found" in revision.stderr
+    assert revision.returncode == 3 and "not found" in revision.stderr
     refused = cli(tmp_path, hub, "download", "hf://org/private", "--result-file", str(tmp_path / "r2.json"))
-    assert refused.returncode == 1 and "check the credentials" in refused.stderr
+    assert refused.returncode == 4 and "check the credentials" in refused.stderr
     assert json.loads((tmp_path / "r2.json").read_text())["reason"] == "Unauthorized"
     allowed = cli(tmp_path, hub, "download", "hf://org/private", "--format", "json", HF_TOKEN="hf_secret_token_value")
     assert allowed.returncode == 0, allowed.stderr
@@ -155,7 +155,7 @@ def test_download_that_cannot_fit_fails_at_once_with_the_sizes(tmp_path: Path, h
         tmp_path, hub, "pull", "org/tiny",
         MODEL_EXPRESS_CACHE_EVICTION_POLICY_MIN_FREE_SPACE_BYTES=str(free),
     )  # fmt: skip
-    assert run.returncode == 1
+    assert run.returncode == 5
     assert (
         "InsufficientStorage" not in run.stderr
         and "bytes free" in run.stderr

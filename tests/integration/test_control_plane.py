@@ -404,7 +404,7 @@ def test_kopf_operator_handles_create_and_patches_status(
     operator_in_process: Any, custom_objects: client.CustomObjectsApi, namespace: str
 ) -> None:
     _create(custom_objects, namespace, _metadata("llama", pipelineParallelSize=2))
-    _create(custom_objects, namespace, _cache("llama"))
+    _create(custom_objects, namespace, _cache("llama", storage={"size": "1Gi"}))
 
     def metadata_status() -> dict[str, Any] | None:
         obj = custom_objects.get_namespaced_custom_object(GROUP, VERSION, namespace, "modelmetadatas", "llama")
@@ -424,8 +424,8 @@ def test_kopf_operator_handles_create_and_patches_status(
         return obj.get("status") if (obj.get("status") or {}).get("observedGeneration") == 1 else None
 
     cache = wait_for(cache_status, 30, what="ModelCache status from the operator")
-    assert cache["phase"] == "Pending"
-    assert (condition({"status": cache}, "Ready") or {}).get("reason") == "Pending"
+    assert cache["phase"] == "Pending" and cache["claimName"] == "llama-cache" and cache["jobName"] == "llama-dl-g1-1"
+    assert (condition({"status": cache}, "Ready") or {}).get("reason") == "Downloading"
 
     # level-triggered on spec changes: a new generation is observed and the layout follows
     custom_objects.patch_namespaced_custom_object(

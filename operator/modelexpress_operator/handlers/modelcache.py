@@ -1,7 +1,12 @@
-"""ModelCache handlers: accept the spec and record the initial status."""
+"""ModelCache handlers: PVC and download Job from the spec, status from the Job, retention on delete.
+
+The spec handlers and the Job-event handler both end in `CacheController`; a timer starts a new
+download Job after a retryable failure (nobody has to delete a Job by hand).
+"""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import kopf
@@ -9,15 +14,69 @@ from pydantic import ValidationError
 
 from modelexpress import API_GROUP, API_VERSION
 from modelexpress.api import ModelCacheSpec
+from modelexpress_operator.cachejobs import CACHE_LABEL
+from modelexpress_operator.caches import _Retry
 from modelexpress_operator.errors import invalid_spec
-from modelexpress_operator.status import initial_cache_status
+from modelexpress_operator.metrics import RECONCILES
+from modelexpress_operator.runtime import Runtime
+
+
+def _spec(spec: kopf.Spec) -> ModelCacheSpec:
+    try:
+        return ModelCacheSpec.model_validate(dict(spec))
+    except ValidationError as exc:
+        RECONCILES.labels("modelcaches", "invalid").inc()
+        raise invalid_spec(exc) from exc
 
 
 @kopf.on.resume(API_GROUP, API_VERSION, "modelcaches")
 @kopf.on.create(API_GROUP, API_VERSION, "modelcaches")
-def accept_cache(spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, patch: kopf.Patch, **_: Any) -> None:
+@kopf.on.update(API_GROUP, API_VERSION, "modelcaches", field="spec")
+async def reconcile_cache(
+    spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo, **_: Any
+) -> None:
+    parsed = _spec(spec)
+    runtime: Runtime = memo.runtime
+    generation = int(meta.get("generation") or 0)
     try:
-        ModelCacheSpec.model_validate(dict(spec))
-    except ValidationError as exc:
-        raise invalid_spec(exc) from exc
-    patch.status.update(initial_cache_status(dict(status), int(meta.get("generation") or 0)))
+        update = await asyncio.to_thread(
+            runtime.caches.reconcile, meta["namespace"], meta["name"], meta["uid"], parsed, generation, dict(status)
+        )
+    except _Retry as waiting:
+        patch.status.update(waiting.status)
+        RECONCILES.labels("modelcaches", "waiting").inc()
+        raise kopf.TemporaryError(str(waiting), delay=15) from None
+    patch.status.update(update)
+    RECONCILES.labels("modelcaches", "ok").inc()
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={CACHE_LABEL: kopf.PRESENT})
+async def download_job_event(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, type: str | None, **_: Any) -> None:
+    if type == "DELETED":
+        return
+    runtime: Runtime = memo.runtime
+    await asyncio.to_thread(runtime.caches.job_changed, meta["namespace"], dict(body))
+
+
+@kopf.timer(API_GROUP, API_VERSION, "modelcaches", interval=30, initial_delay=30)
+async def retry_failed_download(
+    spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo, **_: Any
+) -> None:
+    runtime: Runtime = memo.runtime
+    generation = int(meta.get("generation") or 0)
+    if not runtime.caches.retry_due(dict(status), generation):
+        return
+    update = await asyncio.to_thread(
+        runtime.caches.retry, meta["namespace"], meta["name"], meta["uid"], _spec(spec), generation, dict(status)
+    )
+    patch.status.update(update)
+
+
+@kopf.on.delete(API_GROUP, API_VERSION, "modelcaches")
+async def release_cache(spec: kopf.Spec, meta: kopf.Meta, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    try:
+        parsed = ModelCacheSpec.model_validate(dict(spec))
+    except ValidationError:
+        return  # never accepted, nothing was created
+    logger.info(await asyncio.to_thread(runtime.caches.release, meta["namespace"], meta["name"], parsed))

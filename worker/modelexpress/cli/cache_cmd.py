@@ -2,7 +2,8 @@
 
 `download` fetches into a directory (what a ModelCache Job runs); `pull` also records the model in
 the local cache database. Output `--format human|json|json-pretty`. Exit codes: 0 done, 1 download
-failed (the message says what to fix), 2 bad input.
+failed and may succeed when retried (network, integrity), 2 bad input or invalid source, 3 not found,
+4 unauthorized, 5 not enough storage: cache Jobs retry exit 1 only.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         cmd.add_argument("--allow-pattern", action="append", help="only files matching this glob (repeatable)")
         cmd.add_argument("--ignore-pattern", action="append", help="skip files matching this glob (repeatable)")
         cmd.add_argument("--result-file", type=Path, help="write the result as JSON here when done")
+        cmd.add_argument(
+            "--progress-to",
+            metavar="NAMESPACE/NAME",
+            help="report progress on this ModelCache's status (what cache Jobs do)",
+        )
         _common(cmd)
         cmd.set_defaults(handler=handler)
 
@@ -97,11 +103,29 @@ class _Bar:
         sys.stderr.flush()
 
 
+EXIT_CODES = {
+    FailureReason.NETWORK: 1,
+    FailureReason.INTEGRITY: 1,
+    FailureReason.INVALID_SOURCE: 2,
+    FailureReason.NOT_FOUND: 3,
+    FailureReason.UNAUTHORIZED: 4,
+    FailureReason.NO_SPACE: 5,
+}
+
+
+def _write_result(path: Path, payload: dict[str, Any]) -> None:
+    text = json.dumps(payload)
+    if str(path).startswith("/dev/"):
+        path.write_text(text)  # a device or the termination log: no temporary file beside it
+    else:
+        write_text_atomic(path, text)
+
+
 def _failure(args: argparse.Namespace, exc: DownloadError) -> int:
     print(f"error: {exc}", file=sys.stderr)
     if getattr(args, "result_file", None):
-        write_text_atomic(args.result_file, json.dumps({"ok": False, "reason": exc.reason.value, "message": str(exc)}))
-    return 2 if exc.reason == FailureReason.INVALID_SOURCE else 1
+        _write_result(args.result_file, {"ok": False, "reason": exc.reason.value, "message": str(exc)})
+    return EXIT_CODES[exc.reason]
 
 
 def _download(args: argparse.Namespace) -> int:
@@ -124,11 +148,17 @@ def _download(args: argparse.Namespace) -> int:
             ),
         )
     endpoint, token = os.environ.get("HF_ENDPOINT") or None, os.environ.get("HF_TOKEN") or None
+    progress: huggingface.Progress = _Bar()
+    if args.progress_to:
+        from modelexpress.cache.progress_report import CacheProgressReporter
+
+        namespace, _, name = args.progress_to.partition("/")
+        progress = CacheProgressReporter(namespace, name)
     try:
         plan = huggingface.plan_download(
             source.name, args.revision, args.allow_pattern, args.ignore_pattern, token, endpoint
         )
-        result = huggingface.download(plan, cache_directory(config), token, endpoint, _Bar())
+        result = huggingface.download(plan, cache_directory(config), token, endpoint, progress)
     except DownloadError as exc:
         return _failure(args, exc)
     payload = {
@@ -137,12 +167,13 @@ def _download(args: argparse.Namespace) -> int:
         "revision": result.revision,
         "resolvedRevision": result.resolved_revision,
         "path": str(result.path),
+        "relativePath": str(result.path.relative_to(cache_directory(config))),
         "sizeBytes": result.size_bytes,
         "files": result.files,
         "seconds": round(result.seconds, 3),
     }
     if args.result_file:
-        write_text_atomic(args.result_file, json.dumps(payload))
+        _write_result(args.result_file, payload)
     _emit(
         args,
         payload,
@@ -180,7 +211,7 @@ def _pull(args: argparse.Namespace) -> int:
     finally:
         cache.close()
     if args.result_file:
-        write_text_atomic(args.result_file, json.dumps(_row(model)))
+        _write_result(args.result_file, _row(model))
     _emit(
         args,
         _row(model),

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from modelexpress import API_GROUP, API_VERSION
 from modelexpress.api.modelmetadata import ModelIdentity, ModelMetadata, ModelMetadataSpec, SourceState, WorkerSource
+from modelexpress.kubeclient import kube_api_client
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.records import SourceRecord
 from modelexpress.registry.base import SourceRegistry
@@ -44,20 +45,6 @@ def default_namespace(explicit: str | None = None) -> str:
         return str(context.get("context", {}).get("namespace") or "default")
     except (config.ConfigException, OSError, TypeError):
         return "default"
-
-
-def kube_api_client() -> client.ApiClient:
-    """A client with in-cluster credentials, else those of $KUBECONFIG (read now, not at import)."""
-    configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        import os
-
-        config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration
-        )
-    return client.ApiClient(configuration)
 
 
 def _record(identity: WorkerIdentity, source: WorkerSource) -> SourceRecord:

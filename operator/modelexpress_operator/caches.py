@@ -1,0 +1,309 @@
+"""Reconciling ModelCaches: PVC, download Job per attempt, and status from the Job's outcome.
+
+Level-triggered: every call looks at what exists (claim, secret, Job) and creates what is missing;
+calling it twice creates nothing twice (names are deterministic, 409 means "already there").
+Blocking `kubernetes` calls; handlers run them in a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from kubernetes import client
+
+from modelexpress import API_GROUP, API_VERSION
+from modelexpress.api import ModelCacheSpec, ModelCacheStatus
+from modelexpress.api.common import set_condition
+from modelexpress.cache.errors import DownloadError
+from modelexpress.cache.huggingface import plan_download
+from modelexpress.cache.sources import parse_source
+from modelexpress_operator.cachejobs import (
+    CACHE_LABEL,
+    claim_name,
+    failure_of,
+    job_manifest,
+    job_outcome,
+    pod_result,
+    pvc_manifest,
+    pvc_size,
+)
+from modelexpress_operator.metrics import API_REQUESTS
+from modelexpress_operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+PLURAL = "modelcaches"
+RETRYABLE = {"NetworkError", "IntegrityError", "BackoffLimitExceeded", "DeadlineExceeded", "DownloadFailed"}
+_MERGE = "application/merge-patch+json"
+
+
+class WaitingError(Exception):
+    """Something the cache needs is missing; the status says what, and the handler retries later."""
+
+
+def _job_name(cache: str, generation: int, attempt: int) -> str:
+    return f"{cache[:40]}-dl-g{generation}-{attempt}"
+
+
+def attempt_of(job: str | None, generation: int) -> int:
+    match = re.search(rf"-dl-g{generation}-(\d+)$", job or "")
+    return int(match.group(1)) if match else 0
+
+
+class CacheController:
+    def __init__(self, api: client.ApiClient, settings: OperatorSettings) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.batch = client.BatchV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.settings = settings
+
+    # --- spec -> PVC + Job ----------------------------------------------------------------------
+
+    def reconcile(
+        self, namespace: str, name: str, uid: str, spec: ModelCacheSpec, generation: int, current: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The status after making sure the claim and this generation's Job exist."""
+        status = ModelCacheStatus.model_validate(current or {})
+        if status.phase in ("Ready", "Failed") and status.observed_generation == generation:
+            return {}  # this generation is settled; Job events and the retry timer take it from here
+        status.observed_generation = generation
+        try:
+            self._check_secret(namespace, spec)
+            claim = self._ensure_claim(namespace, name, uid, spec)
+        except WaitingError as exc:
+            return self._waiting(status, generation, *exc.args)
+        except DownloadError as exc:
+            return self._failed(status, generation, exc.reason.value, str(exc))
+        attempt = max(1, attempt_of(status.job_name, generation))
+        job = self._ensure_job(namespace, name, uid, spec, generation, attempt)
+        status.claim_name, status.job_name = claim, job
+        status.phase = status.phase.PENDING if status.phase != "Downloading" else status.phase
+        status.conditions = set_condition(
+            status.conditions, "Ready", "False", "Downloading", f"download Job {job} started", generation
+        )
+        return status.to_api()
+
+    def _waiting(self, status: ModelCacheStatus, generation: int, reason: str, message: str) -> dict[str, Any]:
+        status.phase = status.phase.PENDING
+        status.conditions = set_condition(status.conditions, "Ready", "False", reason, message, generation)
+        raise _Retry(status.to_api(), message)
+
+    def _failed(self, status: ModelCacheStatus, generation: int, reason: str, message: str) -> dict[str, Any]:
+        status.phase = status.phase.FAILED
+        status.conditions = set_condition(status.conditions, "Ready", "False", reason, message, generation)
+        return status.to_api()
+
+    def _check_secret(self, namespace: str, spec: ModelCacheSpec) -> None:
+        ref = spec.credentials_secret_ref
+        if ref is None:
+            return
+        try:
+            API_REQUESTS.labels("get", "secrets").inc()
+            self.core.read_namespaced_secret(ref.name, namespace, _preload_content=False).release_conn()  # type: ignore[attr-defined]
+        except client.ApiException as exc:
+            if exc.status == 404:
+                raise WaitingError(
+                    "SecretNotFound",
+                    f"spec.credentialsSecretRef: Secret {ref.name} does not exist in {namespace}; create it "
+                    "with the credentials as keys (e.g. HF_TOKEN)",
+                ) from None
+            raise
+
+    def _source_bytes(self, spec: ModelCacheSpec) -> int | None:
+        source = parse_source(spec.source)
+        if source.provider != "hf":
+            return None
+        endpoint = self.settings.hf_endpoint or os.environ.get("HF_ENDPOINT") or None
+        plan = plan_download(
+            source.name, spec.revision or "main", spec.allow_patterns, spec.ignore_patterns, None, endpoint
+        )
+        return plan.total_bytes
+
+    def _ensure_claim(self, namespace: str, name: str, uid: str, spec: ModelCacheSpec) -> str:
+        claim = claim_name(name, spec)
+        try:
+            API_REQUESTS.labels("get", "persistentvolumeclaims").inc()
+            self.core.read_namespaced_persistent_volume_claim(claim, namespace)
+            return claim
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+        if spec.storage.claim_name:
+            raise WaitingError(
+                "ClaimNotFound", f"spec.storage.claimName: PersistentVolumeClaim {claim} does not exist in {namespace}"
+            )
+        source_bytes = None
+        if spec.storage.size is None:
+            try:
+                source_bytes = self._source_bytes(spec)
+            except DownloadError as exc:
+                if exc.reason.value in ("NotFound", "InvalidSource"):
+                    raise
+                source_bytes = None  # private or unreachable from here: the Job (with credentials) will tell
+            if source_bytes is None:
+                raise WaitingError(
+                    "StorageSizeUnknown",
+                    "the source's size cannot be read by the operator; set spec.storage.size (e.g. 200Gi)",
+                )
+        body = pvc_manifest(name, uid, spec, pvc_size(spec, source_bytes))
+        try:
+            API_REQUESTS.labels("create", "persistentvolumeclaims").inc()
+            self.core.create_namespaced_persistent_volume_claim(namespace, body)  # type: ignore[arg-type]
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise
+        return claim
+
+    def _service_account(self, namespace: str) -> str | None:
+        try:
+            API_REQUESTS.labels("get", "serviceaccounts").inc()
+            self.core.read_namespaced_service_account(self.settings.job_service_account, namespace)
+            return self.settings.job_service_account
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def _ensure_job(
+        self, namespace: str, name: str, uid: str, spec: ModelCacheSpec, generation: int, attempt: int
+    ) -> str:
+        job = _job_name(name, generation, attempt)
+        body = job_manifest(name, namespace, uid, spec, self.settings, job, self._service_account(namespace))
+        try:
+            API_REQUESTS.labels("create", "jobs").inc()
+            self.batch.create_namespaced_job(namespace, body)  # type: ignore[arg-type]
+            log.info("created download Job %s/%s", namespace, job)
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise
+        return job
+
+    # --- Job -> status --------------------------------------------------------------------------
+
+    def job_changed(self, namespace: str, job: dict[str, Any]) -> None:
+        """Fold a download Job's state into its ModelCache's status."""
+        cache_name = (job["metadata"].get("labels") or {}).get(CACHE_LABEL)
+        if not cache_name:
+            return
+        try:
+            cache = cast(
+                dict[str, Any],
+                self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, cache_name),
+            )
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return
+            raise
+        status = ModelCacheStatus.model_validate(cache.get("status") or {})
+        if status.job_name != job["metadata"]["name"]:
+            return  # an older attempt's Job
+        generation = int(cache["metadata"].get("generation") or 0)
+        outcome = job_outcome(job)
+        if outcome is None:
+            if (job.get("status") or {}).get("ready") and status.phase != "Downloading":
+                status.phase = status.phase.DOWNLOADING
+                status.conditions = set_condition(
+                    status.conditions,
+                    "Ready",
+                    "False",
+                    "Downloading",
+                    f"Job {status.job_name} is downloading",
+                    generation,
+                )
+                self._patch(namespace, cache_name, status)
+            return
+        pods = self._job_pods(namespace, job["metadata"]["name"])
+        if outcome == "Complete":
+            done = next((p for p in pods if (p.get("status") or {}).get("phase") == "Succeeded"), None)
+            _, result = pod_result(done) if done else (None, {})
+            status.phase = status.phase.READY
+            status.resolved_revision = result.get("resolvedRevision")
+            status.size_bytes = result.get("sizeBytes")
+            status.path = result.get("relativePath")  # relative to the volume's root, wherever it is mounted
+            total = status.size_bytes or (status.progress.bytes_total if status.progress else None)
+            status.progress = status.progress or None
+            if status.progress is not None and total is not None:
+                status.progress.bytes_done, status.progress.percent = total, 100
+            status.last_used_time = datetime.now(UTC).replace(microsecond=0)
+            revision = (status.resolved_revision or "?")[:12]
+            status.conditions = set_condition(
+                status.conditions,
+                "Ready",
+                "True",
+                "Downloaded",
+                f"{cache['spec']['source']}@{revision} is on {status.claim_name}",
+                generation,
+            )
+        else:
+            failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
+            exit_code, message = pod_result(failed[-1]) if failed else (None, {})
+            reason, text = failure_of(exit_code, message, job)
+            status.phase = status.phase.FAILED
+            status.conditions = set_condition(status.conditions, "Ready", "False", reason, text, generation)
+        self._patch(namespace, cache_name, status)
+
+    def _job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        import json
+
+        API_REQUESTS.labels("list", "pods").inc()
+        reply = self.core.list_namespaced_pod(
+            namespace, label_selector=f"batch.kubernetes.io/job-name={job}", _preload_content=False
+        )
+        items: list[dict[str, Any]] = json.loads(reply.data).get("items", [])  # type: ignore[attr-defined]
+        return sorted(items, key=lambda p: p["metadata"]["creationTimestamp"])
+
+    def _patch(self, namespace: str, name: str, status: ModelCacheStatus) -> None:
+        API_REQUESTS.labels("patch", "modelcaches/status").inc()
+        self.custom.patch_namespaced_custom_object_status(
+            API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": status.to_api()}, _content_type=_MERGE
+        )
+
+    # --- retries and deletion -------------------------------------------------------------------
+
+    def retry_due(self, status: dict[str, Any], generation: int) -> bool:
+        parsed = ModelCacheStatus.model_validate(status or {})
+        ready = next((c for c in parsed.conditions if c.type == "Ready"), None)
+        return (
+            parsed.phase == "Failed"
+            and ready is not None
+            and ready.reason in RETRYABLE
+            and attempt_of(parsed.job_name, generation) < self.settings.retry_limit
+        )
+
+    def retry(
+        self, namespace: str, name: str, uid: str, spec: ModelCacheSpec, generation: int, status: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A new download Job after a retryable failure (the failed one stays for its logs)."""
+        parsed = ModelCacheStatus.model_validate(status or {})
+        attempt = attempt_of(parsed.job_name, generation) + 1
+        parsed.job_name = self._ensure_job(namespace, name, uid, spec, generation, attempt)
+        parsed.phase = parsed.phase.PENDING
+        parsed.conditions = set_condition(
+            parsed.conditions, "Ready", "False", "Retrying", f"attempt {attempt}: Job {parsed.job_name}", generation
+        )
+        return parsed.to_api()
+
+    def release(self, namespace: str, name: str, spec: ModelCacheSpec) -> str:
+        """Apply the retention policy on delete; returns what was done."""
+        if spec.storage.claim_name:
+            return f"kept PersistentVolumeClaim {spec.storage.claim_name} (not created by the operator)"
+        claim = claim_name(name, spec)
+        if spec.storage.retention_policy == "Retain":
+            return f"kept PersistentVolumeClaim {claim} (retentionPolicy Retain)"
+        try:
+            API_REQUESTS.labels("delete", "persistentvolumeclaims").inc()
+            self.core.delete_namespaced_persistent_volume_claim(claim, namespace)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+        return f"deleted PersistentVolumeClaim {claim}"
+
+
+class _Retry(Exception):  # noqa: N818 - carries the status to write, not an error
+    def __init__(self, status: dict[str, Any], message: str) -> None:
+        super().__init__(message)
+        self.status = status

@@ -1,0 +1,249 @@
+"""ModelCache through the real operator: PVC + download Job, the Job's pod run for real, status to Ready.
+
+The control plane is real (no scheduler, no kubelet: the node helper binds the Job's pods and runs
+their container command locally, with the PVC as a local directory); the downloader talks to a
+local HTTP server speaking the Hugging Face Hub API; the operator runs in-process as its own
+ServiceAccount with exactly the rules of `modelexpress_operator.rbac`.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from modelexpress_operator.rbac import CACHE_JOB_RULES
+from tests.harness.fixtures import GROUP, VERSION
+from tests.harness.kube import condition, wait_for
+from tests.harness.node import NodeHelper
+from tests.helpers.fake_hub import FakeHub
+
+pytestmark = pytest.mark.k8s
+FILES = {"config.json": b'{"model_type": "llama"}', "model.safetensors": os.urandom(2 << 20)}
+
+
+@pytest.fixture
+def hub() -> Iterator[FakeHub]:
+    with FakeHub() as server:
+        server.add("org/tiny", FILES)
+        server.add("org/private", {"config.json": b"{}"}, token="hf_cache_secret")
+        yield server
+
+
+@pytest.fixture
+def cache_operator(
+    namespace: str, monkeypatch: pytest.MonkeyPatch, hub: FakeHub, kube_api: client.ApiClient
+) -> Iterator[Any]:
+    """The operator with download Jobs pointed at the local hub, and the Jobs' ServiceAccount in place."""
+    from kopf.testing import KopfRunner
+
+    core = client.CoreV1Api(kube_api)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "modelexpress-cache-job"}})
+    rbac = client.RbacAuthorizationV1Api(kube_api)
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": "cache-job"}, "rules": CACHE_JOB_RULES})
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "cache-job"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cache-job"},
+            "subjects": [{"kind": "ServiceAccount", "name": "modelexpress-cache-job", "namespace": namespace}],
+        },
+    )
+    monkeypatch.setenv("MX_OPERATOR_HF_ENDPOINT", hub.endpoint)
+    monkeypatch.setenv("MX_OPERATOR_WORKER_IMAGE", "modelexpress-worker:test")
+    args = ["run", "--standalone", "--namespace", namespace, "-m", "modelexpress_operator.handlers"]
+    with KopfRunner(args, timeout=60) as runner:
+        yield runner
+    assert runner.exception is None, runner.exception
+
+
+def apply_cache(custom: client.CustomObjectsApi, namespace: str, name: str, **spec: Any) -> None:
+    custom.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "modelcaches",
+        {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelCache", "metadata": {"name": name}, "spec": spec},
+    )
+
+
+def cache_status(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
+    status: dict[str, Any] = (
+        custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modelcaches", name).get("status") or {}
+    )
+    return status
+
+
+def status_where(
+    custom: client.CustomObjectsApi, namespace: str, name: str, check: Callable[[dict[str, Any]], bool]
+) -> Callable[[], dict[str, Any] | None]:
+    def probe() -> dict[str, Any] | None:
+        status = cache_status(custom, namespace, name)
+        return status if check(status) else None
+
+    return probe
+
+
+def test_modelcache_downloads_onto_its_pvc_and_turns_ready(
+    kube_api: client.ApiClient,
+    custom_objects: client.CustomObjectsApi,
+    namespace: str,
+    node: NodeHelper,
+    cache_operator: Any,
+    hub: FakeHub,
+    control_plane: Any,
+) -> None:
+    core, batch = client.CoreV1Api(kube_api), client.BatchV1Api(kube_api)
+    apply_cache(
+        custom_objects,
+        namespace,
+        "tiny",
+        source="hf://org/tiny",
+        ignorePatterns=["*.md"],
+        nodeSelector={"kubernetes.io/os": "linux"},
+        resources={"limits": {"memory": "1Gi"}},
+    )
+    # The PVC is sized from the hub's metadata (2 MiB + headroom -> the 1 GiB floor) and owned by the cache.
+    pvc = wait_for(lambda: _read(core.read_namespaced_persistent_volume_claim, "tiny-cache", namespace), 30, what="PVC")
+    assert pvc.spec.resources.requests["storage"] == "1Gi"
+    assert [o.kind for o in pvc.metadata.owner_references] == ["ModelCache"]
+    job = wait_for(lambda: _read(batch.read_namespaced_job, "tiny-dl-g1-1", namespace), 30, what="download Job")
+    pod_spec = job.spec.template.spec
+    container = pod_spec.containers[0]
+    assert container.command == ["modelexpress"] and container.image == "modelexpress-worker:test"
+    assert container.args[:5] == ["cache", "download", "hf://org/tiny", "--revision", "main"]
+    assert container.args[5:7] == ["--ignore-pattern", "*.md"]
+    assert pod_spec.node_selector == {"kubernetes.io/os": "linux"} and container.resources.limits == {"memory": "1Gi"}
+    assert pod_spec.volumes[0].persistent_volume_claim.claim_name == "tiny-cache"
+    assert pod_spec.service_account_name == "modelexpress-cache-job"
+    assert job.metadata.owner_references[0].kind == "ModelCache"
+    assert [r.action for r in job.spec.pod_failure_policy.rules] == ["FailJob", "Ignore"]
+
+    run = node.run_job_pod(namespace, "tiny-dl-g1-1", timeout=120)
+    assert run.exit_code == 0, run.stderr[-2000:]
+    status = wait_for(status_where(custom_objects, namespace, "tiny", lambda s: s.get("phase") == "Ready"), 60)
+    commit = hub.state.repos["org/tiny"].commit
+    assert status["resolvedRevision"] == commit and status["sizeBytes"] == sum(len(v) for v in FILES.values())
+    assert status["path"] == f"models--org--tiny/snapshots/{commit}"
+    assert status["progress"]["percent"] == 100 and status["progress"]["filesTotal"] == 2  # written by the Job pod
+    ready = condition({"status": status}, "Ready")
+    assert ready is not None and ready["status"] == "True" and ready["reason"] == "Downloaded"
+    # The files are on the volume in the hub layout.
+    snapshot = node.claim_dir(namespace, "tiny-cache") / status["path"]
+    assert (snapshot / "model.safetensors").read_bytes() == FILES["model.safetensors"]
+    kubectl = shutil.which("kubectl")
+    if kubectl:  # the CLI users have: kubectl wait returns at once on the Ready condition
+        waited = subprocess.run(
+            [kubectl, "--kubeconfig", str(control_plane.kubeconfig), "-n", namespace, "wait",
+             "--for=condition=Ready", "modelcache/tiny", "--timeout=10s"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert waited.returncode == 0, waited.stderr
+
+    # Delete: the finalizer applies retentionPolicy Delete to the PVC it created.
+    custom_objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, "modelcaches", "tiny")
+    wait_for(lambda: _gone(core.read_namespaced_persistent_volume_claim, "tiny-cache", namespace), 30, what="PVC gone")
+
+
+def test_missing_model_fails_with_the_reason_and_no_retry(
+    kube_api: client.ApiClient,
+    custom_objects: client.CustomObjectsApi,
+    namespace: str,
+    node: NodeHelper,
+    cache_operator: Any,
+) -> None:
+    # With a size given, the operator does not ask the hub first: the Job finds out, and says why.
+    apply_cache(custom_objects, namespace, "nope", source="hf://org/nope", storage={"size": "1Gi"})
+    run = node.run_job_pod(namespace, "nope-dl-g1-1", timeout=120)
+    assert run.exit_code == 3
+    status = wait_for(status_where(custom_objects, namespace, "nope", lambda s: s.get("phase") == "Failed"), 60)
+    ready = condition({"status": status}, "Ready")
+    assert (
+        ready is not None and ready["reason"] == "NotFound" and "check the model name and revision" in ready["message"]
+    )
+    batch = client.BatchV1Api(kube_api)
+    job = batch.read_namespaced_job("nope-dl-g1-1", namespace)
+    assert any(c.type == "Failed" and c.reason == "PodFailurePolicy" for c in job.status.conditions)  # not retried
+    # Without a size, the operator itself learns the model does not exist and creates nothing.
+    apply_cache(custom_objects, namespace, "nope2", source="hf://org/nope")
+    status = wait_for(status_where(custom_objects, namespace, "nope2", lambda s: s.get("phase") == "Failed"), 30)
+    assert (condition({"status": status}, "Ready") or {}).get("reason") == "NotFound"
+    assert _gone(client.CoreV1Api(kube_api).read_namespaced_persistent_volume_claim, "nope2-cache", namespace)
+
+
+def test_pod_killed_mid_download_is_retried_by_the_job(
+    kube_api: client.ApiClient,
+    custom_objects: client.CustomObjectsApi,
+    namespace: str,
+    node: NodeHelper,
+    cache_operator: Any,
+) -> None:
+    apply_cache(
+        custom_objects, namespace, "flaky", source="hf://org/tiny", storage={"size": "1Gi", "retentionPolicy": "Retain"}
+    )
+    batch = client.BatchV1Api(kube_api)
+    wait_for(lambda: _read(batch.read_namespaced_job, "flaky-dl-g1-1", namespace), 30, what="download Job")
+    first = wait_for(lambda: [p for p in node.job_pods(namespace, "flaky-dl-g1-1")], 30, what="first pod")[0]
+    node.mark_running(namespace, first.metadata.name)
+    node.mark_terminated(namespace, first.metadata.name, 137, "killed")  # OOM-killed / node lost mid-download
+    run = node.run_job_pod(namespace, "flaky-dl-g1-1", timeout=120, wait=60)  # the Job controller's replacement
+    assert run.exit_code == 0, run.stderr[-2000:]
+    wait_for(status_where(custom_objects, namespace, "flaky", lambda s: s.get("phase") == "Ready"), 60)
+    custom_objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, "modelcaches", "flaky")
+    wait_for(
+        lambda: _gone(custom_objects.get_namespaced_custom_object, GROUP, VERSION, namespace, "modelcaches", "flaky"),
+        30,
+    )
+    assert _read(client.CoreV1Api(kube_api).read_namespaced_persistent_volume_claim, "flaky-cache", namespace)  # Retain
+
+
+def test_missing_secret_is_a_clear_condition_and_credentials_reach_the_job(
+    kube_api: client.ApiClient,
+    custom_objects: client.CustomObjectsApi,
+    namespace: str,
+    node: NodeHelper,
+    cache_operator: Any,
+) -> None:
+    apply_cache(
+        custom_objects, namespace, "private", source="hf://org/private", storage={"size": "1Gi"},
+        credentialsSecretRef={"name": "hf-token"},
+    )  # fmt: skip
+    status = wait_for(status_where(custom_objects, namespace, "private", lambda s: bool(s.get("conditions"))), 30)
+    ready = condition({"status": status}, "Ready")
+    assert ready is not None and ready["reason"] == "SecretNotFound" and "hf-token" in ready["message"]
+    core = client.CoreV1Api(kube_api)
+    core.create_namespaced_secret(
+        namespace,
+        {"metadata": {"name": "hf-token"}, "data": {"HF_TOKEN": base64.b64encode(b"hf_cache_secret").decode()}},
+    )
+    run = node.run_job_pod(namespace, "private-dl-g1-1", timeout=120, wait=60)  # created on the handler's retry
+    assert run.exit_code == 0, run.stderr[-2000:]
+    status = wait_for(status_where(custom_objects, namespace, "private", lambda s: s.get("phase") == "Ready"), 60)
+    assert "hf_cache_secret" not in str(status) + run.stdout + run.stderr
+    job = client.BatchV1Api(kube_api).read_namespaced_job("private-dl-g1-1", namespace)
+    assert job.spec.template.spec.containers[0].env_from[0].secret_ref.name == "hf-token"
+
+
+def _read(getter: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return getter(*args)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def _gone(getter: Callable[..., Any], *args: Any) -> bool:
+    try:
+        getter(*args)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return True
+        raise
+    return False
