@@ -68,8 +68,8 @@ class CacheController:
     ) -> dict[str, Any]:
         """The status after making sure the claim and this generation's Job exist."""
         status = ModelCacheStatus.model_validate(current or {})
-        if status.phase in ("Ready", "Failed") and status.observed_generation == generation:
-            return {}  # this generation is settled; Job events and the retry timer take it from here
+        if status.phase in ("Ready", "Failed", "Evicted") and status.observed_generation == generation:
+            return {}  # this generation is settled; Job events, the retry timer and eviction take it from here
         status.observed_generation = generation
         try:
             self._check_secret(namespace, spec)
@@ -286,6 +286,38 @@ class CacheController:
             parsed.conditions, "Ready", "False", "Retrying", f"attempt {attempt}: Job {parsed.job_name}", generation
         )
         return parsed.to_api()
+
+    def evict_if_unused(
+        self, namespace: str, name: str, spec: ModelCacheSpec, generation: int, status: dict[str, Any], now: datetime
+    ) -> dict[str, Any]:
+        """Evict a Ready cache unused for longer than `eviction.unusedThreshold` (never a pinned one):
+        its PVC goes (when the operator created it) and the phase becomes Evicted. Empty when kept."""
+        threshold = spec.eviction.unused_threshold
+        parsed = ModelCacheStatus.model_validate(status or {})
+        if threshold is None or spec.eviction.pinned or parsed.phase != "Ready" or parsed.last_used_time is None:
+            return {}
+        idle = now - parsed.last_used_time
+        if idle <= threshold:
+            return {}
+        self._delete_jobs(namespace, name)  # their finished pods would hold the volume (pvc-protection)
+        released = self.release(namespace, name, spec)
+        parsed.phase = parsed.phase.EVICTED
+        parsed.conditions = set_condition(
+            parsed.conditions,
+            "Ready",
+            "False",
+            "Evicted",
+            f"unused for {int(idle.total_seconds())}s (eviction.unusedThreshold {int(threshold.total_seconds())}s); "
+            f"{released}; change the spec or re-create the ModelCache to download it again",
+            generation,
+        )
+        return parsed.to_api()
+
+    def _delete_jobs(self, namespace: str, name: str) -> None:
+        API_REQUESTS.labels("delete", "jobs").inc()
+        self.batch.delete_collection_namespaced_job(
+            namespace, label_selector=f"{CACHE_LABEL}={name}", propagation_policy="Background"
+        )
 
     def release(self, namespace: str, name: str, spec: ModelCacheSpec) -> str:
         """Apply the retention policy on delete; returns what was done."""

@@ -33,7 +33,7 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     # ModelCache: the PVC and the download Jobs it owns; the credentials Secret and the Jobs'
     # ServiceAccount are only checked for existence (their contents are never read into logs or status).
     {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "create", "delete"]},
-    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": [*READ, "create"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": [*READ, "create", "deletecollection"]},
     {"apiGroups": [""], "resources": ["secrets", "serviceaccounts"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings", "clusterkopfpeerings"], "verbs": [*READ, "patch"]},

@@ -39,6 +39,8 @@ class OperatorSettings(BaseSettings):
     """Download Jobs per ModelCache generation before a retryable failure is final."""
     retry_interval_secs: float = Field(default=300, gt=0)
     """Pause before a new download Job replaces one that failed for a retryable reason."""
+    eviction_check_secs: float = Field(default=300, gt=0)
+    """How often each ModelCache with `eviction.unusedThreshold` is checked for eviction."""
     hf_endpoint: str | None = None
     """Hugging Face endpoint (mirror) given to download Jobs as HF_ENDPOINT."""
 

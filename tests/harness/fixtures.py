@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from modelexpress_operator.rbac import OPERATOR_RULES
 from tests.harness.controlplane import (
     ROOT,
     ControlPlane,
@@ -130,3 +131,37 @@ def operator_in_process(control_plane: ControlPlane, namespace: str) -> Iterator
         yield runner
     assert runner.exit_code == 0, runner.output
     assert runner.exception is None, runner.exception
+
+
+def _bind_cluster_role(kube_api: client.ApiClient, namespace: str, name: str, rules: list[dict[str, Any]]) -> None:
+    rbac = client.RbacAuthorizationV1Api(kube_api)
+    rbac.create_cluster_role({"metadata": {"name": name}, "rules": rules})
+    rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": "modelexpress-operator", "namespace": namespace}],
+        }
+    )
+
+
+def _unbind_cluster_role(kube_api: client.ApiClient, name: str) -> None:
+    rbac = client.RbacAuthorizationV1Api(kube_api)
+    with contextlib.suppress(client.ApiException):
+        rbac.delete_cluster_role_binding(name)
+    with contextlib.suppress(client.ApiException):
+        rbac.delete_cluster_role(name)
+
+
+@pytest.fixture
+def operator_kubeconfig(
+    control_plane: ControlPlane, kube_api: client.ApiClient, namespace: str, tmp_path: Path
+) -> Iterator[Path]:
+    """A kubeconfig of the `modelexpress-operator` ServiceAccount bound to exactly OPERATOR_RULES."""
+    token = service_account_token(kube_api, namespace, "modelexpress-operator")
+    role = f"mx-operator-{namespace}"
+    _bind_cluster_role(kube_api, namespace, role, OPERATOR_RULES)
+    yield write_kubeconfig(
+        tmp_path / "operator.kubeconfig", control_plane.server, token, control_plane.ca_file, "operator"
+    )
+    _unbind_cluster_role(kube_api, role)

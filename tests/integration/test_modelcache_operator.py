@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,7 +39,11 @@ def hub() -> Iterator[FakeHub]:
 
 @pytest.fixture
 def cache_operator(
-    namespace: str, monkeypatch: pytest.MonkeyPatch, hub: FakeHub, kube_api: client.ApiClient
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    hub: FakeHub,
+    kube_api: client.ApiClient,
+    operator_kubeconfig: Path,
 ) -> Iterator[Any]:
     """The operator with download Jobs pointed at the local hub, and the Jobs' ServiceAccount in place."""
     from kopf.testing import KopfRunner
@@ -57,6 +62,8 @@ def cache_operator(
     )
     monkeypatch.setenv("MX_OPERATOR_HF_ENDPOINT", hub.endpoint)
     monkeypatch.setenv("MX_OPERATOR_WORKER_IMAGE", "modelexpress-worker:test")
+    monkeypatch.setenv("MX_OPERATOR_EVICTION_CHECK_SECS", "1")
+    monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig))  # the operator's own ServiceAccount, not admin
     args = ["run", "--standalone", "--namespace", namespace, "-m", "modelexpress_operator.handlers"]
     with KopfRunner(args, timeout=60) as runner:
         yield runner
@@ -228,6 +235,29 @@ def test_missing_secret_is_a_clear_condition_and_credentials_reach_the_job(
     assert "hf_cache_secret" not in str(status) + run.stdout + run.stderr
     job = client.BatchV1Api(kube_api).read_namespaced_job("private-dl-g1-1", namespace)
     assert job.spec.template.spec.containers[0].env_from[0].secret_ref.name == "hf-token"
+
+
+def test_unused_cache_is_evicted_and_pinned_one_stays(
+    kube_api: client.ApiClient,
+    custom_objects: client.CustomObjectsApi,
+    namespace: str,
+    node: NodeHelper,
+    cache_operator: Any,
+) -> None:
+    core = client.CoreV1Api(kube_api)
+    for name, pinned in (("idle", False), ("keep", True)):
+        apply_cache(
+            custom_objects, namespace, name, source="hf://org/tiny", storage={"size": "1Gi"},
+            eviction={"unusedThreshold": "2s", "pinned": pinned},
+        )  # fmt: skip
+        assert node.run_job_pod(namespace, f"{name}-dl-g1-1", timeout=120).exit_code == 0
+    wait_for(status_where(custom_objects, namespace, "keep", lambda s: s.get("phase") == "Ready"), 60)
+    status = wait_for(status_where(custom_objects, namespace, "idle", lambda s: s.get("phase") == "Evicted"), 60)
+    ready = condition({"status": status}, "Ready")
+    assert ready is not None and ready["reason"] == "Evicted" and "unusedThreshold 2s" in ready["message"]
+    wait_for(lambda: _gone(core.read_namespaced_persistent_volume_claim, "idle-cache", namespace), 30, what="PVC gone")
+    assert cache_status(custom_objects, namespace, "keep")["phase"] == "Ready"  # pinned: never evicted
+    assert _read(core.read_namespaced_persistent_volume_claim, "keep-cache", namespace)
 
 
 def _read(getter: Callable[..., Any], *args: Any) -> Any:

@@ -26,10 +26,9 @@ from hack.make_tiny_model import write
 from modelexpress.api.modelmetadata import ModelIdentity
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.registry.kubernetes import KubernetesRegistry
-from modelexpress_operator.rbac import OPERATOR_RULES, WORKER_RULES
-from tests.harness.controlplane import ControlPlane
+from modelexpress_operator.rbac import WORKER_RULES
 from tests.harness.fixtures import GROUP, VERSION, ServiceAccountClient
-from tests.harness.kube import condition, service_account_token, wait_for, write_kubeconfig
+from tests.harness.kube import condition, wait_for
 from tests.harness.node import NodeHelper
 from tests.harness.processes import die_with_parent
 from tests.helpers.sources import Fleet, fleet, start_source
@@ -340,40 +339,6 @@ def test_user_declared_metadata_is_used_and_pod_can_pin_one(
 
 
 # --- end to end and least privilege ------------------------------------------------------------
-
-
-def _bind_cluster_role(kube_api: client.ApiClient, namespace: str, name: str, rules: list[dict[str, Any]]) -> None:
-    rbac = client.RbacAuthorizationV1Api(kube_api)
-    rbac.create_cluster_role({"metadata": {"name": name}, "rules": rules})
-    rbac.create_cluster_role_binding(
-        {
-            "metadata": {"name": name},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": "modelexpress-operator", "namespace": namespace}],
-        }
-    )
-
-
-def _unbind_cluster_role(kube_api: client.ApiClient, name: str) -> None:
-    rbac = client.RbacAuthorizationV1Api(kube_api)
-    with contextlib.suppress(client.ApiException):
-        rbac.delete_cluster_role_binding(name)
-    with contextlib.suppress(client.ApiException):
-        rbac.delete_cluster_role(name)
-
-
-@pytest.fixture
-def operator_kubeconfig(
-    control_plane: ControlPlane, kube_api: client.ApiClient, namespace: str, tmp_path: Path
-) -> Iterator[Path]:
-    """A kubeconfig of the `modelexpress-operator` ServiceAccount bound to exactly OPERATOR_RULES."""
-    token = service_account_token(kube_api, namespace, "modelexpress-operator")
-    role = f"mx-operator-{namespace}"
-    _bind_cluster_role(kube_api, namespace, role, OPERATOR_RULES)
-    yield write_kubeconfig(
-        tmp_path / "operator.kubeconfig", control_plane.server, token, control_plane.ca_file, "operator"
-    )
-    _unbind_cluster_role(kube_api, role)
 
 
 def test_second_worker_finds_the_first_through_modelmetadata_and_pulls(

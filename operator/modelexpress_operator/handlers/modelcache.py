@@ -7,7 +7,8 @@ download Job after a retryable failure (nobody has to delete a Job by hand).
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, cast
 
 import kopf
 from pydantic import ValidationError
@@ -70,6 +71,51 @@ async def retry_failed_download(
         runtime.caches.retry, meta["namespace"], meta["name"], meta["uid"], _spec(spec), generation, dict(status)
     )
     patch.status.update(update)
+
+
+@kopf.daemon(API_GROUP, API_VERSION, "modelcaches", cancellation_timeout=5)
+async def evict_unused_cache(
+    name: str, namespace: str | None, memo: kopf.Memo, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any
+) -> None:
+    """Checks every `MX_OPERATOR_EVICTION_CHECK_SECS` whether this cache has been unused for too long."""
+    assert namespace is not None  # ModelCache is namespaced
+    runtime: Runtime = memo.runtime
+    custom = runtime.caches.custom
+    while not stopped:
+        await asyncio.sleep(runtime.settings.eviction_check_secs)
+        try:
+            current = cast(
+                dict[str, Any],
+                await asyncio.to_thread(
+                    custom.get_namespaced_custom_object, API_GROUP, API_VERSION, namespace, "modelcaches", name
+                ),
+            )
+            spec = ModelCacheSpec.model_validate(current.get("spec") or {})
+            generation = int(current["metadata"].get("generation") or 0)
+            update = await asyncio.to_thread(
+                runtime.caches.evict_if_unused,
+                namespace,
+                name,
+                spec,
+                generation,
+                current.get("status") or {},
+                datetime.now(UTC),
+            )
+        except Exception as exc:  # the next check tries again
+            logger.warning("eviction check of %s failed: %s", name, exc)
+            continue
+        if update:
+            await asyncio.to_thread(
+                custom.patch_namespaced_custom_object_status,
+                API_GROUP,
+                API_VERSION,
+                namespace,
+                "modelcaches",
+                name,
+                {"status": update},
+                _content_type="application/merge-patch+json",
+            )
+            logger.info("evicted: %s", next(c["message"] for c in update["conditions"] if c["type"] == "Ready"))
 
 
 @kopf.on.delete(API_GROUP, API_VERSION, "modelcaches")
