@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelexpress.cache import huggingface
+from modelexpress.cache import huggingface, objectstore
 from modelexpress.cache.database import CacheDatabase, CachedModel
 from modelexpress.cache.errors import DownloadError, FailureReason
 from modelexpress.cache.eviction import Eviction, EvictionPolicy, plan_eviction
@@ -64,10 +64,13 @@ class LocalCache:
         parsed = parse_source(source)
         if parsed.provider == "local":
             return self._record_local(parsed, revision)
+        if parsed.provider in ("s3", "gs", "az"):
+            return self._pull_objects(parsed, allow_patterns, ignore_patterns, progress)
         if parsed.provider != "hf":
             raise DownloadError(
                 FailureReason.INVALID_SOURCE,
-                f"{parsed.uri}: {parsed.provider}:// downloads are not available in this version; use hf:// or a path",
+                f"{parsed.uri}: {parsed.provider}:// downloads are not available in this version; use hf://, "
+                "s3://, gs://, az:// or a path",
             )
         endpoint = os.environ.get("HF_ENDPOINT") or None
         token = os.environ.get("HF_TOKEN") or None
@@ -79,6 +82,31 @@ class LocalCache:
             provider="hf",
             name=parsed.name,
             revision=revision,
+            resolved_revision=result.resolved_revision,
+            path=str(result.path),
+            size_bytes=result.size_bytes,
+            files=result.files,
+            downloaded_at=now,
+            last_used_at=now,
+        )
+        self.db.record(model)
+        return model
+
+    def _pull_objects(
+        self,
+        parsed: ModelSource,
+        allow_patterns: list[str] | None,
+        ignore_patterns: list[str] | None,
+        progress: huggingface.Progress | None,
+    ) -> CachedModel:
+        plan = objectstore.plan_objects(parsed, allow_patterns, ignore_patterns)
+        reserve = self.config.cache.eviction.policy.min_free_space_bytes or 0
+        result = objectstore.download_objects(plan, self.directory(parsed.provider), progress, reserve_bytes=reserve)
+        now = time.time()
+        model = CachedModel(
+            provider=parsed.provider,
+            name=parsed.name,
+            revision="latest",
             resolved_revision=result.resolved_revision,
             path=str(result.path),
             size_bytes=result.size_bytes,
@@ -128,7 +156,9 @@ class LocalCache:
         snapshot = Path(model.path)
         folder = snapshot.parent.parent  # models--org--name
         others = [m for m in self.db.find(model.provider, model.name) if m.revision != model.revision]
-        if not others and folder.name.startswith("models--"):
+        if model.provider != "hf":
+            shutil.rmtree(snapshot, ignore_errors=True)  # <cache>/<scheme>/<bucket>/<prefix>
+        elif not others and folder.name.startswith("models--"):
             shutil.rmtree(folder, ignore_errors=True)
         else:
             shutil.rmtree(snapshot, ignore_errors=True)

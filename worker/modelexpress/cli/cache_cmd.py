@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from modelexpress.cache import huggingface
+from modelexpress.cache import huggingface, objectstore
 from modelexpress.cache.database import CachedModel
 from modelexpress.cache.errors import DownloadError, FailureReason
 from modelexpress.cache.local import LocalCache, cache_directory
@@ -140,11 +140,12 @@ def _download(args: argparse.Namespace) -> int:
     except DownloadError as exc:
         return _failure(args, exc)
     configure_logging(config.logging)
-    if source.provider != "hf":
+    if source.provider not in ("hf", "s3", "gs", "az"):
         return _failure(
             args,
             DownloadError(
-                FailureReason.INVALID_SOURCE, f"{source.uri}: only hf:// downloads are available in this version"
+                FailureReason.INVALID_SOURCE,
+                f"{source.uri}: {source.provider}:// downloads are not available in this version",
             ),
         )
     endpoint, token = os.environ.get("HF_ENDPOINT") or None, os.environ.get("HF_TOKEN") or None
@@ -154,11 +155,16 @@ def _download(args: argparse.Namespace) -> int:
 
         namespace, _, name = args.progress_to.partition("/")
         progress = CacheProgressReporter(namespace, name)
+    directory = cache_directory(config, source.provider)
     try:
-        plan = huggingface.plan_download(
-            source.name, args.revision, args.allow_pattern, args.ignore_pattern, token, endpoint
-        )
-        result = huggingface.download(plan, cache_directory(config), token, endpoint, progress)
+        if source.provider == "hf":
+            plan = huggingface.plan_download(
+                source.name, args.revision, args.allow_pattern, args.ignore_pattern, token, endpoint
+            )
+            result = huggingface.download(plan, directory, token, endpoint, progress)
+        else:
+            objects = objectstore.plan_objects(source, args.allow_pattern, args.ignore_pattern)
+            result = objectstore.download_objects(objects, directory, progress)
     except DownloadError as exc:
         return _failure(args, exc)
     payload = {
@@ -167,7 +173,7 @@ def _download(args: argparse.Namespace) -> int:
         "revision": result.revision,
         "resolvedRevision": result.resolved_revision,
         "path": str(result.path),
-        "relativePath": str(result.path.relative_to(cache_directory(config))),
+        "relativePath": str(result.path.relative_to(directory)),
         "sizeBytes": result.size_bytes,
         "files": result.files,
         "seconds": round(result.seconds, 3),
