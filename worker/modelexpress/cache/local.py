@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelexpress.cache import huggingface, objectstore
+from modelexpress.cache import huggingface, ngc, objectstore
 from modelexpress.cache.database import CacheDatabase, CachedModel
 from modelexpress.cache.errors import DownloadError, FailureReason
 from modelexpress.cache.eviction import Eviction, EvictionPolicy, plan_eviction
@@ -66,6 +66,8 @@ class LocalCache:
             return self._record_local(parsed, revision)
         if parsed.provider in ("s3", "gs", "az"):
             return self._pull_objects(parsed, allow_patterns, ignore_patterns, progress)
+        if parsed.provider == "ngc":
+            return self._pull_ngc(parsed, progress)
         if parsed.provider != "hf":
             raise DownloadError(
                 FailureReason.INVALID_SOURCE,
@@ -108,6 +110,26 @@ class LocalCache:
             name=parsed.name,
             revision="latest",
             resolved_revision=result.resolved_revision,
+            path=str(result.path),
+            size_bytes=result.size_bytes,
+            files=result.files,
+            downloaded_at=now,
+            last_used_at=now,
+        )
+        self.db.record(model)
+        return model
+
+    def _pull_ngc(self, parsed: ModelSource, progress: huggingface.Progress | None) -> CachedModel:
+        key = ngc.api_key()
+        plan = ngc.plan_ngc(parsed, key)
+        reserve = self.config.cache.eviction.policy.min_free_space_bytes or 0
+        result = ngc.download_ngc(plan, self.directory("ngc"), key, progress, reserve_bytes=reserve)
+        now = time.time()
+        model = CachedModel(
+            provider="ngc",
+            name=parsed.name,
+            revision=plan.version,
+            resolved_revision=plan.version,
             path=str(result.path),
             size_bytes=result.size_bytes,
             files=result.files,

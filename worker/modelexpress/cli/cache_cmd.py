@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from modelexpress.cache import huggingface, objectstore
+from modelexpress.cache import huggingface, ngc, objectstore
 from modelexpress.cache.database import CachedModel
 from modelexpress.cache.errors import DownloadError, FailureReason
 from modelexpress.cache.local import LocalCache, cache_directory
@@ -140,7 +140,7 @@ def _download(args: argparse.Namespace) -> int:
     except DownloadError as exc:
         return _failure(args, exc)
     configure_logging(config.logging)
-    if source.provider not in ("hf", "s3", "gs", "az"):
+    if source.provider not in ("hf", "s3", "gs", "az", "ngc"):
         return _failure(
             args,
             DownloadError(
@@ -162,6 +162,9 @@ def _download(args: argparse.Namespace) -> int:
                 source.name, args.revision, args.allow_pattern, args.ignore_pattern, token, endpoint
             )
             result = huggingface.download(plan, directory, token, endpoint, progress)
+        elif source.provider == "ngc":
+            key = ngc.api_key()
+            result = ngc.download_ngc(ngc.plan_ngc(source, key), directory, key, progress)
         else:
             objects = objectstore.plan_objects(source, args.allow_pattern, args.ignore_pattern)
             result = objectstore.download_objects(objects, directory, progress)
