@@ -251,10 +251,11 @@ def _fetch_verified(
 def _stream_into(partial: Path, url: str, token: str | None, size: int) -> None:
     """GET `url` into `partial`, from its current length on (HTTP Range) when it has one."""
     start = partial.stat().st_size if partial.exists() else 0
-    if start >= size:
-        start = 0 if start > size else start
-        if start == size:
-            return
+    if start > size:
+        start = 0  # longer than the file: not ours to resume, start over
+    elif start == size:
+        partial.touch()  # complete already (or an empty file): nothing to fetch
+        return
     headers = build_hf_headers(token=token)
     if start:
         headers["Range"] = f"bytes={start}-"

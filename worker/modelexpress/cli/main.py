@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from modelexpress import __version__
-from modelexpress.cli import cache_cmd, config_cmd, server_cmd, sources_cmd, worker_cmd
+from modelexpress.cli import cache_cmd, client_cmd, config_cmd, server_cmd, sources_cmd, worker_cmd
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -18,12 +18,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="ModelExpress: model caches and peer-to-peer weight transfer for vLLM on Kubernetes.",
     )
     parser.add_argument("--version", action="version", version=f"modelexpress {__version__}")
+    client_cmd.add_global_options(parser)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     config_cmd.register(subparsers)
     server_cmd.register(subparsers)
     worker_cmd.register(subparsers)
     sources_cmd.register(subparsers)
     cache_cmd.register(subparsers)
+    client_cmd.register(subparsers)
     return parser
 
 

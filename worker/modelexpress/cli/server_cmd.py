@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 
 from modelexpress.cli.options import add_config_flags, config_from_args
 from modelexpress.config import ConfigError
@@ -25,9 +28,22 @@ def _server(args: argparse.Namespace) -> int:
     if args.validate_config:
         print(f"configuration valid: server would listen on {config.server.host}:{config.server.port}")
         return 0
-    print(
-        "modelexpress server: serving is not available in this version yet; "
-        "use --validate-config to check a configuration",
-        file=sys.stderr,
-    )
-    return 2
+    from modelexpress.config.logs import configure_logging
+    from modelexpress.server.app import ModelExpressServer
+
+    configure_logging(config.logging)
+    chunk = int(os.environ.get("MODEL_EXPRESS_TRANSFER_CHUNK_SIZE") or 32 << 10)
+    try:
+        server = ModelExpressServer(config, chunk_size=chunk)
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    server.start()
+    print(f"ModelExpress server listening on {config.server.host}:{server.port}", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
+    print("stopped", flush=True)
+    return 0

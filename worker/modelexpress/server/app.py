@@ -1,0 +1,274 @@
+"""The embedded ModelExpress server: gRPC services over the local cache and its SQLite database.
+
+`HealthService` (plus standard `grpc.health.v1`), `ApiService` (`ping`, `models`), `ModelService`
+(ensure downloaded with streamed status, list, list files, stream files in chunks, delete). Model
+names and file paths are checked before anything is read or removed: `..`, absolute paths and NUL
+bytes are refused with INVALID_ARGUMENT. A model being streamed is not deleted (FAILED_PRECONDITION).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from modelexpress import __version__
+from modelexpress._proto.modelexpress.v1 import server_pb2, server_pb2_grpc
+from modelexpress.cache.database import CachedModel
+from modelexpress.cache.errors import DownloadError
+from modelexpress.cache.local import LocalCache
+from modelexpress.cache.sources import ModelSource, parse_source
+from modelexpress.config import ModelExpressConfig
+from modelexpress.server.downloads import SingleFlight
+
+log = logging.getLogger(__name__)
+DEFAULT_CHUNK = 32 << 10
+MAX_CHUNK = 8 << 20
+
+
+def _checked_name(name: str, context: grpc.ServicerContext) -> ModelSource:
+    if not name or "\0" in name or ".." in PurePosixPath(name.rsplit("://", maxsplit=1)[-1]).parts:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"model name {name!r} is not a model name")
+    try:
+        source = parse_source(name)
+    except DownloadError as exc:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    if source.provider == "local":
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "local paths are not served; name a model (hf://org/name)")
+    return source
+
+
+class _Health(server_pb2_grpc.HealthServiceServicer):  # type: ignore[misc]
+    def __init__(self, started: float) -> None:
+        self.started = started
+
+    def GetHealth(self, request: server_pb2.HealthRequest, context: grpc.ServicerContext) -> server_pb2.HealthResponse:
+        return server_pb2.HealthResponse(
+            version=__version__, status="ok", uptime_seconds=int(time.time() - self.started)
+        )
+
+
+class _Api(server_pb2_grpc.ApiServiceServicer):  # type: ignore[misc]
+    def __init__(self, server: ModelExpressServer) -> None:
+        self.server = server
+
+    def SendRequest(self, request: server_pb2.ApiRequest, context: grpc.ServicerContext) -> server_pb2.ApiResponse:
+        try:
+            payload = json.loads(request.payload) if request.payload else {}
+        except json.JSONDecodeError as exc:
+            return server_pb2.ApiResponse(success=False, error=f"payload is not JSON: {exc}")
+        actions: dict[str, Callable[[Any], Any]] = {
+            "ping": lambda _p: {"message": "pong", "id": request.id},
+            "models": lambda _p: [m.uri for m in self.server.cache.models()],
+        }
+        action = actions.get(request.action)
+        if action is None:
+            return server_pb2.ApiResponse(
+                success=False, error=f"unknown action {request.action!r}; try one of {sorted(actions)}"
+            )
+        return server_pb2.ApiResponse(success=True, data=json.dumps(action(payload)).encode())
+
+
+class _Models(server_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
+    def __init__(self, server: ModelExpressServer) -> None:
+        self.server = server
+
+    def EnsureModelDownloaded(
+        self, request: server_pb2.ModelDownloadRequest, context: grpc.ServicerContext
+    ) -> Iterator[server_pb2.ModelStatusUpdate]:
+        source = _checked_name(request.model_name, context)
+        revision = request.revision or "main"
+        work = self.server.download_work(source, revision, list(request.allow_patterns), list(request.ignore_patterns))
+        yield server_pb2.ModelStatusUpdate(model_name=source.uri, status=server_pb2.MODEL_STATUS_QUEUED)
+        yield from self.server.downloads.join((source.uri, revision), work)
+
+    def ListModels(
+        self, request: server_pb2.ListModelsRequest, context: grpc.ServicerContext
+    ) -> server_pb2.ListModelsResponse:
+        return server_pb2.ListModelsResponse(
+            models=[
+                server_pb2.CachedModel(
+                    model_name=m.uri, revision=m.revision, resolved_revision=m.resolved_revision,
+                    size_bytes=m.size_bytes, files=m.files, last_used_unix=int(m.last_used_at), pinned=m.pinned,
+                )
+                for m in self.server.cache.models()
+            ]
+        )  # fmt: skip
+
+    def ListModelFiles(
+        self, request: server_pb2.ModelFilesRequest, context: grpc.ServicerContext
+    ) -> server_pb2.ModelFileList:
+        model = self.server.cached(_checked_name(request.model_name, context), request.revision, context)
+        files = model_files(Path(model.path))
+        return server_pb2.ModelFileList(
+            files=[server_pb2.ModelFile(path=rel, size=size) for rel, size in files],
+            resolved_revision=model.resolved_revision,
+            total_bytes=sum(size for _, size in files),
+        )
+
+    def StreamModelFiles(
+        self, request: server_pb2.ModelFilesRequest, context: grpc.ServicerContext
+    ) -> Iterator[server_pb2.FileChunk]:
+        model = self.server.cached(_checked_name(request.model_name, context), request.revision, context)
+        chunk = min(MAX_CHUNK, request.chunk_size or self.server.chunk_size)
+        root = Path(model.path)
+        files = model_files(root)
+        with self.server.reading(model.uri):
+            self.server.cache.db.touch(model.provider, model.name, model.revision)
+            for index, (rel, size) in enumerate(files):
+                last_file = index == len(files) - 1
+                with (root / rel).open("rb") as f:
+                    offset = 0
+                    while True:
+                        data = f.read(chunk)
+                        end = offset + len(data) >= size
+                        yield server_pb2.FileChunk(
+                            path=rel,
+                            offset=offset,
+                            total_size=size,
+                            data=data,
+                            last_chunk=end,
+                            last_file=last_file and end,
+                        )
+                        offset += len(data)
+                        if end or not data:
+                            break
+
+    def DeleteModel(
+        self, request: server_pb2.DeleteModelRequest, context: grpc.ServicerContext
+    ) -> server_pb2.DeleteModelResponse:
+        source = _checked_name(request.model_name, context)
+        if self.server.readers[source.uri]:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"{source.uri} is being streamed to a client; retry when it ends"
+            )
+        removed = self.server.cache.remove(source.uri, request.revision or None)
+        if not removed:
+            return server_pb2.DeleteModelResponse(deleted=False, message=f"{source.uri} is not cached")
+        return server_pb2.DeleteModelResponse(
+            deleted=True, message=f"removed {len(removed)} revision(s) of {source.uri}"
+        )
+
+
+def model_files(root: Path) -> list[tuple[str, int]]:
+    """(relative path, size) of every file under a model directory, in path order (symlinks followed)."""
+    files = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.name.endswith(".incomplete"):
+            files.append((path.relative_to(root).as_posix(), path.stat().st_size))
+    return files
+
+
+class ModelExpressServer:
+    """The server of one machine: gRPC on `server.host:server.port` over the local cache."""
+
+    def __init__(self, config: ModelExpressConfig, chunk_size: int = DEFAULT_CHUNK) -> None:
+        self.config = config
+        self.cache = LocalCache(config)
+        self.chunk_size = chunk_size
+        self.downloads = SingleFlight()
+        self.readers: Counter[str] = Counter()
+        self._readers_lock = threading.Lock()
+        self._health = health.HealthServicer()
+        self._grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="mx-server"),
+            options=[("grpc.max_send_message_length", MAX_CHUNK + (1 << 20))],
+        )
+        server_pb2_grpc.add_HealthServiceServicer_to_server(_Health(time.time()), self._grpc)
+        server_pb2_grpc.add_ApiServiceServicer_to_server(_Api(self), self._grpc)
+        server_pb2_grpc.add_ModelServiceServicer_to_server(_Models(self), self._grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        address = f"{config.server.host}:{config.server.port}"
+        self.port = self._grpc.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot bind the server to {address}")
+
+    def start(self) -> None:
+        self._grpc.start()
+        self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        log.info("ModelExpress server listening on %s:%d", self.config.server.host, self.port)
+
+    def stop(self, grace: float | None = None) -> None:
+        self._health.enter_graceful_shutdown()
+        timeout = grace if grace is not None else float(self.config.server.shutdown_timeout_seconds)
+        self._grpc.stop(timeout if self.config.server.graceful_shutdown else 0).wait(timeout + 1)
+        self.cache.close()
+
+    def wait(self) -> None:
+        self._grpc.wait_for_termination()
+
+    def cached(self, source: ModelSource, revision: str, context: grpc.ServicerContext) -> CachedModel:
+        found = self.cache.db.find(source.provider, source.name, revision or None)
+        if not found:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"{source.uri} is not cached; ensure it is downloaded first")
+        return max(found, key=lambda m: m.downloaded_at)
+
+    def reading(self, uri: str) -> _Reading:
+        return _Reading(self, uri)
+
+    def download_work(
+        self, source: ModelSource, revision: str, allow: list[str], ignore: list[str]
+    ) -> Callable[[Callable[[server_pb2.ModelStatusUpdate], None]], None]:
+        def work(publish: Callable[[server_pb2.ModelStatusUpdate], None]) -> None:
+            def progress(done: int, total: int, files: int, total_files: int) -> None:
+                publish(
+                    server_pb2.ModelStatusUpdate(
+                        model_name=source.uri, status=server_pb2.MODEL_STATUS_DOWNLOADING, bytes_done=done,
+                        bytes_total=total, files_done=files, files_total=total_files,
+                    )
+                )  # fmt: skip
+
+            try:
+                model = self.cache.pull(source.uri, revision, allow or None, ignore or None, progress)
+            except DownloadError as exc:
+                publish(
+                    server_pb2.ModelStatusUpdate(
+                        model_name=source.uri,
+                        status=server_pb2.MODEL_STATUS_ERROR,
+                        message=str(exc),
+                        reason=exc.reason.value,
+                    )
+                )
+                return
+            except Exception as exc:  # every waiter must hear how it ended
+                log.exception("downloading %s failed", source.uri)
+                publish(
+                    server_pb2.ModelStatusUpdate(
+                        model_name=source.uri,
+                        status=server_pb2.MODEL_STATUS_ERROR,
+                        message=f"internal error: {type(exc).__name__}: {exc}",
+                        reason="InternalError",
+                    )
+                )
+                return
+            publish(
+                server_pb2.ModelStatusUpdate(
+                    model_name=source.uri, status=server_pb2.MODEL_STATUS_DOWNLOADED, bytes_done=model.size_bytes,
+                    bytes_total=model.size_bytes, resolved_revision=model.resolved_revision,
+                    files_done=model.files, files_total=model.files, message=f"cached at {model.path}",
+                )
+            )  # fmt: skip
+
+        return work
+
+
+class _Reading:
+    def __init__(self, server: ModelExpressServer, uri: str) -> None:
+        self.server, self.uri = server, uri
+
+    def __enter__(self) -> None:
+        with self.server._readers_lock:
+            self.server.readers[self.uri] += 1
+
+    def __exit__(self, *_: object) -> None:
+        with self.server._readers_lock:
+            self.server.readers[self.uri] -= 1
