@@ -16,13 +16,16 @@ from typing import Any
 
 from modelexpress import API_GROUP, API_VERSION
 from modelexpress.api import ModelCache, ModelCacheSpec
+from modelexpress.cache.errors import EXIT_CODES, DownloadError
 from modelexpress_operator.settings import OperatorSettings
 
 CACHE_LABEL = f"{API_GROUP}/cache"
 MOUNT_PATH = "/cache"
 TERMINATION_LOG = "/dev/termination-log"
-PERMANENT_EXIT_CODES = [2, 3, 4, 5]
-REASONS_BY_EXIT = {1: "NetworkError", 2: "InvalidSource", 3: "NotFound", 4: "Unauthorized", 5: "InsufficientStorage"}
+PERMANENT_EXIT_CODES = sorted({code for reason, code in EXIT_CODES.items() if not DownloadError(reason, "").retryable})
+REASONS_BY_EXIT: dict[int, str] = {}
+for _reason, _code in EXIT_CODES.items():
+    REASONS_BY_EXIT.setdefault(_code, _reason.value)  # 1: NetworkError, the first retryable reason
 HEADROOM = 1.10
 MIN_PVC_BYTES = 1 << 30
 

@@ -173,27 +173,10 @@ class Recorder:
         if matching:
             return str(min(matching, key=lambda m: (m["creationTimestamp"], m["name"]))["name"])
         name = identity.resource_name()
-        body = {
-            "apiVersion": f"{API_GROUP}/{API_VERSION}",
-            "kind": ModelMetadata.KIND,
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "labels": identity.labels(),
-                "annotations": {f"{API_GROUP}/created-by": "operator"},
-            },
-            "spec": identity.model_copy(update={"gpu_architecture": None}).to_api(),
-        }
-        try:
-            API_REQUESTS.labels("create", PLURAL).inc()
-            created = cast(
-                dict[str, Any],
-                self.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, body),
-            )
-        except client.ApiException as exc:
-            if exc.status == 409:  # created meanwhile by a user or another path: same name, same identity
-                return name
-            raise
+        spec = identity.model_copy(update={"gpu_architecture": None})
+        created = self._create(namespace, name, spec, {f"{API_GROUP}/created-by": "operator"})
+        if created is None:  # created meanwhile by a user or another path: same name, same identity
+            return name
         post_event(
             self.api,
             self._ref(namespace, name, created["metadata"]["uid"]),
@@ -203,6 +186,30 @@ class Recorder:
         )
         log.info("created ModelMetadata %s/%s for %s", namespace, name, identity.model_name)
         return name
+
+    def _create(
+        self, namespace: str, name: str, spec: ModelMetadataSpec, annotations: dict[str, str] | None
+    ) -> dict[str, Any] | None:
+        """Create a ModelMetadata labelled with its identity; None when one of that name exists already."""
+        metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": ModelIdentity.of(spec).labels()}
+        if annotations:
+            metadata["annotations"] = annotations
+        body = {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": ModelMetadata.KIND,
+            "metadata": metadata,
+            "spec": spec.to_api(),
+        }
+        try:
+            API_REQUESTS.labels("create", PLURAL).inc()
+            return cast(
+                dict[str, Any],
+                self.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, body),
+            )
+        except client.ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise
 
     def spec_changed(self, namespace: str, name: str, spec: ModelMetadataSpec, generation: int, uid: str) -> None:
         """The resource was created, resumed or its spec edited: re-derive the status from it."""
@@ -304,21 +311,10 @@ class Recorder:
         spec = book.spec
         if not entries or spec is None:
             return False
-        identity = ModelIdentity.of(spec)
-        body = {
-            "apiVersion": f"{API_GROUP}/{API_VERSION}",
-            "kind": ModelMetadata.KIND,
-            "metadata": {"name": book.name, "namespace": book.namespace, "labels": identity.labels()},
-            "spec": spec.to_api(),
-        }
         try:
-            API_REQUESTS.labels("create", PLURAL).inc()
-            await asyncio.to_thread(
-                self.custom.create_namespaced_custom_object, API_GROUP, API_VERSION, book.namespace, PLURAL, body
-            )
-        except client.ApiException as exc:
-            if exc.status != 409:
-                return False
+            await asyncio.to_thread(self._create, book.namespace, book.name, spec, None)
+        except client.ApiException:
+            return False
         book.loaded = False
         book.dirty.set()
         return True

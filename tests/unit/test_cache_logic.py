@@ -9,9 +9,9 @@ import pytest
 from modelexpress.cache.database import CachedModel
 from modelexpress.cache.errors import DownloadError, FailureReason
 from modelexpress.cache.eviction import EvictionPolicy, plan_eviction
-from modelexpress.cache.huggingface import safe_name
 from modelexpress.cache.local import cache_directory
 from modelexpress.cache.sources import parse_source
+from modelexpress.cache.transfers import safe_name
 from modelexpress.config import load_config
 
 

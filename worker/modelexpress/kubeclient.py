@@ -1,19 +1,36 @@
-"""A `kubernetes` client for code running in a worker pod or Job: in-cluster credentials, else $KUBECONFIG."""
+"""The `kubernetes` client of every part that talks to the API server outside kopf (workers, Jobs, the
+operator): in-cluster ServiceAccount credentials, unless a kubeconfig is chosen with $KUBECONFIG."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from kubernetes import client, config
 
+SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
-def kube_api_client() -> client.ApiClient:
-    """A client with in-cluster credentials, else those of $KUBECONFIG (read now, not at import)."""
+
+def in_cluster() -> bool:
+    """Running in a pod with a ServiceAccount token, and no kubeconfig chosen explicitly."""
+    return bool(
+        os.environ.get("KUBERNETES_SERVICE_HOST")
+        and SERVICE_ACCOUNT_TOKEN.exists()
+        and not os.environ.get("KUBECONFIG")
+    )
+
+
+def kubeconfig_path() -> str:
+    return os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+
+
+def kube_api_client(pool_size: int | None = None) -> client.ApiClient:
+    """A client with those credentials, read now (not when `kubernetes` was imported)."""
     configuration = client.Configuration()
-    try:
+    if in_cluster():
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration
-        )
+    else:
+        config.load_kube_config(config_file=kubeconfig_path(), client_configuration=configuration)  # type: ignore[no-untyped-call]
+    if pool_size is not None:
+        configuration.connection_pool_maxsize = pool_size
     return client.ApiClient(configuration)

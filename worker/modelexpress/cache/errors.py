@@ -36,3 +36,19 @@ class DownloadError(RuntimeError):
     @property
     def retryable(self) -> bool:
         return self.reason in (FailureReason.NETWORK, FailureReason.INTEGRITY)
+
+
+EXIT_CODES = {
+    FailureReason.NETWORK: 1,
+    FailureReason.INTEGRITY: 1,
+    FailureReason.INVALID_SOURCE: 2,
+    FailureReason.NOT_FOUND: 3,
+    FailureReason.UNAUTHORIZED: 4,
+    FailureReason.NO_SPACE: 5,
+}
+"""Exit codes of `cache download|pull`: 1 is worth a retry; 2-5 are not (cache Jobs fail at once on them)."""
+
+
+def exit_code_for(reason: str) -> int:
+    """The exit code of a failure reason as a server reports it (unknown reasons: 1)."""
+    return EXIT_CODES.get(FailureReason(reason), 1) if reason in set(FailureReason) else 1

@@ -18,17 +18,11 @@ blobs, snapshot symlinks), so vLLM reads the result offline with `HF_HUB_CACHE`.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
 import os
-import shutil
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import httpx2
 from filelock import FileLock
@@ -49,10 +43,19 @@ from huggingface_hub.utils import (  # type: ignore[attr-defined]
 )
 
 from modelexpress.cache.errors import DownloadError, FailureReason
+from modelexpress.cache.transfers import (
+    DownloadResult,
+    Progress,
+    attempt_resuming,
+    check_space,
+    discard_unless,
+    fetch_all,
+    file_digest,
+    partial_bytes,
+    safe_name,
+)
 
 log = logging.getLogger(__name__)
-Progress = Callable[[int, int, int, int], None]
-"""progress(done_bytes, total_bytes, done_files, total_files)"""
 
 
 @dataclass(frozen=True)
@@ -74,27 +77,8 @@ class DownloadPlan:
         return sum(f.size for f in self.files)
 
 
-@dataclass(frozen=True)
-class DownloadResult:
-    uri: str
-    revision: str
-    resolved_revision: str
-    path: Path
-    size_bytes: int
-    files: int
-    seconds: float
-
-
 def repo_folder(cache_dir: Path, repo_id: str) -> Path:
     return cache_dir / ("models--" + repo_id.replace("/", "--"))
-
-
-def safe_name(name: str) -> str:
-    """`name` if it stays inside the snapshot directory, else an InvalidSource error."""
-    pure = PurePosixPath(name)
-    if not name or pure.is_absolute() or ".." in pure.parts or "\\" in name or name.startswith("~"):
-        raise DownloadError(FailureReason.INVALID_SOURCE, f"the source lists a file named {name!r}, outside the model")
-    return name
 
 
 def _translate(exc: Exception, what: str) -> DownloadError:
@@ -158,26 +142,6 @@ def _present(snapshot: Path, file: RemoteFile) -> bool:
     return path.exists() and path.stat().st_size == file.size
 
 
-def check_space(cache_dir: Path, needed: int, reserve: int = 0) -> None:
-    """Fail before downloading when `needed` bytes (plus `reserve` kept free) do not fit."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(cache_dir).free
-    if needed + reserve > free:
-        raise DownloadError(
-            FailureReason.NO_SPACE,
-            f"the download needs {needed} bytes{f' (+{reserve} kept free)' if reserve else ''} "
-            f"but {cache_dir} has {free} bytes free",
-        )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(8 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_ref(folder: Path, revision: str, commit: str) -> None:
     """`refs/<revision>` -> commit, so offline readers (vLLM with HF_HUB_OFFLINE) resolve the revision name."""
     ref = folder / "refs" / revision
@@ -189,14 +153,7 @@ def _write_ref(folder: Path, revision: str, commit: str) -> None:
 
 def _inflight_bytes(folder: Path) -> int:
     blobs = folder / "blobs"
-    total = 0
-    for partial in blobs.glob("*.incomplete") if blobs.exists() else []:
-        with contextlib.suppress(FileNotFoundError):  # renamed to its final name meanwhile
-            total += partial.stat().st_size
-    return total
-
-
-_ATTEMPTS = 5
+    return partial_bytes(blobs.glob("*.incomplete") if blobs.exists() else [])
 
 
 def _fetch_verified(
@@ -220,25 +177,13 @@ def _fetch_verified(
     lock.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(lock)):  # two processes pulling one model share the partial file, in turn
         if not blob.exists():
-            for attempt in range(1, _ATTEMPTS + 1):
-                try:
-                    _stream_into(partial, meta.location, token, file.size)
-                    break
-                except DownloadError:
-                    raise
-                except Exception as exc:
-                    if attempt == _ATTEMPTS:
-                        raise _translate(exc, what) from exc
-                    log.warning("%s: attempt %d failed (%s); resuming", what, attempt, exc)
-                    time.sleep(min(2.0, 0.2 * 2**attempt))
+            attempt_resuming(what, lambda: _stream_into(partial, meta.location, token, file.size), _translate)
             problem = None
             if partial.stat().st_size != file.size:
                 problem = f"{partial.stat().st_size} bytes, the hub said {file.size}"
-            elif file.sha256 and _sha256(partial) != file.sha256:
+            elif file.sha256 and file_digest(partial, "sha256") != file.sha256:
                 problem = f"sha256 differs from the hub's {file.sha256}"
-            if problem:
-                partial.unlink(missing_ok=True)  # never leave bad bytes, not even to resume from
-                raise DownloadError(FailureReason.INTEGRITY, f"{what}: {problem}")
+            discard_unless(partial, problem, what)
             os.replace(partial, blob)
     pointer = folder / "snapshots" / plan.commit / file.path
     pointer.parent.mkdir(parents=True, exist_ok=True)
@@ -285,38 +230,18 @@ def download(
     snapshot = folder / "snapshots" / plan.commit
     missing = [f for f in plan.files if not _present(snapshot, f)]
     check_space(cache_dir, sum(f.size for f in missing) - _inflight_bytes(folder), reserve_bytes)
-    done = [plan.total_bytes - sum(f.size for f in missing), len(plan.files) - len(missing)]
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def report() -> None:
-        while not stop.wait(0.2):
-            with lock:
-                base, files = done
-            if progress:
-                progress(
-                    min(plan.total_bytes, base + _inflight_bytes(folder)), plan.total_bytes, files, len(plan.files)
-                )
-
-    def fetch(file: RemoteFile) -> None:
-        _fetch_verified(plan, file, cache_dir, token, endpoint)
-        with lock:
-            done[0] += file.size
-            done[1] += 1
-
-    reporter = threading.Thread(target=report, name="mx-download-progress", daemon=True)
-    reporter.start()
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(missing) or 1))) as pool:
-            for future in [pool.submit(fetch, f) for f in missing]:
-                future.result()
-    finally:
-        stop.set()
-        reporter.join(timeout=1)
+    fetch_all(
+        missing,
+        lambda f: _fetch_verified(plan, f, cache_dir, token, endpoint),
+        lambda f: f.size,
+        plan.total_bytes,
+        len(plan.files),
+        lambda: _inflight_bytes(folder),
+        progress,
+        max_workers,
+    )
     if plan.revision != plan.commit:
         _write_ref(folder, plan.revision, plan.commit)
-    if progress:
-        progress(plan.total_bytes, plan.total_bytes, len(plan.files), len(plan.files))
     return DownloadResult(
         uri=f"hf://{plan.repo_id}",
         revision=plan.revision,

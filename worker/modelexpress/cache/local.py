@@ -18,6 +18,7 @@ from modelexpress.cache.database import CacheDatabase, CachedModel
 from modelexpress.cache.errors import DownloadError, FailureReason
 from modelexpress.cache.eviction import Eviction, EvictionPolicy, plan_eviction
 from modelexpress.cache.sources import ModelSource, parse_source
+from modelexpress.cache.transfers import DownloadResult, Progress
 from modelexpress.config import ModelExpressConfig
 
 
@@ -30,6 +31,32 @@ def cache_directory(config: ModelExpressConfig, provider: str = "hf") -> Path:
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
     return Path.home() / ".cache" / "huggingface" / "hub"
+
+
+def download_source(
+    config: ModelExpressConfig,
+    source: ModelSource,
+    revision: str = "main",
+    allow_patterns: list[str] | None = None,
+    ignore_patterns: list[str] | None = None,
+    progress: Progress | None = None,
+) -> DownloadResult:
+    """Fetch a remote source into its cache directory with the downloader of its scheme (no database:
+    what cache Jobs run), keeping `min_free_space_bytes` free."""
+    reserve = config.cache.eviction.policy.min_free_space_bytes or 0
+    directory = cache_directory(config, source.provider)
+    if source.provider == "hf":
+        endpoint = os.environ.get("HF_ENDPOINT") or None
+        token = os.environ.get("HF_TOKEN") or None
+        plan = huggingface.plan_download(source.name, revision, allow_patterns, ignore_patterns, token, endpoint)
+        return huggingface.download(plan, directory, token, endpoint, progress, reserve_bytes=reserve)
+    if source.provider == "ngc":
+        key = ngc.api_key()
+        return ngc.download_ngc(ngc.plan_ngc(source, key), directory, key, progress, reserve_bytes=reserve)
+    if source.provider in ("s3", "gs", "az"):
+        objects = objectstore.plan_objects(source, allow_patterns, ignore_patterns)
+        return objectstore.download_objects(objects, directory, progress, reserve_bytes=reserve)
+    raise DownloadError(FailureReason.INVALID_SOURCE, f"{source.uri}: a local path is used in place, not downloaded")
 
 
 def eviction_policy(config: ModelExpressConfig) -> EvictionPolicy:
@@ -58,78 +85,19 @@ class LocalCache:
         revision: str = "main",
         allow_patterns: list[str] | None = None,
         ignore_patterns: list[str] | None = None,
-        progress: huggingface.Progress | None = None,
+        progress: Progress | None = None,
     ) -> CachedModel:
         """Download (or find already cached) and record the model; returns its database row."""
         parsed = parse_source(source)
         if parsed.provider == "local":
             return self._record_local(parsed, revision)
-        if parsed.provider in ("s3", "gs", "az"):
-            return self._pull_objects(parsed, allow_patterns, ignore_patterns, progress)
-        if parsed.provider == "ngc":
-            return self._pull_ngc(parsed, progress)
-        if parsed.provider != "hf":
-            raise DownloadError(
-                FailureReason.INVALID_SOURCE,
-                f"{parsed.uri}: {parsed.provider}:// downloads are not available in this version; use hf://, "
-                "s3://, gs://, az:// or a path",
-            )
-        endpoint = os.environ.get("HF_ENDPOINT") or None
-        token = os.environ.get("HF_TOKEN") or None
-        plan = huggingface.plan_download(parsed.name, revision, allow_patterns, ignore_patterns, token, endpoint)
-        reserve = self.config.cache.eviction.policy.min_free_space_bytes or 0
-        result = huggingface.download(plan, self.directory("hf"), token, endpoint, progress, reserve_bytes=reserve)
-        now = time.time()
-        model = CachedModel(
-            provider="hf",
-            name=parsed.name,
-            revision=revision,
-            resolved_revision=result.resolved_revision,
-            path=str(result.path),
-            size_bytes=result.size_bytes,
-            files=result.files,
-            downloaded_at=now,
-            last_used_at=now,
-        )
-        self.db.record(model)
-        return model
-
-    def _pull_objects(
-        self,
-        parsed: ModelSource,
-        allow_patterns: list[str] | None,
-        ignore_patterns: list[str] | None,
-        progress: huggingface.Progress | None,
-    ) -> CachedModel:
-        plan = objectstore.plan_objects(parsed, allow_patterns, ignore_patterns)
-        reserve = self.config.cache.eviction.policy.min_free_space_bytes or 0
-        result = objectstore.download_objects(plan, self.directory(parsed.provider), progress, reserve_bytes=reserve)
+        result = download_source(self.config, parsed, revision, allow_patterns, ignore_patterns, progress)
         now = time.time()
         model = CachedModel(
             provider=parsed.provider,
             name=parsed.name,
-            revision="latest",
+            revision=result.revision or "latest",  # object stores have no revisions
             resolved_revision=result.resolved_revision,
-            path=str(result.path),
-            size_bytes=result.size_bytes,
-            files=result.files,
-            downloaded_at=now,
-            last_used_at=now,
-        )
-        self.db.record(model)
-        return model
-
-    def _pull_ngc(self, parsed: ModelSource, progress: huggingface.Progress | None) -> CachedModel:
-        key = ngc.api_key()
-        plan = ngc.plan_ngc(parsed, key)
-        reserve = self.config.cache.eviction.policy.min_free_space_bytes or 0
-        result = ngc.download_ngc(plan, self.directory("ngc"), key, progress, reserve_bytes=reserve)
-        now = time.time()
-        model = CachedModel(
-            provider="ngc",
-            name=parsed.name,
-            revision=plan.version,
-            resolved_revision=plan.version,
             path=str(result.path),
             size_bytes=result.size_bytes,
             files=result.files,

@@ -17,9 +17,7 @@ from __future__ import annotations
 import configparser
 import logging
 import os
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -27,12 +25,21 @@ from urllib.parse import quote
 import httpx2
 
 from modelexpress.cache.errors import DownloadError, FailureReason
-from modelexpress.cache.huggingface import DownloadResult, Progress, check_space, safe_name
 from modelexpress.cache.sources import ModelSource
+from modelexpress.cache.transfers import (
+    DownloadResult,
+    Progress,
+    attempt_resuming,
+    check_space,
+    discard_unless,
+    fetch_all,
+    partial_bytes,
+    present,
+    safe_name,
+)
 
 log = logging.getLogger(__name__)
 DEFAULT_API = "https://api.ngc.nvidia.com/v2"
-_ATTEMPTS = 5
 
 
 def api_key(home: Path | None = None) -> str | None:
@@ -111,29 +118,29 @@ def _fetch(plan: NgcPlan, file: NgcFile, target: Path, key: str | None) -> None:
     final = target / file.name
     partial = final.with_name(f"{final.name}.incomplete")
     final.parent.mkdir(parents=True, exist_ok=True)
-    for attempt in range(1, _ATTEMPTS + 1):
+
+    def attempt() -> None:
         start = partial.stat().st_size if partial.exists() else 0
         headers = _headers(key) | ({"Range": f"bytes={start}-"} if start else {})
-        try:
-            with httpx2.stream("GET", url, headers=headers, timeout=60, follow_redirects=True) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    _check(response, what)
-                resume = start and response.status_code == 206
-                with partial.open("ab" if resume else "wb") as out:
-                    for block in response.iter_bytes(1 << 20):
-                        out.write(block)
-            break
-        except httpx2.HTTPError as exc:
-            if attempt == _ATTEMPTS:
-                raise DownloadError(FailureReason.NETWORK, f"{what}: {exc}") from exc
-            log.warning("%s: attempt %d failed (%s); resuming", what, attempt, exc)
-            time.sleep(min(2.0, 0.2 * 2**attempt))
-    if file.size and partial.stat().st_size != file.size:
-        size = partial.stat().st_size
-        partial.unlink(missing_ok=True)
-        raise DownloadError(FailureReason.INTEGRITY, f"{what}: {size} bytes, NGC listed {file.size}")
+        with httpx2.stream("GET", url, headers=headers, timeout=60, follow_redirects=True) as response:
+            if response.status_code >= 400:
+                response.read()
+                _check(response, what)
+            resume = start and response.status_code == 206
+            with partial.open("ab" if resume else "wb") as out:
+                for block in response.iter_bytes(1 << 20):
+                    out.write(block)
+
+    attempt_resuming(what, attempt, _translate)
+    size = partial.stat().st_size
+    discard_unless(partial, f"{size} bytes, NGC listed {file.size}" if file.size and size != file.size else None, what)
     os.replace(partial, final)
+
+
+def _translate(exc: Exception, what: str) -> DownloadError:
+    if isinstance(exc, DownloadError):
+        return exc
+    return DownloadError(FailureReason.NETWORK, f"{what}: {exc}")
 
 
 def download_ngc(
@@ -146,24 +153,18 @@ def download_ngc(
 ) -> DownloadResult:
     started = time.perf_counter()
     target = target_directory(cache_dir, plan)
-    missing = [f for f in plan.files if not ((target / f.name).exists() and (target / f.name).stat().st_size == f.size)]
+    missing = [f for f in plan.files if not present(target / f.name, f.size)]
     check_space(cache_dir, sum(f.size for f in missing), reserve_bytes)
-    lock = threading.Lock()
-    done = [plan.total_bytes - sum(f.size for f in missing), len(plan.files) - len(missing)]
-
-    def fetch(file: NgcFile) -> None:
-        _fetch(plan, file, target, key)
-        with lock:
-            done[0] += file.size
-            done[1] += 1
-            if progress:
-                progress(done[0], plan.total_bytes, done[1], len(plan.files))
-
-    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(missing) or 1))) as pool:
-        for future in [pool.submit(fetch, f) for f in missing]:
-            future.result()
-    if progress:
-        progress(plan.total_bytes, plan.total_bytes, len(plan.files), len(plan.files))
+    fetch_all(
+        missing,
+        lambda f: _fetch(plan, f, target, key),
+        lambda f: f.size,
+        plan.total_bytes,
+        len(plan.files),
+        lambda: partial_bytes(target / f"{f.name}.incomplete" for f in missing),
+        progress,
+        max_workers,
+    )
     return DownloadResult(
         uri=plan.source.uri,
         revision=plan.version,

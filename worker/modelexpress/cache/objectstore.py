@@ -13,14 +13,10 @@ checked against its size (and MD5 when the ETag is one) and only then renamed.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
 import os
 import re
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +25,22 @@ import obstore
 from obstore.store import from_url
 
 from modelexpress.cache.errors import DownloadError, FailureReason
-from modelexpress.cache.huggingface import DownloadResult, Progress, check_space, safe_name
 from modelexpress.cache.sources import ModelSource
+from modelexpress.cache.transfers import (
+    DownloadResult,
+    Progress,
+    attempt_resuming,
+    check_space,
+    discard_unless,
+    fetch_all,
+    file_digest,
+    partial_bytes,
+    present,
+    safe_name,
+)
 
 log = logging.getLogger(__name__)
 _MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})"?$')
-_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -113,40 +119,28 @@ def _fetch(store: Any, plan: ObjectPlan, obj: StoredObject, target: Path) -> Non
     final = target / obj.relative
     partial = final.with_name(f"{final.name}.incomplete")
     final.parent.mkdir(parents=True, exist_ok=True)
-    for attempt in range(1, _ATTEMPTS + 1):
+
+    def attempt() -> None:
         start = partial.stat().st_size if partial.exists() else 0
         if start > obj.size:
             partial.unlink()
             start = 0
-        try:
-            if start < obj.size:
-                result = obstore.get(store, obj.key, options={"range": (start, obj.size)} if start else None)
-                with partial.open("ab" if start else "wb") as out:
-                    for chunk in result.stream(min_chunk_size=1 << 20):
-                        out.write(chunk)
-            elif not partial.exists():
-                partial.touch()
-            break
-        except Exception as exc:
-            error = _translate(exc, what)
-            if error.reason != FailureReason.NETWORK or attempt == _ATTEMPTS:
-                raise error from exc
-            log.warning("%s: attempt %d failed (%s); resuming", what, attempt, exc)
-            time.sleep(min(2.0, 0.2 * 2**attempt))
+        if start < obj.size:
+            result = obstore.get(store, obj.key, options={"range": (start, obj.size)} if start else None)
+            with partial.open("ab" if start else "wb") as out:
+                for chunk in result.stream(min_chunk_size=1 << 20):
+                    out.write(chunk)
+        elif not partial.exists():
+            partial.touch()
+
+    attempt_resuming(what, attempt, _translate)
     size = partial.stat().st_size
     problem = None
     if size != obj.size:
         problem = f"{size} bytes, the store listed {obj.size}"
-    elif obj.etag and (m := _MD5_ETAG.match(obj.etag)):
-        digest = hashlib.md5(usedforsecurity=False)
-        with partial.open("rb") as f:
-            while block := f.read(8 << 20):
-                digest.update(block)
-        if digest.hexdigest() != m.group(1):
-            problem = "MD5 differs from the object's ETag"
-    if problem:
-        partial.unlink(missing_ok=True)
-        raise DownloadError(FailureReason.INTEGRITY, f"{what}: {problem}")
+    elif obj.etag and (m := _MD5_ETAG.match(obj.etag)) and file_digest(partial, "md5") != m.group(1):
+        problem = "MD5 differs from the object's ETag"
+    discard_unless(partial, problem, what)
     os.replace(partial, final)
 
 
@@ -161,48 +155,18 @@ def download_objects(
     started = time.perf_counter()
     store, _, _ = _store(plan.source)
     target = target_directory(cache_dir, plan)
-    missing = [
-        o
-        for o in plan.objects
-        if not ((target / o.relative).exists() and (target / o.relative).stat().st_size == o.size)
-    ]
+    missing = [o for o in plan.objects if not present(target / o.relative, o.size)]
     check_space(cache_dir, sum(o.size for o in missing), reserve_bytes)
-    done = [plan.total_bytes - sum(o.size for o in missing), len(plan.objects) - len(missing)]
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def inflight() -> int:
-        total = 0
-        for o in missing:
-            partial = target / f"{o.relative}.incomplete"
-            with contextlib.suppress(FileNotFoundError):  # renamed meanwhile
-                total += partial.stat().st_size
-        return total
-
-    def report() -> None:
-        while not stop.wait(0.2):
-            with lock:
-                base, files = done
-            if progress:
-                progress(min(plan.total_bytes, base + inflight()), plan.total_bytes, files, len(plan.objects))
-
-    def fetch(obj: StoredObject) -> None:
-        _fetch(store, plan, obj, target)
-        with lock:
-            done[0] += obj.size
-            done[1] += 1
-
-    reporter = threading.Thread(target=report, name="mx-download-progress", daemon=True)
-    reporter.start()
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(missing) or 1))) as pool:
-            for future in [pool.submit(fetch, o) for o in missing]:
-                future.result()
-    finally:
-        stop.set()
-        reporter.join(timeout=1)
-    if progress:
-        progress(plan.total_bytes, plan.total_bytes, len(plan.objects), len(plan.objects))
+    fetch_all(
+        missing,
+        lambda o: _fetch(store, plan, o, target),
+        lambda o: o.size,
+        plan.total_bytes,
+        len(plan.objects),
+        lambda: partial_bytes(target / f"{o.relative}.incomplete" for o in missing),
+        progress,
+        max_workers,
+    )
     return DownloadResult(
         uri=plan.source.uri,
         revision="",

@@ -17,11 +17,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from modelexpress.cache import huggingface, ngc, objectstore
 from modelexpress.cache.database import CachedModel
-from modelexpress.cache.errors import DownloadError, FailureReason
-from modelexpress.cache.local import LocalCache, cache_directory
+from modelexpress.cache.errors import EXIT_CODES, DownloadError
+from modelexpress.cache.local import LocalCache, cache_directory, download_source
 from modelexpress.cache.sources import parse_source
+from modelexpress.cache.transfers import Progress
 from modelexpress.cli.options import ConfigError, config_from_args
 from modelexpress.config.logs import configure_logging
 from modelexpress.files import write_text_atomic
@@ -103,16 +103,6 @@ class _Bar:
         sys.stderr.flush()
 
 
-EXIT_CODES = {
-    FailureReason.NETWORK: 1,
-    FailureReason.INTEGRITY: 1,
-    FailureReason.INVALID_SOURCE: 2,
-    FailureReason.NOT_FOUND: 3,
-    FailureReason.UNAUTHORIZED: 4,
-    FailureReason.NO_SPACE: 5,
-}
-
-
 def _write_result(path: Path, payload: dict[str, Any]) -> None:
     text = json.dumps(payload)
     if str(path).startswith("/dev/"):
@@ -129,8 +119,6 @@ def _failure(args: argparse.Namespace, exc: DownloadError) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    import os
-
     try:
         config = config_from_args(args)
         source = parse_source(args.source)
@@ -140,16 +128,7 @@ def _download(args: argparse.Namespace) -> int:
     except DownloadError as exc:
         return _failure(args, exc)
     configure_logging(config.logging)
-    if source.provider not in ("hf", "s3", "gs", "az", "ngc"):
-        return _failure(
-            args,
-            DownloadError(
-                FailureReason.INVALID_SOURCE,
-                f"{source.uri}: {source.provider}:// downloads are not available in this version",
-            ),
-        )
-    endpoint, token = os.environ.get("HF_ENDPOINT") or None, os.environ.get("HF_TOKEN") or None
-    progress: huggingface.Progress = _Bar()
+    progress: Progress = _Bar()
     if args.progress_to:
         from modelexpress.cache.progress_report import CacheProgressReporter
 
@@ -157,17 +136,7 @@ def _download(args: argparse.Namespace) -> int:
         progress = CacheProgressReporter(namespace, name)
     directory = cache_directory(config, source.provider)
     try:
-        if source.provider == "hf":
-            plan = huggingface.plan_download(
-                source.name, args.revision, args.allow_pattern, args.ignore_pattern, token, endpoint
-            )
-            result = huggingface.download(plan, directory, token, endpoint, progress)
-        elif source.provider == "ngc":
-            key = ngc.api_key()
-            result = ngc.download_ngc(ngc.plan_ngc(source, key), directory, key, progress)
-        else:
-            objects = objectstore.plan_objects(source, args.allow_pattern, args.ignore_pattern)
-            result = objectstore.download_objects(objects, directory, progress)
+        result = download_source(config, source, args.revision, args.allow_pattern, args.ignore_pattern, progress)
     except DownloadError as exc:
         return _failure(args, exc)
     payload = {

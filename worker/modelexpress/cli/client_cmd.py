@@ -154,9 +154,8 @@ def _download(args: argparse.Namespace) -> int:
         if code != 3 or strategy == "server":
             return code
         print("the server cannot be reached: downloading directly on this machine", file=sys.stderr)
-    from modelexpress.cache.errors import DownloadError
+    from modelexpress.cache.errors import EXIT_CODES, DownloadError
     from modelexpress.cache.local import LocalCache
-    from modelexpress.cli.cache_cmd import EXIT_CODES
     from modelexpress.config import load_config
 
     cache = LocalCache(load_config(None, {}))
@@ -200,7 +199,9 @@ def _download_via_server(args: argparse.Namespace) -> int:
             f"error: {last.message if last else 'the server ended the stream without a result'} [{reason}]",
             file=sys.stderr,
         )
-        return {"NotFound": 3, "Unauthorized": 4, "InsufficientStorage": 5, "InvalidSource": 2}.get(reason, 1)
+        from modelexpress.cache.errors import exit_code_for
+
+        return exit_code_for(reason)
     payload = {
         "model": last.model_name,
         "status": "downloaded",
