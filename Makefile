@@ -10,7 +10,11 @@ PIP_TORCH_FLAGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
 .PHONY: setup test test-unit test-integration lint format generate bench demo clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed .cache/redis/redis-server
+
+# A real redis-server for the Redis registry tests (Debian's package unpacked here; no root needed).
+.cache/redis/redis-server: hack/fetch-redis.sh
+	bash hack/fetch-redis.sh
 
 $(VENV)/.installed: pyproject.toml hack/constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from modelexpress.config.worker import WorkerSettings
 from modelexpress.p2p.records import SourceRecord
-from modelexpress.registry import open_registry
+from modelexpress.registry import RegistryUnavailableError, open_registry
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,6 +50,9 @@ def _ls(args: argparse.Namespace) -> int:
         return 2
     try:
         records = registry.list_sources()
+    except RegistryUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         registry.close()
     records = [

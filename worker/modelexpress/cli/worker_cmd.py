@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from modelexpress.config import LoggingSettings
@@ -21,7 +23,7 @@ from modelexpress.p2p.nixl_engine import NixlEngine
 from modelexpress.p2p.pull import PullError, PullOptions, pull
 from modelexpress.p2p.safetensors_dir import SafetensorsError, disk_fallback, load_into, scan
 from modelexpress.p2p.source import SourceWorker
-from modelexpress.registry import open_registry
+from modelexpress.registry import RegistryUnavailableError, open_registry
 
 log = logging.getLogger("modelexpress.worker")
 
@@ -80,7 +82,12 @@ def _run_source(identity: WorkerIdentity, layout: TensorLayout, engine: NixlEngi
     settings = WorkerSettings()
     registry = open_registry(settings)
     source = SourceWorker(identity, layout, settings, engine)
-    source.start(registry)
+    try:
+        source.start(registry)
+    except RegistryUnavailableError:
+        source.stop()
+        registry.close()
+        raise
     assert source.manifest is not None
     print(
         f"serving {len(source.manifest.tensors)} tensors ({source.manifest.total_bytes / 2**30:.2f} GiB) of "
@@ -97,6 +104,21 @@ def _run_source(identity: WorkerIdentity, layout: TensorLayout, engine: NixlEngi
         print(f"stopped; peers completed {source.served_reads} READ(s)", flush=True)
 
 
+def _registry_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """An unreachable registry ends the command with its message (which never holds a password), exit 1."""
+
+    @functools.wraps(handler)
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except RegistryUnavailableError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+
+    return wrapped
+
+
+@_registry_errors
 def _serve(args: argparse.Namespace) -> int:
     configure_logging(LoggingSettings(level=args.log_level, format="compact"))
     serve_metrics(WorkerSettings().metrics_port)
@@ -140,6 +162,7 @@ class _ProgressBar:
         sys.stderr.flush()
 
 
+@_registry_errors
 def _pull(args: argparse.Namespace) -> int:
     configure_logging(LoggingSettings(level=args.log_level, format="compact"))
     identity = _identity(args)

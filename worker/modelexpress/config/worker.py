@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,10 +24,13 @@ class WorkerSettings(BaseSettings):
     """Address peers use to reach this worker (default: this host's address)."""
     metadata_backend: Literal["embedded", "kubernetes", "redis"] = "embedded"
     """Where sources are recorded: a local SQLite file, ModelMetadata resources, or Redis."""
+    redis_url: str = Field(default="redis://localhost:6379", validation_alias=AliasChoices("MX_REDIS_URL", "REDIS_URL"))
+    """Redis of the `redis` backend (`REDIS_URL`; `redis://:password@host:6379/0`, `rediss://` for TLS)."""
     registry_path: str = Field(default_factory=_default_registry_path)
     """SQLite file of the embedded source registry."""
     status_ttl_secs: int = Field(default=3600, ge=1)
-    """A source not heard from for this long is stale and never handed out."""
+    """A source not heard from for this long is stale and never handed out (Redis records expire
+    then); sources refresh their record every third of it."""
     transfer_timeout_secs: float = Field(default=60.0, gt=0)
     """Deadline of one chunk READ; a source that misses it is abandoned for this pull."""
     connect_timeout_secs: float = Field(default=10.0, gt=0)

@@ -5,7 +5,7 @@ cluster), `kubernetes` (ModelMetadata resources, written by the operator), `redi
 """
 
 from modelexpress.p2p.records import SourceRecord
-from modelexpress.registry.base import SourceRegistry, open_registry
+from modelexpress.registry.base import RegistryUnavailableError, SourceRegistry, open_registry
 from modelexpress.registry.embedded import EmbeddedRegistry
 
-__all__ = ["EmbeddedRegistry", "SourceRecord", "SourceRegistry", "open_registry"]
+__all__ = ["EmbeddedRegistry", "RegistryUnavailableError", "SourceRecord", "SourceRegistry", "open_registry"]

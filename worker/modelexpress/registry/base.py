@@ -9,6 +9,10 @@ from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.records import SourceRecord
 
 
+class RegistryUnavailableError(RuntimeError):
+    """The registry's backend cannot be reached or refused a request; the message says what to check."""
+
+
 class SourceRegistry(abc.ABC):
     """Record and find sources. Implementations must be safe for concurrent writers."""
 
@@ -46,7 +50,6 @@ def open_registry(settings: WorkerSettings) -> SourceRegistry:
         from modelexpress.registry.kubernetes import KubernetesRegistry, default_namespace
 
         return KubernetesRegistry(default_namespace(settings.pod_namespace))
-    raise ValueError(
-        f"MX_METADATA_BACKEND={settings.metadata_backend} is not available in this version; "
-        "use MX_METADATA_BACKEND=embedded or kubernetes"
-    )
+    from modelexpress.registry.redis import RedisRegistry
+
+    return RedisRegistry(settings.redis_url, ttl_seconds=settings.status_ttl_secs)
