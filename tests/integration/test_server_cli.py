@@ -45,8 +45,8 @@ def _env(tmp_path: Path, hub: FakeHub, name: str) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def server(tmp_path: Path, hub: FakeHub) -> Iterator[str]:
+def start_server(tmp_path: Path, hub: FakeHub) -> tuple[subprocess.Popen[str], str]:
+    """A `modelexpress server` process on a free port over the cache and database under tmp_path/server."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelexpress.cli.main", "server", "--host", "127.0.0.1", "--port", "0"],
         env=_env(tmp_path, hub, "server"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
@@ -60,6 +60,12 @@ def server(tmp_path: Path, hub: FakeHub) -> Iterator[str]:
         if "listening on" in line:
             endpoint = line.rsplit(" ", 1)[1].strip()
     assert endpoint, "the server did not start"
+    return proc, endpoint
+
+
+@pytest.fixture
+def server(tmp_path: Path, hub: FakeHub) -> Iterator[str]:
+    proc, endpoint = start_server(tmp_path, hub)
     yield endpoint
     proc.terminate()
     assert proc.wait(30) == 0
@@ -147,3 +153,126 @@ def test_unreachable_server_fallback_downloads_directly_and_server_strategy_fail
     assert (tmp_path / "client" / "cache" / "models--org--tiny").is_dir()
     missing = cli(tmp_path, hub, dead, "model", "download", "org/absent", "--strategy", "direct")
     assert missing.returncode == 3 and "check the model name" in missing.stderr
+
+
+def _json(run: subprocess.CompletedProcess[str]) -> object:
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+def test_status_stats_validate_and_clear_all(tmp_path: Path, hub: FakeHub, server: str) -> None:
+    absent = _json(cli(tmp_path, hub, server, "--format", "json", "model", "status", "org/tiny"))
+    assert absent == {"model": "hf://org/tiny", "state": "not-cached", "revisions": [], "downloads": []}
+    assert cli(tmp_path, hub, server, "model", "download", "org/tiny", "--strategy", "server").returncode == 0
+    status = _json(cli(tmp_path, hub, server, "--format", "json-pretty", "model", "status", "hf://org/tiny"))
+    assert isinstance(status, dict) and status["state"] == "cached"
+    assert status["revisions"][0]["resolvedRevision"] == hub.state.repos["org/tiny"].commit
+    human = cli(tmp_path, hub, server, "model", "status", "hf://org/tiny")
+    assert human.stdout.startswith("hf://org/tiny: cached") and f"{sum(map(len, FILES.values()))} bytes" in human.stdout
+    idle = cli(tmp_path, hub, server, "model", "status")
+    assert idle.returncode == 0 and "no downloads in flight" in idle.stdout
+
+    stats = _json(cli(tmp_path, hub, server, "--format", "json", "model", "stats"))
+    assert isinstance(stats, dict)
+    assert stats["models"] == 1 and stats["totalBytes"] == sum(map(len, FILES.values()))
+    assert stats["downloadsStarted"] == 1 and stats["freeBytes"] > 0
+    assert "1 model(s)" in cli(tmp_path, hub, server, "model", "stats").stdout
+
+    assert _json(cli(tmp_path, hub, server, "--format", "json", "model", "validate")) == [
+        {"model": "hf://org/tiny", "revision": "main", "ok": True, "problems": []}
+    ]
+    # Damage the server's copy behind its back: validate names the file and fails.
+    weights = tmp_path / "server" / "cache" / "models--org--tiny" / "snapshots"
+    blob = next(weights.rglob("model.safetensors")).resolve()
+    data = bytearray(blob.read_bytes())
+    data[100] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    broken = cli(tmp_path, hub, server, "model", "validate", "org/tiny")
+    assert broken.returncode == 1 and "model.safetensors does not match its sha256" in broken.stdout
+    not_cached = cli(tmp_path, hub, server, "model", "validate", "org/other")
+    assert not_cached.returncode == 1 and "hf://org/other is not cached" in not_cached.stderr
+
+    refused = cli(tmp_path, hub, server, "model", "clear-all")
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    assert _json(cli(tmp_path, hub, server, "--format", "json", "model", "list")) != []
+    cleared = _json(cli(tmp_path, hub, server, "--format", "json", "model", "clear-all", "--yes"))
+    assert cleared == [{"model": "hf://org/tiny", "deleted": True, "message": "removed 1 revision(s) of hf://org/tiny"}]
+    assert _json(cli(tmp_path, hub, server, "--format", "json", "model", "list")) == []
+    assert not (tmp_path / "server" / "cache" / "models--org--tiny").exists()
+
+
+def _client_files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_no_shared_storage_streams_into_the_clients_own_cache(tmp_path: Path, hub: FakeHub, server: str) -> None:
+    commit = hub.state.repos["org/tiny"].commit
+    for chunk in (4096, 32 << 10, 1 << 20):
+        cache = tmp_path / f"client-cache-{chunk}"
+        run = cli(
+            tmp_path, hub, server, "--format", "json", "--no-shared-storage", "--transfer-chunk-size", str(chunk),
+            "--cache-path", str(cache), "model", "download", "org/tiny", "--strategy", "server",
+        )  # fmt: skip
+        result = _json(run)
+        assert isinstance(result, dict) and result["via"] == "server-stream" and result["chunkSize"] == chunk
+        snapshot = cache / "models--org--tiny" / "snapshots" / commit
+        assert Path(result["path"]) == snapshot
+        assert _client_files(snapshot) == FILES
+        assert (cache / "models--org--tiny" / "refs" / "main").read_text() == commit
+        assert not list(cache.rglob("*.incomplete"))
+    # The client recorded it in its own database: `cache ls` on this machine shows it.
+    local = _json(cli(tmp_path, hub, server, "cache", "ls", "--format", "json"))
+    assert isinstance(local, list)
+    assert [(m["provider"], m["name"], m["path"]) for m in local] == [("hf", "org/tiny", str(snapshot))]
+    # The environment variables of the seeds do the same as the flags.
+    env_cache = tmp_path / "env-cache"
+    run = subprocess.run(
+        [sys.executable, "-m", "modelexpress.cli.main", "model", "download", "org/tiny", "--strategy", "server"],
+        env={**_env(tmp_path, hub, "client"), "MODEL_EXPRESS_URL": f"http://{server}",
+             "MODEL_EXPRESS_NO_SHARED_STORAGE": "true", "MODEL_EXPRESS_TRANSFER_CHUNK_SIZE": "65536",
+             "MODEL_EXPRESS_CACHE_DIRECTORY": str(env_cache)},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert _client_files(env_cache / "models--org--tiny" / "snapshots" / commit) == FILES
+    bad = cli(tmp_path, hub, server, "--transfer-chunk-size", "0", "model", "download", "org/tiny")
+    assert bad.returncode != 0 and "--transfer-chunk-size" in bad.stderr
+
+
+def test_a_cut_stream_leaves_nothing_that_looks_complete_and_a_retry_completes_it(tmp_path: Path, hub: FakeHub) -> None:
+    from modelexpress.client.receive import StreamError, receive_model
+
+    big = {"a.json": b'{"a": 1}', "big.safetensors": os.urandom(48 << 20), "z.json": b'{"z": 2}'}
+    hub.add("org/big", big)
+    proc, endpoint = start_server(tmp_path, hub)
+    try:
+        assert cli(tmp_path, hub, endpoint, "model", "download", "org/big", "--strategy", "server").returncode == 0
+        cache = tmp_path / "receiver"
+        with grpc.insecure_channel(endpoint) as channel, pytest.raises(StreamError, match="broke"):
+            # The server dies after the first chunk of the big file is written: a real cut, mid-file.
+            receive_model(channel, "org/big", "main", cache, 4096, 10, retries=0,
+                          progress=lambda done, _total: done > 100 and proc.kill())  # fmt: skip
+        proc.wait(10)
+        snapshot = next((cache / "models--org--big" / "snapshots").iterdir())
+        assert _client_files(snapshot) == {"a.json": big["a.json"]}  # only the file that completed
+        assert not list(cache.rglob("*.incomplete"))
+        proc, endpoint = start_server(tmp_path, hub)
+        with grpc.insecure_channel(endpoint) as channel:
+            got = receive_model(channel, "org/big", "main", cache, 1 << 20, 10)
+        assert _client_files(snapshot) == big
+        assert got.received_bytes == len(big["big.safetensors"]) + len(big["z.json"])  # a.json was not fetched again
+        with grpc.insecure_channel(endpoint) as channel:
+            stub = server_pb2_grpc.ModelServiceStub(channel)
+            for paths, code in ((["../../etc/passwd"], grpc.StatusCode.INVALID_ARGUMENT),
+                                (["/etc/passwd"], grpc.StatusCode.INVALID_ARGUMENT),
+                                (["missing.bin"], grpc.StatusCode.NOT_FOUND)):  # fmt: skip
+                with pytest.raises(grpc.RpcError) as refused:
+                    list(
+                        stub.StreamModelFiles(
+                            server_pb2.ModelFilesRequest(model_name="org/big", paths=paths), timeout=10
+                        )
+                    )
+                assert refused.value.code() == code, paths
+    finally:
+        proc.kill()
+        proc.wait(10)

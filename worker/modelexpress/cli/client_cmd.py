@@ -1,23 +1,36 @@
-"""Client verbs of the ModelExpress server: `health`, `api send`, `model download|list|files|clear`.
+"""Client verbs of the ModelExpress server: `health`, `api send`, `model download|list|files|status|
+clear|clear-all|validate|stats`.
 
 Global options come before the verb: `modelexpress --endpoint host:8001 --timeout 30 --format json
-model list`. The endpoint defaults to `MODEL_EXPRESS_URL` (then `MODEL_EXPRESS_ENDPOINT`), else
-`localhost:8001`. `model download --strategy`: `server` (alias `server-only`) asks the server and
-fails in bounded time when it cannot be reached; `direct` downloads here; `fallback` (alias
-`smart-fallback`, the default) asks the server and downloads here when it cannot be reached, saying so.
+model list`; each falls back to its `MODEL_EXPRESS_*` variable (`config/client.py`). `model download
+--strategy`: `server` (alias `server-only`) asks the server and fails in bounded time when it cannot be
+reached; `direct` downloads here; `fallback` (alias `smart-fallback`, the default) asks the server and
+downloads here when it cannot be reached, saying so. With `--no-shared-storage` the files the server
+cached are streamed into this machine's cache (`--cache-path`).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import logging
 import os
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
+from pydantic import ValidationError
 
 from modelexpress._proto.modelexpress.v1 import server_pb2, server_pb2_grpc
+from modelexpress.cache.database import CachedModel
+from modelexpress.cache.errors import EXIT_CODES, DownloadError, exit_code_for
+from modelexpress.cache.local import LocalCache, cache_directory
+from modelexpress.client.receive import StreamError, receive_model
+from modelexpress.config import ModelExpressConfig, load_config
+from modelexpress.config.client import ClientSettings
 
 STRATEGIES = {
     "server": "server",
@@ -34,55 +47,104 @@ STATUS_NAMES = {
 }
 
 
-def default_endpoint() -> str:
-    raw = os.environ.get("MODEL_EXPRESS_URL") or os.environ.get("MODEL_EXPRESS_ENDPOINT") or "localhost:8001"
-    return raw.removeprefix("http://").removeprefix("grpc://").rstrip("/")
-
-
 def add_global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--endpoint", "-e", default=None, help="server host:port (default $MODEL_EXPRESS_URL or localhost:8001)"
     )
-    parser.add_argument("--timeout", "-t", type=float, default=30.0, help="seconds to wait for the server (default 30)")
+    parser.add_argument("--timeout", "-t", type=float, default=None, help="seconds to wait for the server (default 30)")
     parser.add_argument(
         "--output-format", "--format", dest="output_format", default="human", choices=["human", "json", "json-pretty"]
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+    parser.add_argument(
+        "--no-shared-storage",
+        action="store_const",
+        const=True,
+        default=None,
+        help="stream the model's files from the server into this machine's cache",
+    )
+    parser.add_argument("--transfer-chunk-size", type=int, default=None, help="bytes per streamed chunk (32768)")
+    parser.add_argument("--cache-path", default=None, help="this machine's cache directory (direct/streamed downloads)")
+    parser.add_argument("--verbose", "-v", action="count", default=0, help="more logging (-vv for debug)")
+
+
+def client_settings(args: argparse.Namespace) -> ClientSettings:
+    """Flags over environment over defaults; a bad value names its flag."""
+    flags = {
+        "endpoint": args.endpoint,
+        "timeout": args.timeout,
+        "no_shared_storage": args.no_shared_storage,
+        "transfer_chunk_size": args.transfer_chunk_size,
+        "cache_directory": args.cache_path,
+    }
+    try:
+        return ClientSettings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        raise SystemExit(f"error: --{field.replace('_', '-')}: {first['msg']}") from None
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     health = subparsers.add_parser("health", help="the server's version, status and uptime")
-    health.set_defaults(handler=_health)
+    health.set_defaults(handler=_prepare(_health))
 
     api = subparsers.add_parser("api", help="send a named action with a JSON payload")
     api_verbs = api.add_subparsers(dest="api_verb", required=True, metavar="VERB")
-    send = api_verbs.add_parser("send", help="send ACTION (e.g. ping)")
+    send = api_verbs.add_parser("send", help="send ACTION (ping, models, status, stats, validate)")
     send.add_argument("action")
     send.add_argument("--payload", help="JSON payload, or - to read it from stdin")
     send.add_argument("--payload-file", help="file holding the JSON payload")
-    send.set_defaults(handler=_api_send)
+    send.set_defaults(handler=_prepare(_api_send))
 
-    model = subparsers.add_parser("model", help="models on the server")
+    model = subparsers.add_parser("model", help="models on the server (`cache` manages this machine's)")
     verbs = model.add_subparsers(dest="model_verb", required=True, metavar="VERB")
     download = verbs.add_parser("download", help="have the model cached (on the server, or here)")
     download.add_argument("name", help="hf://org/name, org/name, s3://..., ngc://...")
+    download.add_argument("--provider", choices=["hf", "huggingface", "ngc", "s3", "gs", "az"], default=None,
+                          help="provider of a bare NAME (default: Hugging Face)")  # fmt: skip
     download.add_argument("--revision", default="main")
     download.add_argument("--strategy", default="fallback", choices=sorted(STRATEGIES))
-    download.set_defaults(handler=_download)
+    download.set_defaults(handler=_prepare(_download))
     ls = verbs.add_parser("list", help="models the server has cached")
     ls.add_argument("--detailed", action="store_true")
-    ls.set_defaults(handler=_list)
+    ls.set_defaults(handler=_prepare(_list))
     files = verbs.add_parser("files", help="files of a cached model")
     files.add_argument("name")
     files.add_argument("--revision", default="")
-    files.set_defaults(handler=_files)
+    files.set_defaults(handler=_prepare(_files))
+    status = verbs.add_parser("status", help="a model's state on the server, or every download in flight")
+    status.add_argument("name", nargs="?")
+    status.set_defaults(handler=_prepare(_status))
     clear = verbs.add_parser("clear", help="delete a cached model on the server")
     clear.add_argument("name")
-    clear.set_defaults(handler=_clear)
+    clear.set_defaults(handler=_prepare(_clear))
+    clear_all = verbs.add_parser("clear-all", help="delete every model cached on the server")
+    clear_all.add_argument("--yes", action="store_true", help="really delete them all")
+    clear_all.set_defaults(handler=_prepare(_clear_all))
+    validate = verbs.add_parser("validate", help="re-check cached files (sizes, hashes) on the server")
+    validate.add_argument("name", nargs="?")
+    validate.set_defaults(handler=_prepare(_validate))
+    stats = verbs.add_parser("stats", help="the server's cache: models, bytes, free space, activity")
+    stats.set_defaults(handler=_prepare(_stats))
 
 
 def _channel(args: argparse.Namespace) -> grpc.Channel:
-    return grpc.insecure_channel(args.endpoint or default_endpoint())
+    return grpc.insecure_channel(args.settings.endpoint, options=[("grpc.max_receive_message_length", 16 << 20)])
+
+
+def _prepare(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Resolve the client settings and logging once, before any verb runs."""
+
+    @functools.wraps(handler)
+    def wrapped(args: argparse.Namespace) -> int:
+        args.settings = client_settings(args)
+        args.timeout = args.settings.timeout
+        if args.verbose:
+            logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO, stream=sys.stderr)
+        return handler(args)
+
+    return wrapped
 
 
 def _emit(args: argparse.Namespace, payload: Any, human: str) -> None:
@@ -97,7 +159,7 @@ def _emit(args: argparse.Namespace, payload: Any, human: str) -> None:
 def _unreachable(args: argparse.Namespace, exc: grpc.RpcError) -> int:
     code = exc.code() if isinstance(exc, grpc.Call) else None
     detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-    endpoint = args.endpoint or default_endpoint()
+    endpoint = args.settings.endpoint
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         print(f"error: the server at {endpoint} cannot be reached ({code.name}): {detail}", file=sys.stderr)
         return 3
@@ -147,37 +209,55 @@ def _api_send(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_name(args: argparse.Namespace) -> str:
+    provider = getattr(args, "provider", None)
+    if provider is None or "://" in args.name:
+        return str(args.name)
+    return f"{'hf' if provider == 'huggingface' else provider}://{args.name}"
+
+
+def _local_config(settings: ClientSettings) -> ModelExpressConfig:
+    overrides = {"cache": {"directory": settings.cache_directory}} if settings.cache_directory else {}
+    return load_config(None, overrides)
+
+
 def _download(args: argparse.Namespace) -> int:
     strategy = STRATEGIES[args.strategy]
+    name = _model_name(args)
     if strategy != "direct":
-        code = _download_via_server(args)
+        code, update = _ensure_on_server(args, name)
+        if code == 0 and update is not None:
+            if args.settings.no_shared_storage:
+                return _receive(args, name, update)
+            payload = {"model": update.model_name, "status": "downloaded",
+                       "resolvedRevision": update.resolved_revision, "via": "server"}  # fmt: skip
+            _emit(args, payload, f"{update.model_name}@{update.resolved_revision[:12]} is cached on the server "
+                                 f"({update.message})")  # fmt: skip
+            return 0
         if code != 3 or strategy == "server":
             return code
         print("the server cannot be reached: downloading directly on this machine", file=sys.stderr)
-    from modelexpress.cache.errors import EXIT_CODES, DownloadError
-    from modelexpress.cache.local import LocalCache
-    from modelexpress.config import load_config
-
-    cache = LocalCache(load_config(None, {}))
+    cache = LocalCache(_local_config(args.settings))
     try:
-        model = cache.pull(args.name, args.revision)
+        model = cache.pull(name, args.revision)
     except DownloadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CODES[exc.reason]
     finally:
         cache.close()
-    payload = {"model": model.uri, "status": "downloaded", "resolvedRevision": model.resolved_revision, "via": "direct"}
+    payload = {"model": model.uri, "status": "downloaded", "resolvedRevision": model.resolved_revision,
+               "via": "direct", "path": model.path}  # fmt: skip
     _emit(args, payload, f"downloaded {model.uri}@{model.resolved_revision[:12]} directly to {model.path}")
     return 0
 
 
-def _download_via_server(args: argparse.Namespace) -> int:
+def _ensure_on_server(args: argparse.Namespace, name: str) -> tuple[int, server_pb2.ModelStatusUpdate | None]:
     last: server_pb2.ModelStatusUpdate | None = None
     try:
         with _channel(args) as channel:
             grpc.channel_ready_future(channel).result(timeout=min(args.timeout, 10))
             stream = server_pb2_grpc.ModelServiceStub(channel).EnsureModelDownloaded(
-                server_pb2.ModelDownloadRequest(model_name=args.name, revision=args.revision)
+                server_pb2.ModelDownloadRequest(model_name=name, revision=args.revision)
             )
             for update in stream:
                 last = update
@@ -186,29 +266,53 @@ def _download_via_server(args: argparse.Namespace) -> int:
                         f"\r{STATUS_NAMES[update.status]} {update.bytes_done / 2**20:.1f}/{update.bytes_total / 2**20:.1f} MiB"
                     )
     except grpc.FutureTimeoutError:
-        print(
-            f"error: the server at {args.endpoint or default_endpoint()} cannot be reached (no connection)",
-            file=sys.stderr,
-        )
-        return 3
+        print(f"error: the server at {args.settings.endpoint} cannot be reached (no connection)", file=sys.stderr)
+        return 3, None
     except grpc.RpcError as exc:
-        return _unreachable(args, exc)
+        return _unreachable(args, exc), None
     if last is None or last.status != server_pb2.MODEL_STATUS_DOWNLOADED:
         reason = last.reason if last else "no status"
-        print(
-            f"error: {last.message if last else 'the server ended the stream without a result'} [{reason}]",
-            file=sys.stderr,
-        )
-        from modelexpress.cache.errors import exit_code_for
+        message = last.message if last else "the server ended the stream without a result"
+        print(f"error: {message} [{reason}]", file=sys.stderr)
+        return exit_code_for(reason), None
+    return 0, last
 
-        return exit_code_for(reason)
-    payload = {
-        "model": last.model_name,
-        "status": "downloaded",
-        "resolvedRevision": last.resolved_revision,
-        "via": "server",
-    }
-    _emit(args, payload, f"{last.model_name}@{last.resolved_revision[:12]} is cached on the server ({last.message})")
+
+def _receive(args: argparse.Namespace, name: str, update: server_pb2.ModelStatusUpdate) -> int:
+    """Stream what the server cached into this machine's cache and record it there."""
+    config = _local_config(args.settings)
+    source = name if "://" in name else f"hf://{name}"
+    directory = cache_directory(config, source.split("://", 1)[0])
+    retries = 2 if args.settings.max_retries is None else args.settings.max_retries
+
+    def progress(done: int, total: int) -> None:
+        if not args.quiet and sys.stderr.isatty():
+            sys.stderr.write(f"\rreceiving {done / 2**20:.1f}/{total / 2**20:.1f} MiB")
+
+    try:
+        with _channel(args) as channel:
+            got = receive_model(channel, name, args.revision, directory,
+                                args.settings.transfer_chunk_size, args.timeout, retries, progress)  # fmt: skip
+    except (StreamError, DownloadError) as exc:
+        print(f"error: receiving {name} from the server failed: {exc}; run the command again to resume",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    except grpc.RpcError as exc:
+        return _unreachable(args, exc)
+    cache = LocalCache(config)
+    try:
+        now = time.time()
+        provider, _, model_name = got.uri.partition("://")
+        cache.db.record(CachedModel(provider, model_name, args.revision, got.resolved_revision, str(got.path),
+                                    got.size_bytes, got.files, now, now))  # fmt: skip
+    finally:
+        cache.close()
+    payload = {"model": got.uri, "status": "downloaded", "resolvedRevision": got.resolved_revision,
+               "via": "server-stream", "path": str(got.path), "receivedBytes": got.received_bytes,
+               "chunkSize": args.settings.transfer_chunk_size}  # fmt: skip
+    rate = got.received_bytes / got.seconds / 1e6 if got.seconds else 0.0
+    _emit(args, payload, f"received {got.uri}@{got.resolved_revision[:12]} from the server into {got.path} "
+                         f"({got.received_bytes} bytes, {rate:.1f} MB/s)")  # fmt: skip
     return 0
 
 
@@ -246,13 +350,100 @@ def _files(args: argparse.Namespace) -> int:
     return 0
 
 
+def _delete(args: argparse.Namespace, channel: grpc.Channel, name: str) -> server_pb2.DeleteModelResponse:
+    reply: server_pb2.DeleteModelResponse = server_pb2_grpc.ModelServiceStub(channel).DeleteModel(
+        server_pb2.DeleteModelRequest(model_name=name), timeout=args.timeout
+    )
+    return reply
+
+
 def _clear(args: argparse.Namespace) -> int:
     try:
         with _channel(args) as channel:
-            reply = server_pb2_grpc.ModelServiceStub(channel).DeleteModel(
-                server_pb2.DeleteModelRequest(model_name=args.name), timeout=args.timeout
-            )
+            reply = _delete(args, channel, args.name)
     except grpc.RpcError as exc:
         return _unreachable(args, exc)
     _emit(args, {"deleted": reply.deleted, "message": reply.message}, reply.message)
     return 0 if reply.deleted else 1
+
+
+def _clear_all(args: argparse.Namespace) -> int:
+    if not args.yes:
+        print("error: clear-all deletes every model cached on the server; add --yes to confirm", file=sys.stderr)
+        return 2
+    results = []
+    try:
+        with _channel(args) as channel:
+            listing = server_pb2_grpc.ModelServiceStub(channel).ListModels(
+                server_pb2.ListModelsRequest(), timeout=args.timeout
+            )
+            for name in sorted({m.model_name for m in listing.models}):
+                try:
+                    reply = _delete(args, channel, name)
+                    results.append({"model": name, "deleted": reply.deleted, "message": reply.message})
+                except grpc.RpcError as exc:
+                    if not isinstance(exc, grpc.Call) or exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                        raise
+                    results.append({"model": name, "deleted": False, "message": exc.details()})
+    except grpc.RpcError as exc:
+        return _unreachable(args, exc)
+    kept = [r for r in results if not r["deleted"]]
+    human = f"removed {len(results) - len(kept)} model(s)" + "".join(
+        f"\nkept {r['model']}: {r['message']}" for r in kept
+    )
+    _emit(args, results, human)
+    return 1 if kept else 0
+
+
+def _action(args: argparse.Namespace, action: str, payload: dict[str, Any]) -> tuple[int, Any]:
+    try:
+        with _channel(args) as channel:
+            reply = server_pb2_grpc.ApiServiceStub(channel).SendRequest(
+                server_pb2.ApiRequest(id=os.urandom(4).hex(), action=action, payload=json.dumps(payload).encode()),
+                timeout=args.timeout,
+            )
+    except grpc.RpcError as exc:
+        return _unreachable(args, exc), None
+    if not reply.success:
+        print(f"error: {reply.error}", file=sys.stderr)
+        return 1, None
+    return 0, json.loads(reply.data)
+
+
+def _status(args: argparse.Namespace) -> int:
+    code, data = _action(args, "status", {"model": args.name} if args.name else {})
+    if code:
+        return code
+    if args.name is None:
+        lines = [f"{d['model']}@{d['revision']}: {d['state']} {d['bytesDone']}/{d['bytesTotal']} bytes"
+                 for d in data["downloads"]]  # fmt: skip
+        _emit(args, data, "\n".join(lines) or f"no downloads in flight; {data['streams']} stream(s) open")
+        return 0
+    lines = [f"{data['model']}: {data['state']}"]
+    lines += [f"  {r['revision']} -> {r['resolvedRevision'][:12]}: {r['sizeBytes']} bytes, {r['files']} files"
+              for r in data["revisions"]]  # fmt: skip
+    lines += [f"  downloading {d['bytesDone']}/{d['bytesTotal']} bytes" for d in data["downloads"]]
+    _emit(args, data, "\n".join(lines))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    code, data = _action(args, "validate", {"model": args.name} if args.name else {})
+    if code:
+        return code
+    lines = [f"{r['model']}@{r['revision']}: " + ("ok" if r["ok"] else "; ".join(r["problems"])) for r in data]
+    _emit(args, data, "\n".join(lines) or "no models cached on the server")
+    return 0 if all(r["ok"] for r in data) else 1
+
+
+def _stats(args: argparse.Namespace) -> int:
+    code, data = _action(args, "stats", {})
+    if code:
+        return code
+    human = (
+        f"{data['models']} model(s), {data['totalBytes']} bytes in {data['cacheDirectory']} "
+        f"({data['freeBytes']} bytes free); {data['downloadsInFlight']} download(s) in flight, "
+        f"{data['streams']} stream(s) open; up {data['uptimeSeconds']}s"
+    )
+    _emit(args, data, human)
+    return 0

@@ -16,7 +16,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,9 +24,10 @@ from modelexpress import __version__
 from modelexpress._proto.modelexpress.v1 import server_pb2, server_pb2_grpc
 from modelexpress.cache.database import CachedModel
 from modelexpress.cache.errors import DownloadError
-from modelexpress.cache.local import LocalCache
+from modelexpress.cache.local import LocalCache, cache_directory
 from modelexpress.cache.sources import ModelSource, parse_source
 from modelexpress.config import ModelExpressConfig
+from modelexpress.server.actions import ActionError, actions
 from modelexpress.server.downloads import SingleFlight
 
 log = logging.getLogger(__name__)
@@ -66,16 +66,21 @@ class _Api(server_pb2_grpc.ApiServiceServicer):  # type: ignore[misc]
             payload = json.loads(request.payload) if request.payload else {}
         except json.JSONDecodeError as exc:
             return server_pb2.ApiResponse(success=False, error=f"payload is not JSON: {exc}")
-        actions: dict[str, Callable[[Any], Any]] = {
-            "ping": lambda _p: {"message": "pong", "id": request.id},
-            "models": lambda _p: [m.uri for m in self.server.cache.models()],
-        }
-        action = actions.get(request.action)
+        if not isinstance(payload, dict):
+            return server_pb2.ApiResponse(success=False, error="payload must be a JSON object")
+        known = actions(self.server)
+        action = known.get(request.action)
         if action is None:
             return server_pb2.ApiResponse(
-                success=False, error=f"unknown action {request.action!r}; try one of {sorted(actions)}"
+                success=False, error=f"unknown action {request.action!r}; try one of {sorted(known)}"
             )
-        return server_pb2.ApiResponse(success=True, data=json.dumps(action(payload)).encode())
+        try:
+            result = action(payload)
+        except (ActionError, DownloadError) as exc:
+            return server_pb2.ApiResponse(success=False, error=str(exc))
+        if request.action == "ping":
+            result["id"] = request.id
+        return server_pb2.ApiResponse(success=True, data=json.dumps(result).encode())
 
 
 class _Models(server_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
@@ -113,6 +118,8 @@ class _Models(server_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
             files=[server_pb2.ModelFile(path=rel, size=size) for rel, size in files],
             resolved_revision=model.resolved_revision,
             total_bytes=sum(size for _, size in files),
+            cache_relative_path=self.server.relative_path(model),
+            revision=model.revision,
         )
 
     def StreamModelFiles(
@@ -122,6 +129,14 @@ class _Models(server_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
         chunk = min(MAX_CHUNK, request.chunk_size or self.server.chunk_size)
         root = Path(model.path)
         files = model_files(root)
+        if request.paths:
+            sizes = dict(files)
+            for wanted in request.paths:
+                if "\0" in wanted or wanted.startswith("/") or ".." in PurePosixPath(wanted).parts:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"file path {wanted!r} is outside the model")
+                if wanted not in sizes:
+                    context.abort(grpc.StatusCode.NOT_FOUND, f"{model.uri} has no file {wanted!r}")
+            files = [(wanted, sizes[wanted]) for wanted in request.paths]
         with self.server.reading(model.uri):
             self.server.cache.db.touch(model.provider, model.name, model.revision)
             for index, (rel, size) in enumerate(files):
@@ -177,13 +192,14 @@ class ModelExpressServer:
         self.chunk_size = chunk_size
         self.downloads = SingleFlight()
         self.readers: Counter[str] = Counter()
+        self.started = time.time()
         self._readers_lock = threading.Lock()
         self._health = health.HealthServicer()
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="mx-server"),
             options=[("grpc.max_send_message_length", MAX_CHUNK + (1 << 20))],
         )
-        server_pb2_grpc.add_HealthServiceServicer_to_server(_Health(time.time()), self._grpc)
+        server_pb2_grpc.add_HealthServiceServicer_to_server(_Health(self.started), self._grpc)
         server_pb2_grpc.add_ApiServiceServicer_to_server(_Api(self), self._grpc)
         server_pb2_grpc.add_ModelServiceServicer_to_server(_Models(self), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
@@ -208,9 +224,18 @@ class ModelExpressServer:
 
     def cached(self, source: ModelSource, revision: str, context: grpc.ServicerContext) -> CachedModel:
         found = self.cache.db.find(source.provider, source.name, revision or None)
+        if not found and revision:  # a commit sha names the revision it resolved to
+            found = [m for m in self.cache.db.find(source.provider, source.name) if m.resolved_revision == revision]
         if not found:
             context.abort(grpc.StatusCode.NOT_FOUND, f"{source.uri} is not cached; ensure it is downloaded first")
         return max(found, key=lambda m: m.downloaded_at)
+
+    def relative_path(self, model: CachedModel) -> str:
+        """Where the model lives inside the cache directory of its provider (what clients recreate)."""
+        try:
+            return Path(model.path).relative_to(cache_directory(self.config, model.provider)).as_posix()
+        except ValueError:  # recorded under another cache directory: the client uses its own layout
+            return ""
 
     def reading(self, uri: str) -> _Reading:
         return _Reading(self, uri)

@@ -28,6 +28,11 @@ class SingleFlight:
         self._flights: dict[tuple[str, str], _Flight] = {}
         self.started = 0
 
+    def in_flight(self) -> dict[tuple[str, str], Update | None]:
+        """Each download in flight and its latest update (None before the first)."""
+        with self._lock:
+            return {key: flight.last for key, flight in self._flights.items()}
+
     def join(self, key: tuple[str, str], work: Work) -> Iterator[Update]:
         inbox: queue.SimpleQueue[Update | None] = queue.SimpleQueue()
         with self._lock:

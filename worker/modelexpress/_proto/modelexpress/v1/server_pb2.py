@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmodelexpress/v1/server.proto\x12\x0fmodelexpress.v1\"\x0f\n\rHealthRequest\"I\n\x0eHealthResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x03 \x01(\x04\"9\n\nApiRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\";\n\x0b\x41piResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"m\n\x14ModelDownloadRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x16\n\x0e\x61llow_patterns\x18\x03 \x03(\t\x12\x17\n\x0fignore_patterns\x18\x04 \x03(\t\"\xe3\x01\n\x11ModelStatusUpdate\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12,\n\x06status\x18\x02 \x01(\x0e\x32\x1c.modelexpress.v1.ModelStatus\x12\x12\n\nbytes_done\x18\x03 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x04 \x01(\x04\x12\x19\n\x11resolved_revision\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x12\n\nfiles_done\x18\x08 \x01(\r\x12\x13\n\x0b\x66iles_total\x18\t \x01(\r\"\x13\n\x11ListModelsRequest\"\x99\x01\n\x0b\x43\x61\x63hedModel\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x19\n\x11resolved_revision\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\r\n\x05\x66iles\x18\x05 \x01(\r\x12\x16\n\x0elast_used_unix\x18\x06 \x01(\x03\x12\x0e\n\x06pinned\x18\x07 \x01(\x08\"B\n\x12ListModelsResponse\x12,\n\x06models\x18\x01 \x03(\x0b\x32\x1c.modelexpress.v1.CachedModel\"M\n\x11ModelFilesRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x12\n\nchunk_size\x18\x03 \x01(\r\"\'\n\tModelFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"j\n\rModelFileList\x12)\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x1a.modelexpress.v1.ModelFile\x12\x19\n\x11resolved_revision\x18\x02 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\"r\n\tFileChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x12\n\nlast_chunk\x18\x05 \x01(\x08\x12\x11\n\tlast_file\x18\x06 \x01(\x08\":\n\x12\x44\x65leteModelRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\"7\n\x13\x44\x65leteModelResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t*\x97\x01\n\x0bModelStatus\x12\x1c\n\x18MODEL_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATUS_QUEUED\x10\x01\x12\x1c\n\x18MODEL_STATUS_DOWNLOADING\x10\x02\x12\x1b\n\x17MODEL_STATUS_DOWNLOADED\x10\x03\x12\x16\n\x12MODEL_STATUS_ERROR\x10\x04\x32]\n\rHealthService\x12L\n\tGetHealth\x12\x1e.modelexpress.v1.HealthRequest\x1a\x1f.modelexpress.v1.HealthResponse2V\n\nApiService\x12H\n\x0bSendRequest\x12\x1b.modelexpress.v1.ApiRequest\x1a\x1c.modelexpress.v1.ApiResponse2\xd1\x03\n\x0cModelService\x12\x64\n\x15\x45nsureModelDownloaded\x12%.modelexpress.v1.ModelDownloadRequest\x1a\".modelexpress.v1.ModelStatusUpdate0\x01\x12U\n\nListModels\x12\".modelexpress.v1.ListModelsRequest\x1a#.modelexpress.v1.ListModelsResponse\x12T\n\x0eListModelFiles\x12\".modelexpress.v1.ModelFilesRequest\x1a\x1e.modelexpress.v1.ModelFileList\x12T\n\x10StreamModelFiles\x12\".modelexpress.v1.ModelFilesRequest\x1a\x1a.modelexpress.v1.FileChunk0\x01\x12X\n\x0b\x44\x65leteModel\x12#.modelexpress.v1.DeleteModelRequest\x1a$.modelexpress.v1.DeleteModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmodelexpress/v1/server.proto\x12\x0fmodelexpress.v1\"\x0f\n\rHealthRequest\"I\n\x0eHealthResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x03 \x01(\x04\"9\n\nApiRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\";\n\x0b\x41piResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"m\n\x14ModelDownloadRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x16\n\x0e\x61llow_patterns\x18\x03 \x03(\t\x12\x17\n\x0fignore_patterns\x18\x04 \x03(\t\"\xe3\x01\n\x11ModelStatusUpdate\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12,\n\x06status\x18\x02 \x01(\x0e\x32\x1c.modelexpress.v1.ModelStatus\x12\x12\n\nbytes_done\x18\x03 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x04 \x01(\x04\x12\x19\n\x11resolved_revision\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x12\n\nfiles_done\x18\x08 \x01(\r\x12\x13\n\x0b\x66iles_total\x18\t \x01(\r\"\x13\n\x11ListModelsRequest\"\x99\x01\n\x0b\x43\x61\x63hedModel\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x19\n\x11resolved_revision\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\r\n\x05\x66iles\x18\x05 \x01(\r\x12\x16\n\x0elast_used_unix\x18\x06 \x01(\x03\x12\x0e\n\x06pinned\x18\x07 \x01(\x08\"B\n\x12ListModelsResponse\x12,\n\x06models\x18\x01 \x03(\x0b\x32\x1c.modelexpress.v1.CachedModel\"\\\n\x11ModelFilesRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x12\n\nchunk_size\x18\x03 \x01(\r\x12\r\n\x05paths\x18\x04 \x03(\t\"\'\n\tModelFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"\x99\x01\n\rModelFileList\x12)\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x1a.modelexpress.v1.ModelFile\x12\x19\n\x11resolved_revision\x18\x02 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x1b\n\x13\x63\x61\x63he_relative_path\x18\x04 \x01(\t\x12\x10\n\x08revision\x18\x05 \x01(\t\"r\n\tFileChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x12\n\nlast_chunk\x18\x05 \x01(\x08\x12\x11\n\tlast_file\x18\x06 \x01(\x08\":\n\x12\x44\x65leteModelRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\"7\n\x13\x44\x65leteModelResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t*\x97\x01\n\x0bModelStatus\x12\x1c\n\x18MODEL_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATUS_QUEUED\x10\x01\x12\x1c\n\x18MODEL_STATUS_DOWNLOADING\x10\x02\x12\x1b\n\x17MODEL_STATUS_DOWNLOADED\x10\x03\x12\x16\n\x12MODEL_STATUS_ERROR\x10\x04\x32]\n\rHealthService\x12L\n\tGetHealth\x12\x1e.modelexpress.v1.HealthRequest\x1a\x1f.modelexpress.v1.HealthResponse2V\n\nApiService\x12H\n\x0bSendRequest\x12\x1b.modelexpress.v1.ApiRequest\x1a\x1c.modelexpress.v1.ApiResponse2\xd1\x03\n\x0cModelService\x12\x64\n\x15\x45nsureModelDownloaded\x12%.modelexpress.v1.ModelDownloadRequest\x1a\".modelexpress.v1.ModelStatusUpdate0\x01\x12U\n\nListModels\x12\".modelexpress.v1.ListModelsRequest\x1a#.modelexpress.v1.ListModelsResponse\x12T\n\x0eListModelFiles\x12\".modelexpress.v1.ModelFilesRequest\x1a\x1e.modelexpress.v1.ModelFileList\x12T\n\x10StreamModelFiles\x12\".modelexpress.v1.ModelFilesRequest\x1a\x1a.modelexpress.v1.FileChunk0\x01\x12X\n\x0b\x44\x65leteModel\x12#.modelexpress.v1.DeleteModelRequest\x1a$.modelexpress.v1.DeleteModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelexpress.v1.server_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELSTATUS']._serialized_start=1309
-  _globals['_MODELSTATUS']._serialized_end=1460
+  _globals['_MODELSTATUS']._serialized_start=1372
+  _globals['_MODELSTATUS']._serialized_end=1523
   _globals['_HEALTHREQUEST']._serialized_start=49
   _globals['_HEALTHREQUEST']._serialized_end=64
   _globals['_HEALTHRESPONSE']._serialized_start=66
@@ -52,21 +52,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTMODELSRESPONSE']._serialized_start=779
   _globals['_LISTMODELSRESPONSE']._serialized_end=845
   _globals['_MODELFILESREQUEST']._serialized_start=847
-  _globals['_MODELFILESREQUEST']._serialized_end=924
-  _globals['_MODELFILE']._serialized_start=926
-  _globals['_MODELFILE']._serialized_end=965
-  _globals['_MODELFILELIST']._serialized_start=967
-  _globals['_MODELFILELIST']._serialized_end=1073
-  _globals['_FILECHUNK']._serialized_start=1075
-  _globals['_FILECHUNK']._serialized_end=1189
-  _globals['_DELETEMODELREQUEST']._serialized_start=1191
-  _globals['_DELETEMODELREQUEST']._serialized_end=1249
-  _globals['_DELETEMODELRESPONSE']._serialized_start=1251
-  _globals['_DELETEMODELRESPONSE']._serialized_end=1306
-  _globals['_HEALTHSERVICE']._serialized_start=1462
-  _globals['_HEALTHSERVICE']._serialized_end=1555
-  _globals['_APISERVICE']._serialized_start=1557
-  _globals['_APISERVICE']._serialized_end=1643
-  _globals['_MODELSERVICE']._serialized_start=1646
-  _globals['_MODELSERVICE']._serialized_end=2111
+  _globals['_MODELFILESREQUEST']._serialized_end=939
+  _globals['_MODELFILE']._serialized_start=941
+  _globals['_MODELFILE']._serialized_end=980
+  _globals['_MODELFILELIST']._serialized_start=983
+  _globals['_MODELFILELIST']._serialized_end=1136
+  _globals['_FILECHUNK']._serialized_start=1138
+  _globals['_FILECHUNK']._serialized_end=1252
+  _globals['_DELETEMODELREQUEST']._serialized_start=1254
+  _globals['_DELETEMODELREQUEST']._serialized_end=1312
+  _globals['_DELETEMODELRESPONSE']._serialized_start=1314
+  _globals['_DELETEMODELRESPONSE']._serialized_end=1369
+  _globals['_HEALTHSERVICE']._serialized_start=1525
+  _globals['_HEALTHSERVICE']._serialized_end=1618
+  _globals['_APISERVICE']._serialized_start=1620
+  _globals['_APISERVICE']._serialized_end=1706
+  _globals['_MODELSERVICE']._serialized_start=1709
+  _globals['_MODELSERVICE']._serialized_end=2174
 # @@protoc_insertion_point(module_scope)

@@ -117,14 +117,16 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[CachedModel, _Mapping]]] = ...) -> None: ...
 
 class ModelFilesRequest(_message.Message):
-    __slots__ = ("model_name", "revision", "chunk_size")
+    __slots__ = ("model_name", "revision", "chunk_size", "paths")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     revision: str
     chunk_size: int
-    def __init__(self, model_name: _Optional[str] = ..., revision: _Optional[str] = ..., chunk_size: _Optional[int] = ...) -> None: ...
+    paths: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model_name: _Optional[str] = ..., revision: _Optional[str] = ..., chunk_size: _Optional[int] = ..., paths: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelFile(_message.Message):
     __slots__ = ("path", "size")
@@ -135,14 +137,18 @@ class ModelFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class ModelFileList(_message.Message):
-    __slots__ = ("files", "resolved_revision", "total_bytes")
+    __slots__ = ("files", "resolved_revision", "total_bytes", "cache_relative_path", "revision")
     FILES_FIELD_NUMBER: _ClassVar[int]
     RESOLVED_REVISION_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CACHE_RELATIVE_PATH_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
     files: _containers.RepeatedCompositeFieldContainer[ModelFile]
     resolved_revision: str
     total_bytes: int
-    def __init__(self, files: _Optional[_Iterable[_Union[ModelFile, _Mapping]]] = ..., resolved_revision: _Optional[str] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+    cache_relative_path: str
+    revision: str
+    def __init__(self, files: _Optional[_Iterable[_Union[ModelFile, _Mapping]]] = ..., resolved_revision: _Optional[str] = ..., total_bytes: _Optional[int] = ..., cache_relative_path: _Optional[str] = ..., revision: _Optional[str] = ...) -> None: ...
 
 class FileChunk(_message.Message):
     __slots__ = ("path", "offset", "total_size", "data", "last_chunk", "last_file")
