@@ -6,7 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = ["nixl_host_read.py", "p2p_pull.py", "control_plane.py", "source_recording.py", "hf_download.py"]
+BENCHMARKS = [
+    "nixl_host_read.py",
+    "p2p_pull.py",
+    "control_plane.py",
+    "source_recording.py",
+    "hf_download.py",
+    "server_streaming.py",
+]
 
 
 def main() -> int:

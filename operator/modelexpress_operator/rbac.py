@@ -1,6 +1,7 @@
 """The permissions each part needs, in one place: the chart renders them and the tests bind exactly these.
 
-Workers only read ModelMetadata (the operator is the single writer of its status). The operator
+Workers only read ModelMetadata (the operator is the single writer of its status). The server in
+cluster mode creates, reads and deletes ModelCaches, and reviews callers' tokens when asked to. The operator
 follows pods (read-only), owns ModelMetadata/ModelCache status, posts Events, and takes part in
 kopf peering; it also reads CRDs and namespaces, which kopf uses to discover what to watch.
 """
@@ -20,6 +21,17 @@ WORKER_RULES: list[dict[str, Any]] = [
 CACHE_JOB_RULES: list[dict[str, Any]] = [
     # A download Job reports its progress on its ModelCache, nothing else.
     {"apiGroups": [API_GROUP], "resources": ["modelcaches/status"], "verbs": ["patch"]},
+]
+
+SERVER_RULES: list[dict[str, Any]] = [
+    # The server in cluster mode: ensure creates or reuses a ModelCache and follows its status,
+    # list reads them, delete deletes them (the operator's finalizer frees the storage).
+    {"apiGroups": [API_GROUP], "resources": ["modelcaches"], "verbs": ["get", "list", "create", "delete"]},
+]
+
+SERVER_TOKEN_REVIEW_RULES: list[dict[str, Any]] = [
+    # Only when callers must present a ServiceAccount token (MX_SERVER_REQUIRE_TOKEN); cluster-scoped.
+    {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
 ]
 
 OPERATOR_RULES: list[dict[str, Any]] = [

@@ -6,7 +6,8 @@ ETag / X-Linked-Etag, X-Linked-Size) and byte ranges. Errors carry the hub's `X-
 (RepoNotFound, RevisionNotFound, EntryNotFound); a repo with a token answers 401 without it.
 
 Fault injection for tests: `cut_after[path] = n` ends the body of that file after n bytes once
-(an interrupted download); `corrupt.add(path)` serves flipped bytes with the right length.
+(an interrupted download); `corrupt.add(path)` serves flipped bytes with the right length;
+`seconds_per_mib = x` paces every body (a slow link, so progress can be watched).
 Run standalone (`python -m tests.helpers.fake_hub --port 0 --repo org/name=DIR`) for Jobs and demos.
 """
 
@@ -17,6 +18,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -50,6 +52,7 @@ class HubState:
     cut_after: dict[str, int] = field(default_factory=dict)
     corrupt: set[str] = field(default_factory=set)
     requests: list[str] = field(default_factory=list)
+    seconds_per_mib: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -179,6 +182,9 @@ class _Handler(BaseHTTPRequestHandler):
         view = memoryview(data)[start:end]
         for offset in range(0, len(view), 1 << 20):
             self.wfile.write(view[offset : offset + (1 << 20)])
+            if state.seconds_per_mib:
+                self.wfile.flush()
+                time.sleep(state.seconds_per_mib)
 
 
 class _Server(ThreadingHTTPServer):

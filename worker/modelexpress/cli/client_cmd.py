@@ -147,6 +147,11 @@ def _prepare(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     return wrapped
 
 
+def _auth(args: argparse.Namespace) -> list[tuple[str, str]] | None:
+    token = args.settings.bearer_token()
+    return [("authorization", f"Bearer {token}")] if token else None
+
+
 def _emit(args: argparse.Namespace, payload: Any, human: str) -> None:
     if args.quiet:
         return
@@ -164,6 +169,8 @@ def _unreachable(args: argparse.Namespace, exc: grpc.RpcError) -> int:
         print(f"error: the server at {endpoint} cannot be reached ({code.name}): {detail}", file=sys.stderr)
         return 3
     print(f"error: {code.name if code else 'RPC'}: {detail}", file=sys.stderr)
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return 4  # as for a download refused for credentials
     return 1 if code != grpc.StatusCode.INVALID_ARGUMENT else 2
 
 
@@ -257,7 +264,7 @@ def _ensure_on_server(args: argparse.Namespace, name: str) -> tuple[int, server_
         with _channel(args) as channel:
             grpc.channel_ready_future(channel).result(timeout=min(args.timeout, 10))
             stream = server_pb2_grpc.ModelServiceStub(channel).EnsureModelDownloaded(
-                server_pb2.ModelDownloadRequest(model_name=name, revision=args.revision)
+                server_pb2.ModelDownloadRequest(model_name=name, revision=args.revision), metadata=_auth(args)
             )
             for update in stream:
                 last = update
@@ -352,7 +359,7 @@ def _files(args: argparse.Namespace) -> int:
 
 def _delete(args: argparse.Namespace, channel: grpc.Channel, name: str) -> server_pb2.DeleteModelResponse:
     reply: server_pb2.DeleteModelResponse = server_pb2_grpc.ModelServiceStub(channel).DeleteModel(
-        server_pb2.DeleteModelRequest(model_name=name), timeout=args.timeout
+        server_pb2.DeleteModelRequest(model_name=name), timeout=args.timeout, metadata=_auth(args)
     )
     return reply
 

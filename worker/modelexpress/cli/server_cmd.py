@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
 
+from pydantic import ValidationError
+
 from modelexpress.cli.options import add_config_flags, config_from_args
 from modelexpress.config import ConfigError
+from modelexpress.config.client import ClientSettings
+from modelexpress.config.cluster import ClusterServerSettings
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     server = subparsers.add_parser("server", help="run the ModelExpress gRPC server")
     add_config_flags(server)
+    server.add_argument(
+        "--mode", choices=["embedded", "cluster"], help="this machine's cache, or ModelCaches (MX_SERVER_MODE)"
+    )
     server.add_argument("--validate-config", action="store_true", help="check the effective configuration and exit")
     server.set_defaults(handler=_server)
 
@@ -32,9 +38,30 @@ def _server(args: argparse.Namespace) -> int:
     from modelexpress.server.app import ModelExpressServer
 
     configure_logging(config.logging)
-    chunk = int(os.environ.get("MODEL_EXPRESS_TRANSFER_CHUNK_SIZE") or 32 << 10)
     try:
-        server = ModelExpressServer(config, chunk_size=chunk)
+        chunk = ClientSettings().transfer_chunk_size  # the same MODEL_EXPRESS_TRANSFER_CHUNK_SIZE as clients
+    except ValidationError as exc:
+        print(f"error: MODEL_EXPRESS_TRANSFER_CHUNK_SIZE: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 1
+    try:
+        cluster = ClusterServerSettings(**({"mode": args.mode} if args.mode else {}))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        print(f"error: MX_SERVER_{str(first['loc'][0]).upper()}: {first['msg']}", file=sys.stderr)
+        return 1
+    store, reviewer = None, None
+    if cluster.mode == "cluster":
+        from modelexpress.kubeclient import kube_api_client
+        from modelexpress.server.auth import TokenReviewer
+        from modelexpress.server.cluster import ClusterStore
+
+        api = kube_api_client()
+        store = ClusterStore(config, cluster, api)
+        if cluster.require_token:
+            reviewer = TokenReviewer(api, cluster.token_audiences)
+        print(f"cluster mode: ModelCaches in namespace {store.namespace}, files from {store.mount}", flush=True)
+    try:
+        server = ModelExpressServer(config, chunk_size=chunk, store=store, reviewer=reviewer)
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -70,14 +70,14 @@ def actions(server: ModelExpressServer) -> dict[str, Action]:
         if uri is None:
             return {"downloads": downloads, "streams": sum(server.readers.values())}
         source = parse_source(uri)
-        cached = [_model_row(m) for m in server.cache.db.find(source.provider, source.name)]
+        cached = [_model_row(m) for m in server.store.find(source)]
         mine = [d for d in downloads if d["model"] == uri]
         state = "downloading" if mine else "cached" if cached else "not-cached"
         return {"model": uri, "state": state, "revisions": cached, "downloads": mine}
 
     def stats(_payload: dict[str, Any]) -> Any:
-        models = server.cache.models()
-        directory = server.cache.directory()
+        models = server.store.models()
+        directory = server.store.directory()
         directory.mkdir(parents=True, exist_ok=True)
         disk = shutil.disk_usage(directory)
         return {
@@ -94,7 +94,7 @@ def actions(server: ModelExpressServer) -> dict[str, Action]:
 
     def validate(payload: dict[str, Any]) -> Any:
         uri = _named(payload, required=False)
-        models = server.cache.models()
+        models = server.store.models()
         if uri is not None:
             models = [m for m in models if m.uri == uri]
             if not models:
@@ -107,7 +107,7 @@ def actions(server: ModelExpressServer) -> dict[str, Action]:
 
     return {
         "ping": lambda _p: {"message": "pong"},
-        "models": lambda _p: [m.uri for m in server.cache.models()],
+        "models": lambda _p: [m.uri for m in server.store.models()],
         "status": status,
         "stats": stats,
         "validate": validate,

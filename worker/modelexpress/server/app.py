@@ -24,15 +24,15 @@ from modelexpress import __version__
 from modelexpress._proto.modelexpress.v1 import server_pb2, server_pb2_grpc
 from modelexpress.cache.database import CachedModel
 from modelexpress.cache.errors import DownloadError
-from modelexpress.cache.local import LocalCache, cache_directory
 from modelexpress.cache.sources import ModelSource, parse_source
 from modelexpress.config import ModelExpressConfig
+from modelexpress.config.client import DEFAULT_TRANSFER_CHUNK, MAX_TRANSFER_CHUNK
 from modelexpress.server.actions import ActionError, actions
+from modelexpress.server.auth import TokenReviewer, bearer_token
 from modelexpress.server.downloads import SingleFlight
+from modelexpress.server.stores import LocalStore, ModelStore, StoreUnavailableError
 
 log = logging.getLogger(__name__)
-DEFAULT_CHUNK = 32 << 10
-MAX_CHUNK = 8 << 20
 
 
 def _checked_name(name: str, context: grpc.ServicerContext) -> ModelSource:
@@ -91,10 +91,11 @@ class _Models(server_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
         self, request: server_pb2.ModelDownloadRequest, context: grpc.ServicerContext
     ) -> Iterator[server_pb2.ModelStatusUpdate]:
         source = _checked_name(request.model_name, context)
+        self.server.authorize(context, f"ensure {source.uri}")
         revision = request.revision or "main"
         work = self.server.download_work(source, revision, list(request.allow_patterns), list(request.ignore_patterns))
         yield server_pb2.ModelStatusUpdate(model_name=source.uri, status=server_pb2.MODEL_STATUS_QUEUED)
-        yield from self.server.downloads.join((source.uri, revision), work)
+        yield from self.server.downloads.join((source.uri, revision), work, context.is_active)
 
     def ListModels(
         self, request: server_pb2.ListModelsRequest, context: grpc.ServicerContext
@@ -105,7 +106,7 @@ class _Models(server_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
                     model_name=m.uri, revision=m.revision, resolved_revision=m.resolved_revision,
                     size_bytes=m.size_bytes, files=m.files, last_used_unix=int(m.last_used_at), pinned=m.pinned,
                 )
-                for m in self.server.cache.models()
+                for m in self.server.store.models()
             ]
         )  # fmt: skip
 
@@ -113,12 +114,12 @@ class _Models(server_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
         self, request: server_pb2.ModelFilesRequest, context: grpc.ServicerContext
     ) -> server_pb2.ModelFileList:
         model = self.server.cached(_checked_name(request.model_name, context), request.revision, context)
-        files = model_files(Path(model.path))
+        files = model_files(self.server.files_root(model, context))
         return server_pb2.ModelFileList(
             files=[server_pb2.ModelFile(path=rel, size=size) for rel, size in files],
             resolved_revision=model.resolved_revision,
             total_bytes=sum(size for _, size in files),
-            cache_relative_path=self.server.relative_path(model),
+            cache_relative_path=self.server.store.relative_path(model),
             revision=model.revision,
         )
 
@@ -126,8 +127,8 @@ class _Models(server_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
         self, request: server_pb2.ModelFilesRequest, context: grpc.ServicerContext
     ) -> Iterator[server_pb2.FileChunk]:
         model = self.server.cached(_checked_name(request.model_name, context), request.revision, context)
-        chunk = min(MAX_CHUNK, request.chunk_size or self.server.chunk_size)
-        root = Path(model.path)
+        chunk = min(MAX_TRANSFER_CHUNK, request.chunk_size or self.server.chunk_size)
+        root = self.server.files_root(model, context)
         files = model_files(root)
         if request.paths:
             sizes = dict(files)
@@ -138,7 +139,7 @@ class _Models(server_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
                     context.abort(grpc.StatusCode.NOT_FOUND, f"{model.uri} has no file {wanted!r}")
             files = [(wanted, sizes[wanted]) for wanted in request.paths]
         with self.server.reading(model.uri):
-            self.server.cache.db.touch(model.provider, model.name, model.revision)
+            self.server.store.touch(model)
             for index, (rel, size) in enumerate(files):
                 last_file = index == len(files) - 1
                 with (root / rel).open("rb") as f:
@@ -162,11 +163,12 @@ class _Models(server_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
         self, request: server_pb2.DeleteModelRequest, context: grpc.ServicerContext
     ) -> server_pb2.DeleteModelResponse:
         source = _checked_name(request.model_name, context)
+        self.server.authorize(context, f"delete {source.uri}")
         if self.server.readers[source.uri]:
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION, f"{source.uri} is being streamed to a client; retry when it ends"
             )
-        removed = self.server.cache.remove(source.uri, request.revision or None)
+        removed = self.server.store.remove(source, request.revision or None)
         if not removed:
             return server_pb2.DeleteModelResponse(deleted=False, message=f"{source.uri} is not cached")
         return server_pb2.DeleteModelResponse(
@@ -186,9 +188,16 @@ def model_files(root: Path) -> list[tuple[str, int]]:
 class ModelExpressServer:
     """The server of one machine: gRPC on `server.host:server.port` over the local cache."""
 
-    def __init__(self, config: ModelExpressConfig, chunk_size: int = DEFAULT_CHUNK) -> None:
+    def __init__(
+        self,
+        config: ModelExpressConfig,
+        chunk_size: int = DEFAULT_TRANSFER_CHUNK,
+        store: ModelStore | None = None,
+        reviewer: TokenReviewer | None = None,
+    ) -> None:
+        self.reviewer = reviewer
         self.config = config
-        self.cache = LocalCache(config)
+        self.store: ModelStore = store if store is not None else LocalStore(config)
         self.chunk_size = chunk_size
         self.downloads = SingleFlight()
         self.readers: Counter[str] = Counter()
@@ -197,7 +206,7 @@ class ModelExpressServer:
         self._health = health.HealthServicer()
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="mx-server"),
-            options=[("grpc.max_send_message_length", MAX_CHUNK + (1 << 20))],
+            options=[("grpc.max_send_message_length", MAX_TRANSFER_CHUNK + (1 << 20))],
         )
         server_pb2_grpc.add_HealthServiceServicer_to_server(_Health(self.started), self._grpc)
         server_pb2_grpc.add_ApiServiceServicer_to_server(_Api(self), self._grpc)
@@ -217,25 +226,44 @@ class ModelExpressServer:
         self._health.enter_graceful_shutdown()
         timeout = grace if grace is not None else float(self.config.server.shutdown_timeout_seconds)
         self._grpc.stop(timeout if self.config.server.graceful_shutdown else 0).wait(timeout + 1)
-        self.cache.close()
+        self.store.close()
 
     def wait(self) -> None:
         self._grpc.wait_for_termination()
 
     def cached(self, source: ModelSource, revision: str, context: grpc.ServicerContext) -> CachedModel:
-        found = self.cache.db.find(source.provider, source.name, revision or None)
+        found = self.store.find(source, revision or None)
         if not found and revision:  # a commit sha names the revision it resolved to
-            found = [m for m in self.cache.db.find(source.provider, source.name) if m.resolved_revision == revision]
+            found = [m for m in self.store.find(source) if m.resolved_revision == revision]
         if not found:
             context.abort(grpc.StatusCode.NOT_FOUND, f"{source.uri} is not cached; ensure it is downloaded first")
         return max(found, key=lambda m: m.downloaded_at)
 
-    def relative_path(self, model: CachedModel) -> str:
-        """Where the model lives inside the cache directory of its provider (what clients recreate)."""
+    def files_root(self, model: CachedModel, context: grpc.ServicerContext) -> Path:
         try:
-            return Path(model.path).relative_to(cache_directory(self.config, model.provider)).as_posix()
-        except ValueError:  # recorded under another cache directory: the client uses its own layout
-            return ""
+            return self.store.files_root(model)
+        except StoreUnavailableError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+
+    def authorize(self, context: grpc.ServicerContext, what: str) -> None:
+        """With a reviewer, only callers presenting a valid ServiceAccount token may `what`."""
+        if self.reviewer is None:
+            return
+        token = bearer_token(context.invocation_metadata())
+        if token is None:
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"{what} needs a ServiceAccount token: send 'authorization: Bearer <token>' "
+                "(MODEL_EXPRESS_TOKEN_FILE in the client)",
+            )
+        try:
+            user = self.reviewer.review(token)
+        except Exception as exc:  # the API server's answer is needed; fail closed, and say so
+            log.warning("TokenReview failed: %s", type(exc).__name__)
+            context.abort(grpc.StatusCode.UNAVAILABLE, "cannot check the token now (TokenReview failed); retry")
+        if user is None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{what}: the token was not accepted by the API server")
+        log.info("%s by %s", what, user)
 
     def reading(self, uri: str) -> _Reading:
         return _Reading(self, uri)
@@ -253,7 +281,7 @@ class ModelExpressServer:
                 )  # fmt: skip
 
             try:
-                model = self.cache.pull(source.uri, revision, allow or None, ignore or None, progress)
+                model = self.store.ensure(source, revision, allow or None, ignore or None, progress)
             except DownloadError as exc:
                 publish(
                     server_pb2.ModelStatusUpdate(

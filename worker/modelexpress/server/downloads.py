@@ -33,7 +33,9 @@ class SingleFlight:
         with self._lock:
             return {key: flight.last for key, flight in self._flights.items()}
 
-    def join(self, key: tuple[str, str], work: Work) -> Iterator[Update]:
+    def join(self, key: tuple[str, str], work: Work, alive: Callable[[], bool] = lambda: True) -> Iterator[Update]:
+        """Every update of the flight for `key` (starting it if none is in flight) until it ends, or
+        until `alive()` turns false (the caller went away: its RPC was cancelled)."""
         inbox: queue.SimpleQueue[Update | None] = queue.SimpleQueue()
         with self._lock:
             flight = self._flights.get(key)
@@ -48,8 +50,21 @@ class SingleFlight:
             threading.Thread(
                 target=self._run, args=(key, flight, work), name=f"mx-download-{key[0]}", daemon=True
             ).start()
-        while (update := inbox.get()) is not None:
-            yield update
+        try:
+            while True:
+                try:
+                    update = inbox.get(timeout=0.5)
+                except queue.Empty:
+                    if not alive():
+                        return
+                    continue
+                if update is None:
+                    return
+                yield update
+        finally:
+            with self._lock:
+                if inbox in flight.waiters:
+                    flight.waiters.remove(inbox)
 
     def _run(self, key: tuple[str, str], flight: _Flight, work: Work) -> None:
         def publish(update: Update) -> None:
