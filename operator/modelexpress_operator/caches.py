@@ -103,7 +103,7 @@ class CacheController:
             return
         try:
             API_REQUESTS.labels("get", "secrets").inc()
-            self.core.read_namespaced_secret(ref.name, namespace, _preload_content=False).release_conn()  # type: ignore[attr-defined]
+            self.core.read_namespaced_secret(ref.name, namespace, _preload_content=False).release_conn()
         except client.ApiException as exc:
             if exc.status == 404:
                 raise WaitingError(
@@ -152,7 +152,7 @@ class CacheController:
         body = pvc_manifest(name, uid, spec, pvc_size(spec, source_bytes))
         try:
             API_REQUESTS.labels("create", "persistentvolumeclaims").inc()
-            self.core.create_namespaced_persistent_volume_claim(namespace, body)  # type: ignore[arg-type]
+            self.core.create_namespaced_persistent_volume_claim(namespace, body)
         except client.ApiException as exc:
             if exc.status != 409:
                 raise
@@ -175,7 +175,7 @@ class CacheController:
         body = job_manifest(name, namespace, uid, spec, self.settings, job, self._service_account(namespace))
         try:
             API_REQUESTS.labels("create", "jobs").inc()
-            self.batch.create_namespaced_job(namespace, body)  # type: ignore[arg-type]
+            self.batch.create_namespaced_job(namespace, body)
             log.info("created download Job %s/%s", namespace, job)
         except client.ApiException as exc:
             if exc.status != 409:
@@ -253,7 +253,7 @@ class CacheController:
         reply = self.core.list_namespaced_pod(
             namespace, label_selector=f"batch.kubernetes.io/job-name={job}", _preload_content=False
         )
-        items: list[dict[str, Any]] = json.loads(reply.data).get("items", [])  # type: ignore[attr-defined]
+        items: list[dict[str, Any]] = json.loads(reply.data).get("items", [])
         return sorted(items, key=lambda p: p["metadata"]["creationTimestamp"])
 
     def _patch(self, namespace: str, name: str, status: ModelCacheStatus) -> None:

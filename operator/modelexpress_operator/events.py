@@ -33,7 +33,7 @@ def post_event(api: client.ApiClient, involved: dict[str, Any], event_type: str,
     }
     try:
         API_REQUESTS.labels("create", "events").inc()
-        client.CoreV1Api(api).create_namespaced_event(namespace, body)  # type: ignore[arg-type]
+        client.CoreV1Api(api).create_namespaced_event(namespace, body)
     except Exception as exc:
         ERRORS.labels("event").inc()
         log.warning("could not post Event %s on %s/%s: %s", reason, namespace, involved["name"], exc)

@@ -13,6 +13,8 @@ from typing import Any
 from modelexpress import API_GROUP
 
 READ = ["get", "list", "watch"]
+WEBHOOK_SECRET = "modelexpress-webhook-tls"
+WEBHOOK_CONFIG = "modelexpress-webhook"
 
 WORKER_RULES: list[dict[str, Any]] = [
     {"apiGroups": [API_GROUP], "resources": ["modelmetadatas"], "verbs": READ},
@@ -47,6 +49,16 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "create", "delete"]},
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": [*READ, "create", "deletecollection"]},
     {"apiGroups": [""], "resources": ["secrets", "serviceaccounts"], "verbs": ["get"]},
+    # The admission webhook: its self-managed CA and serving certificate live in one Secret that the
+    # operator creates and renews, and it keeps its own webhook configuration's caBundle current.
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [WEBHOOK_SECRET], "verbs": ["update"]},
+    {
+        "apiGroups": ["admissionregistration.k8s.io"],
+        "resources": ["mutatingwebhookconfigurations"],
+        "resourceNames": [WEBHOOK_CONFIG],
+        "verbs": ["get", "patch"],
+    },
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings", "clusterkopfpeerings"], "verbs": [*READ, "patch"]},
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},

@@ -338,7 +338,7 @@ class Recorder:
             reply = self.core.list_namespaced_pod(book.namespace, _preload_content=False)
             live = {
                 pod["metadata"]["uid"]
-                for pod in json.loads(reply.data).get("items", [])  # type: ignore[attr-defined]
+                for pod in json.loads(reply.data).get("items", [])
                 if _followable(pod, self.settings.default_worker_port)
             }
             for entry in recorded:

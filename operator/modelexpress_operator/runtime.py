@@ -71,4 +71,4 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.stand_down()
-        self.api.close()  # type: ignore[no-untyped-call]
+        self.api.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -43,6 +45,35 @@ class OperatorSettings(BaseSettings):
     """How often each ModelCache with `eviction.unusedThreshold` is checked for eviction."""
     hf_endpoint: str | None = None
     """Hugging Face endpoint (mirror) given to download Jobs as HF_ENDPOINT."""
+
+    namespace: str | None = None
+    """The operator's own namespace (the chart sets it from the downward API; default: the
+    ServiceAccount's namespace file, else `default`)."""
+    server_url: str | None = None
+    """MODEL_EXPRESS_URL injected into opted-in pods (default: modelexpress-server.<namespace>.svc:8001)."""
+    webhook_enabled: bool = False
+    """Serve the admission webhook that injects settings into opted-in pods."""
+    webhook_port: int = Field(default=9443, ge=1, le=65535)
+    """HTTPS port of the admission webhook."""
+    webhook_bind: str = "0.0.0.0"
+    """Address the webhook listens on."""
+    webhook_cert_dir: str | None = None
+    """A directory with tls.crt and tls.key (e.g. from cert-manager): used as they are. Unset: the
+    operator keeps its own CA and serving certificate in `webhook_secret` and renews them."""
+    webhook_secret: str = "modelexpress-webhook-tls"
+    """Secret (in the operator's namespace) holding the self-managed CA and serving certificate."""
+    webhook_service: str = "modelexpress-webhook"
+    """Service in front of the webhook: its DNS names go into the serving certificate."""
+    webhook_extra_sans: list[str] = Field(default_factory=list)
+    """More DNS names or IPs for the serving certificate (e.g. 127.0.0.1 outside a cluster)."""
+    webhook_config_name: str = "modelexpress-webhook"
+    """MutatingWebhookConfiguration whose caBundle the operator keeps in step with its CA."""
+
+    def own_namespace(self) -> str:
+        if self.namespace:
+            return self.namespace
+        path = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        return path.read_text().strip() if path.exists() else "default"
 
     @property
     def heartbeat_secs(self) -> float:

@@ -41,8 +41,9 @@ def make_api_client(server: str, token: str, ca_file: Path | None) -> client.Api
     """A `kubernetes` client for one bearer token, verifying the API server's certificate."""
     config = client.Configuration()
     config.host = server
-    config.api_key = {"authorization": token}
-    config.api_key_prefix = {"authorization": "Bearer"}
+    # "BearerToken" since kubernetes 36; "authorization" before it.
+    config.api_key = {"BearerToken": token, "authorization": token}
+    config.api_key_prefix = {"BearerToken": "Bearer", "authorization": "Bearer"}
     if ca_file is not None:
         config.ssl_ca_cert = str(ca_file)
     else:
@@ -115,13 +116,14 @@ def service_account_token(api: client.ApiClient, namespace: str, name: str, seco
 
 def get_table(api: client.ApiClient, path: str) -> dict[str, Any]:
     """GET `path` as a meta.k8s.io Table: what `kubectl get` prints, printer columns included."""
-    method, url, headers, body, post = api.param_serialize(
-        "GET",
-        path,
-        header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
-        auth_settings=["BearerToken"],
-    )
-    response = api.call_api(method, url, header_params=headers, body=body, post_params=post)
-    response.read()
+    config = api.configuration
+    headers = {
+        "Accept": "application/json;as=Table;v=v1;g=meta.k8s.io",
+        "Authorization": config.get_api_key_with_prefix("BearerToken", alias="authorization"),
+    }
+    # The REST layer below the generated API: its signature is the same in kubernetes 31..37.
+    response = api.rest_client.request("GET", config.host + path, headers=headers)
+    if getattr(response, "data", None) is None:
+        response.read()
     table: dict[str, Any] = json.loads(response.data)
     return table

@@ -28,9 +28,9 @@ def kube_api_client(pool_size: int | None = None) -> client.ApiClient:
     """A client with those credentials, read now (not when `kubernetes` was imported)."""
     configuration = client.Configuration()
     if in_cluster():
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        config.load_incluster_config(client_configuration=configuration)
     else:
-        config.load_kube_config(config_file=kubeconfig_path(), client_configuration=configuration)  # type: ignore[no-untyped-call]
+        config.load_kube_config(config_file=kubeconfig_path(), client_configuration=configuration)
     if pool_size is not None:
         configuration.connection_pool_maxsize = pool_size
     return client.ApiClient(configuration)

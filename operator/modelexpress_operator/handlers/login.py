@@ -19,7 +19,7 @@ from modelexpress_operator.kube import in_cluster, kubeconfig_path
 def connection_from_kubeconfig(path: str | None, context: str | None = None) -> kopf.ConnectionInfo:
     """kopf credentials from a kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)."""
     target = client.Configuration()
-    config.load_kube_config(config_file=path, context=context, client_configuration=target)  # type: ignore[no-untyped-call]
+    config.load_kube_config(config_file=path, context=context, client_configuration=target)
     header = target.get_api_key_with_prefix("BearerToken") or target.get_api_key_with_prefix("authorization")
     scheme, _, token = (header or "").partition(" ")
     return kopf.ConnectionInfo(

@@ -10,6 +10,10 @@ The contract an engine adapter relies on:
    source fails, it calls `load_from_disk(module)` instead (which writes into the module's tensors);
 3. either way the module then serves its weights (WorkerService + NIXL) and is published as Ready,
    so the next instance of the same layout loads from it; `close()` withdraws it.
+
+Engines that post-process weights after loading (vLLM) use the steps one by one: `sources()`, then
+`receive()` on a module already in its post-processed layout, or their own disk load followed by
+`adopt()`; then `publish()`.
 """
 
 from __future__ import annotations
@@ -73,54 +77,44 @@ class WeightLoader:
         self.layout: TensorLayout | None = None
         self.engine: NixlEngine | None = None
         self.source: SourceWorker | None = None
+        self._endpoints: list[str] | None = None
+        self._pods: dict[str, str] | None = None
 
-    def _endpoints(self) -> tuple[list[str], dict[str, str]]:
-        if self.registry is None or self.gate:
-            return [], {}
-        try:
-            records = self.registry.find_ready(self.identity, node=self.settings.node_name)
-        except RegistryUnavailableError as exc:
-            log.warning("no peer lookup (%s); loading from disk", exc)
-            return [], {}
-        return [r.endpoint for r in records], {r.endpoint: r.pod_uid for r in records if r.pod_uid}
+    def sources(self) -> list[str]:
+        """Endpoints of Ready sources of this identity and rank (empty when gated or none)."""
+        if self._endpoints is None:
+            self._endpoints, self._pods = [], {}
+            if self.registry is not None and not self.gate:
+                try:
+                    records = self.registry.find_ready(self.identity, node=self.settings.node_name)
+                except RegistryUnavailableError as exc:
+                    log.warning("no peer lookup (%s); loading from disk", exc)
+                    records = []
+                self._endpoints = [r.endpoint for r in records]
+                self._pods = {r.endpoint: r.pod_uid for r in records if r.pod_uid}
+        return list(self._endpoints)
 
     def load(
         self, module: nn.Module, load_from_disk: DiskLoader, device: torch.device | str | None = None
     ) -> LoadReport:
-        started = time.perf_counter()
-        endpoints, pods = self._endpoints()
-        report: LoadReport | None = None
-        if endpoints:
-            report = self._receive(module, endpoints, pods, device, started)
+        """Peers first, else `load_from_disk(module)`; then serve (for engines with no post-processing)."""
+        report = self.receive(module, device) if self.sources() else None
         if report is None:
-            reason = self.gate or ("every source failed" if endpoints else "no Ready source of this layout")
+            started = time.perf_counter()
             with torch.no_grad():
                 load_from_disk(module)
-            if self.layout is None or not still_pooled(module, self.layout):
-                self._release()
-                self.layout = rehome(module, device, copy=True)
-            report = LoadReport("disk", reason, self.layout.total_bytes, time.perf_counter() - started)
-        if self.serve and not self.gate:
-            report.endpoint = self._publish()
-        log.info(
-            "%s rank %d: loaded %.2f GiB from %s in %.2fs (%s)",
-            self.identity.model_name,
-            self.identity.rank,
-            report.bytes / 2**30,
-            "peers " + ", ".join(report.sources) if report.mode == "p2p" else "disk",
-            report.seconds,
-            report.reason,
-        )
+            report = self.adopt(module, device, started)
+        self.publish(report)
         return report
 
-    def _receive(
-        self,
-        module: nn.Module,
-        endpoints: list[str],
-        pods: dict[str, str],
-        device: torch.device | str | None,
-        started: float,
-    ) -> LoadReport | None:
+    def receive(self, module: nn.Module, device: torch.device | str | None = None) -> LoadReport | None:
+        """READ every tensor of the module from the sources; None (nothing usable) when all of them fail,
+        in which case the module's values are undefined and it must be loaded from disk."""
+        started = time.perf_counter()
+        endpoints = self.sources()
+        if not endpoints:
+            return None
+        self._release()
         self.layout = rehome(module, device, copy=False)
         self.engine = NixlEngine()
         self.engine.register(self.layout)
@@ -129,13 +123,14 @@ class WeightLoader:
             max_inflight=self.settings.max_inflight,
             transfer_timeout=self.settings.transfer_timeout_secs,
             connect_timeout=self.settings.connect_timeout_secs,
-            expected_pods=pods,
+            expected_pods=self._pods or {},
         )
         try:
             result = pull(self.layout, self.identity, endpoints, self.engine, options)
         except PullError as exc:
-            # Never a half-filled model: the disk loader rewrites every tensor.
-            log.warning("peer transfer failed (%s); loading from disk", exc)
+            log.warning("peer transfer failed (%s); the weights must come from disk", exc)
+            self._release()
+            self.layout = None
             return None
         return LoadReport(
             "p2p",
@@ -145,8 +140,26 @@ class WeightLoader:
             sources=list(result.sources),
         )
 
-    def _publish(self) -> str:
-        assert self.layout is not None
+    def adopt(
+        self, module: nn.Module, device: torch.device | str | None = None, started: float | None = None
+    ) -> LoadReport:
+        """Take over a module the caller loaded from disk: its tensors move into the pool (values kept)."""
+        if self.layout is None or not still_pooled(module, self.layout):
+            self._release()
+            self.layout = rehome(module, device, copy=True)
+        if self.gate:
+            reason = self.gate
+        elif self._endpoints:
+            reason = "every source failed"
+        else:
+            reason = "no Ready source of this layout"
+        seconds = time.perf_counter() - started if started is not None else 0.0
+        return LoadReport("disk", reason, self.layout.total_bytes, seconds)
+
+    def publish(self, report: LoadReport | None = None) -> str | None:
+        """Serve the module's weights and record them as Ready (not for gated models)."""
+        if not self.serve or self.gate or self.layout is None:
+            return None
         if self.engine is None:
             self.engine = NixlEngine()
             self.engine.register(self.layout)
@@ -155,6 +168,18 @@ class WeightLoader:
             self.source.start(self.registry)
         except RegistryUnavailableError as exc:
             log.warning("serving at %s but not published: %s", self.source.endpoint, exc)
+        if report is not None:
+            report.endpoint = self.source.endpoint
+            log.info(
+                "%s rank %d: %.2f GiB from %s in %.2fs (%s); serving at %s",
+                self.identity.model_name,
+                self.identity.rank,
+                report.bytes / 2**30,
+                "peers " + ", ".join(report.sources) if report.mode == "p2p" else "disk",
+                report.seconds,
+                report.reason,
+                self.source.endpoint,
+            )
         return self.source.endpoint
 
     def _release(self) -> None:

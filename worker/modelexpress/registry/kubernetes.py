@@ -41,7 +41,7 @@ def default_namespace(explicit: str | None = None) -> str:
     if _NAMESPACE_FILE.exists():
         return _NAMESPACE_FILE.read_text().strip()
     try:
-        _, context = config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
+        _, context = config.list_kube_config_contexts()
         return str(context.get("context", {}).get("namespace") or "default")
     except (config.ConfigException, OSError, TypeError):
         return "default"
@@ -149,8 +149,8 @@ class KubernetesRegistry(SourceRegistry):
                 self._cache = {r.metadata["name"]: r for r in items}
                 self._synced.set()
                 backoff = 0.5
-                stream = watch.Watch()  # type: ignore[no-untyped-call]
-                for event in stream.stream(  # type: ignore[no-untyped-call]
+                stream = watch.Watch()
+                for event in stream.stream(
                     self.custom.list_namespaced_custom_object,
                     API_GROUP,
                     API_VERSION,
@@ -160,7 +160,7 @@ class KubernetesRegistry(SourceRegistry):
                     timeout_seconds=60,
                 ):
                     if self._stop.is_set():
-                        stream.stop()  # type: ignore[no-untyped-call]
+                        stream.stop()
                         return
                     name = event["object"]["metadata"]["name"]
                     if event["type"] == "DELETED":
@@ -174,7 +174,7 @@ class KubernetesRegistry(SourceRegistry):
 
     def close(self) -> None:
         self._stop.set()
-        self.api.close()  # type: ignore[no-untyped-call]
+        self.api.close()
 
 
 def _parse(raw: dict[str, Any]) -> ModelMetadata | None:

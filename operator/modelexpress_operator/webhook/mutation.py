@@ -1,0 +1,140 @@
+"""What the admission webhook does to an opted-in pod, as a pure function of the pod and its ModelCache.
+
+A pod annotated `modelexpress.io/p2p: enabled` gets, in its engine container (the one named by
+`modelexpress.io/container`, else the first): `VLLM_PLUGINS=modelexpress`, `MODEL_EXPRESS_URL`, the
+`MX_*` worker settings (the Kubernetes registry, its WorkerService port, the status TTL, the pod's
+identity through the downward API), and the WorkerService port(s). With
+`modelexpress.io/model-cache: NAME` it also gets a read-only mount of that ModelCache's PVC with
+`HF_HUB_CACHE` pointing at it. Anything the pod already sets is kept: the user's value wins, and
+a second pass changes nothing (the webhook may be reinvoked).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from modelexpress import API_GROUP
+from modelexpress_operator.workers import OPT_IN, RANKS_PER_POD, WORKER_PORT
+
+MODEL_CACHE = f"{API_GROUP}/model-cache"
+CONTAINER = f"{API_GROUP}/container"
+VOLUME = "modelexpress-cache"
+CACHE_MOUNT = "/modelexpress/cache"
+PORT_NAME = "mx-worker"
+
+
+class InjectionSettings(BaseModel):
+    """What the operator injects (from its own settings)."""
+
+    server_url: str = "modelexpress-server:8001"
+    worker_port: int = Field(default=50051, ge=1, le=65535)
+    status_ttl_secs: float = 30.0
+
+
+class RefusedError(ValueError):
+    """The pod cannot be admitted as asked; the message names the annotation and the fix."""
+
+
+def opted_in(pod: dict[str, Any]) -> bool:
+    return ((pod.get("metadata") or {}).get("annotations") or {}).get(OPT_IN) == "enabled"
+
+
+def _annotations(pod: dict[str, Any]) -> dict[str, str]:
+    return dict((pod.get("metadata") or {}).get("annotations") or {})
+
+
+def _container(pod: dict[str, Any]) -> dict[str, Any]:
+    containers: list[dict[str, Any]] = pod.get("spec", {}).get("containers") or []
+    if not containers:
+        raise RefusedError("the pod has no containers to inject into")
+    wanted = _annotations(pod).get(CONTAINER)
+    if wanted is None:
+        return containers[0]
+    for container in containers:
+        if container.get("name") == wanted:
+            return container
+    names = ", ".join(str(c.get("name")) for c in containers)
+    raise RefusedError(f"{CONTAINER}: the pod has no container {wanted!r} (it has {names})")
+
+
+def _int_annotation(pod: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    raw = _annotations(pod).get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise RefusedError(f"{key}: {raw!r} is not a number from {low} to {high}")
+    return value
+
+
+def cache_claim(cache: dict[str, Any]) -> str:
+    """The PVC of a ModelCache: what its status says, else what the operator will create."""
+    status = cache.get("status") or {}
+    spec = cache.get("spec") or {}
+    return str(
+        status.get("claimName") or (spec.get("storage") or {}).get("claimName") or f"{cache['metadata']['name']}-cache"
+    )
+
+
+def check(pod: dict[str, Any], namespace: str, cache: dict[str, Any] | None) -> None:
+    """Raise RefusedError when the pod cannot be admitted as asked (nothing is changed)."""
+    _container(pod)
+    ports = _int_annotation(pod, RANKS_PER_POD, 1, 1, 64)
+    _int_annotation(pod, WORKER_PORT, 50051, 1, 65535 - ports + 1)
+    name = _annotations(pod).get(MODEL_CACHE)
+    if name is not None and cache is None:
+        raise RefusedError(
+            f"{MODEL_CACHE}: ModelCache {name!r} does not exist in namespace {namespace}; create it "
+            f"(kubectl apply a ModelCache named {name}) or fix the annotation"
+        )
+
+
+def _field_env(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def mutate(pod: dict[str, Any], cache: dict[str, Any] | None, settings: InjectionSettings) -> None:
+    """Inject into `pod` in place (call `check` first). Idempotent; the pod's own values win."""
+    container = _container(pod)
+    ranks = _int_annotation(pod, RANKS_PER_POD, 1, 1, 64)
+    port = _int_annotation(pod, WORKER_PORT, settings.worker_port, 1, 65535 - ranks + 1)
+    env: list[dict[str, Any]] = container.setdefault("env", [])
+    present = {e.get("name") for e in env}
+    wanted: list[dict[str, Any]] = [
+        {"name": "VLLM_PLUGINS", "value": "modelexpress"},
+        {"name": "MODEL_EXPRESS_URL", "value": settings.server_url},
+        {"name": "MX_METADATA_BACKEND", "value": "kubernetes"},
+        {"name": "MX_WORKER_GRPC_PORT", "value": str(port)},
+        {"name": "MX_STATUS_TTL_SECS", "value": str(int(settings.status_ttl_secs))},
+        _field_env("MX_POD_NAME", "metadata.name"),
+        _field_env("MX_POD_UID", "metadata.uid"),
+        _field_env("MX_POD_NAMESPACE", "metadata.namespace"),
+        _field_env("MX_NODE_NAME", "spec.nodeName"),
+        _field_env("MX_WORKER_HOST", "status.podIP"),
+    ]
+    if cache is not None:
+        wanted.append({"name": "HF_HUB_CACHE", "value": CACHE_MOUNT})
+    env.extend(e for e in wanted if e["name"] not in present)
+
+    ports: list[dict[str, Any]] = container.setdefault("ports", [])
+    taken = {p.get("containerPort") for p in ports}
+    for rank in range(ranks):
+        number = port + rank
+        if number not in taken:
+            name = PORT_NAME if rank == 0 else f"mx-worker-{rank}"
+            ports.append({"name": name[:15], "containerPort": number, "protocol": "TCP"})
+
+    if cache is not None:
+        volumes: list[dict[str, Any]] = pod["spec"].setdefault("volumes", [])
+        if not any(v.get("name") == VOLUME for v in volumes):
+            volumes.append(
+                {"name": VOLUME, "persistentVolumeClaim": {"claimName": cache_claim(cache), "readOnly": True}}
+            )
+        mounts: list[dict[str, Any]] = container.setdefault("volumeMounts", [])
+        if not any(m.get("name") == VOLUME for m in mounts):
+            mounts.append({"name": VOLUME, "mountPath": CACHE_MOUNT, "readOnly": True})
