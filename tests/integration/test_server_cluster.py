@@ -8,6 +8,7 @@ also reads as its mounted cache claim. Downloads come from the local Hugging Fac
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -99,6 +100,7 @@ def test_ensure_creates_one_modelcache_reports_progress_and_streams_from_the_cla
     hub: FakeHub,  # noqa: F811
     cache_operator: Any,  # noqa: F811
     cluster_server: str,
+    tmp_path: Path,
 ) -> None:
     hub.add("org/big", BIG)
     hub.state.seconds_per_mib = 0.5  # a slow link: the Job's progress shows on the status meanwhile
@@ -162,6 +164,8 @@ def test_ensure_creates_one_modelcache_reports_progress_and_streams_from_the_cla
         again = list(stub.EnsureModelDownloaded(request, metadata=auth, timeout=30))
         assert again[-1].status == server_pb2.MODEL_STATUS_DOWNLOADED and time.monotonic() - started < 10
 
+        _cli_download_with_and_without_token(cluster_server, token, tmp_path, commit)
+
         # Delete needs the token too, then deletes the ModelCache.
         with pytest.raises(grpc.RpcError) as refused:
             stub.DeleteModel(server_pb2.DeleteModelRequest(model_name="org/big"), timeout=30)
@@ -200,6 +204,23 @@ def test_ensure_of_a_missing_model_reports_the_operators_reason(
     waiter.join(120)
     assert updates[-1].status == server_pb2.MODEL_STATUS_ERROR
     assert updates[-1].reason == "NotFound" and "check the model name" in updates[-1].message
+
+
+def _cli_download_with_and_without_token(endpoint: str, token: str, tmp_path: Path, commit: str) -> None:
+    """The CLI's --strategy server goes the same way (the token from MODEL_EXPRESS_TOKEN_FILE)."""
+    token_file = tmp_path / "token"
+    token_file.write_text(token)
+    cli = [sys.executable, "-m", "modelexpress.cli.main", "--endpoint", endpoint, "--format", "json"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MODEL_EXPRESS_DATABASE_PATH": str(tmp_path / "cli.db")}
+    refused_cli = subprocess.run([*cli, "model", "download", "org/big", "--strategy", "server"],
+                                 env=env, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert refused_cli.returncode == 4 and "UNAUTHENTICATED" in refused_cli.stderr
+    done = subprocess.run([*cli, "model", "download", "org/big", "--strategy", "server"],
+                          env={**env, "MODEL_EXPRESS_TOKEN_FILE": str(token_file)},
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"model": "hf://org/big", "status": "downloaded",
+                                       "resolvedRevision": commit, "via": "server"}  # fmt: skip
 
 
 def _exists(read: Any, *args: Any) -> bool:
