@@ -147,17 +147,7 @@ def test_ensure_creates_one_modelcache_reports_progress_and_streams_from_the_cla
         assert progress and all(u.bytes_total == total for u in progress)
         assert any(0 < u.bytes_done < total for u in progress), [u.bytes_done for u in progress]
 
-        # Listing and streaming read the claim the server mounts.
-        listed = stub.ListModels(server_pb2.ListModelsRequest(), timeout=30)
-        assert [(m.model_name, m.resolved_revision, m.size_bytes) for m in listed.models] == [
-            ("hf://org/big", commit, total)
-        ]
-        files = stub.ListModelFiles(server_pb2.ModelFilesRequest(model_name="org/big"), timeout=30)
-        assert files.cache_relative_path == f"models--org--big/snapshots/{commit}"
-        got: dict[str, bytearray] = {}
-        for chunk in stub.StreamModelFiles(server_pb2.ModelFilesRequest(model_name="org/big"), timeout=60):
-            got.setdefault(chunk.path, bytearray()).extend(chunk.data)
-        assert {k: bytes(v) for k, v in got.items()} == BIG
+        _list_and_stream_from_the_claim(stub, commit, total)
 
         # A second ensure of a Ready model answers at once from the ModelCache.
         started = time.monotonic()
@@ -204,6 +194,20 @@ def test_ensure_of_a_missing_model_reports_the_operators_reason(
     waiter.join(120)
     assert updates[-1].status == server_pb2.MODEL_STATUS_ERROR
     assert updates[-1].reason == "NotFound" and "check the model name" in updates[-1].message
+
+
+def _list_and_stream_from_the_claim(stub: server_pb2_grpc.ModelServiceStub, commit: str, total: int) -> None:
+    """Listing and streaming read the claim the server mounts."""
+    listed = stub.ListModels(server_pb2.ListModelsRequest(), timeout=30)
+    assert [(m.model_name, m.resolved_revision, m.size_bytes) for m in listed.models] == [
+        ("hf://org/big", commit, total)
+    ]
+    files = stub.ListModelFiles(server_pb2.ModelFilesRequest(model_name="org/big"), timeout=30)
+    assert files.cache_relative_path == f"models--org--big/snapshots/{commit}"
+    got: dict[str, bytearray] = {}
+    for chunk in stub.StreamModelFiles(server_pb2.ModelFilesRequest(model_name="org/big"), timeout=60):
+        got.setdefault(chunk.path, bytearray()).extend(chunk.data)
+    assert {k: bytes(v) for k, v in got.items()} == BIG
 
 
 def _cli_download_with_and_without_token(endpoint: str, token: str, tmp_path: Path, commit: str) -> None:
