@@ -1,0 +1,163 @@
+"""The Helm chart's values, as a model: `make generate` writes `values.schema.json` from it, so Helm
+refuses a bad value with its path before anything is rendered, and the defaults live in one place."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from modelexpress.api.common import KubeModel, Quantity, ResourceRequirements, Toleration
+
+AccessMode = Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"]
+
+
+class Image(KubeModel):
+    repository: str = Field(min_length=1)
+    """Image repository."""
+    tag: str = ""
+    """Image tag (empty: the chart's appVersion)."""
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    """When the kubelet pulls the image."""
+
+
+class ServiceMonitor(KubeModel):
+    enabled: bool = False
+    """Create a Prometheus Operator ServiceMonitor for the metrics Service."""
+    interval: str = Field(default="30s", pattern=r"^[0-9]+(ms|s|m|h)$")
+    """Scrape interval."""
+
+
+class Metrics(KubeModel):
+    enabled: bool = True
+    """Serve Prometheus metrics and create the metrics Service."""
+    port: int = Field(default=8080, ge=1, le=65535)
+    """Metrics port of the operator."""
+    service_monitor: ServiceMonitor = Field(default_factory=ServiceMonitor)
+    """Prometheus Operator scraping."""
+
+
+class OperatorValues(KubeModel):
+    replicas: int = Field(default=1, ge=1, le=9)
+    """Operator replicas; more than one run with kopf peering (one active, the others standing by)."""
+    scope: Literal["cluster", "namespace"] = "cluster"
+    """`cluster`: a ClusterRole, every namespace watched. `namespace`: Roles in `watchNamespaces` only."""
+    watch_namespaces: list[str] = Field(default_factory=list)
+    """With scope `namespace`: the namespaces to watch (default: the release namespace)."""
+    status_ttl_secs: int = Field(default=30, ge=1)
+    """A worker not heard from for this long is marked Stale (MX_STATUS_TTL_SECS)."""
+    anti_affinity: bool = False
+    """Spread replicas over nodes (required anti-affinity on the hostname)."""
+    resources: ResourceRequirements = Field(
+        default_factory=lambda: ResourceRequirements(
+            requests={"cpu": "100m", "memory": "256Mi"}, limits={"memory": "1Gi"}
+        )
+    )
+    """Resources of the operator container."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels the operator's pods must match."""
+    tolerations: list[Toleration] = Field(default_factory=list)
+    """Tolerations of the operator's pods."""
+    log_verbose: bool = False
+    """kopf's verbose logging."""
+    metrics: Metrics = Field(default_factory=Metrics)
+    """Prometheus metrics."""
+
+
+class CertManager(KubeModel):
+    enabled: bool = False
+    """Have cert-manager issue the webhook's certificate (a self-signed Issuer in the release namespace)
+    and inject its CA; otherwise the operator keeps its own CA in a Secret."""
+
+
+class WebhookValues(KubeModel):
+    enabled: bool = True
+    """Inject settings into pods annotated `modelexpress.io/p2p: enabled`."""
+    port: int = Field(default=9443, ge=1, le=65535)
+    """HTTPS port of the webhook in the operator pod."""
+    failure_policy: Literal["Ignore", "Fail"] = "Ignore"
+    """`Ignore`: pods are created untouched while the operator is down. `Fail`: they are refused."""
+    timeout_seconds: int = Field(default=5, ge=1, le=30)
+    """How long the API server waits for the webhook."""
+    namespace_selector: dict[str, Any] = Field(default_factory=dict)
+    """Which namespaces' pods are sent to the webhook (empty: all but kube-system and the release's)."""
+    cert_manager: CertManager = Field(default_factory=CertManager)
+    """Certificates from cert-manager."""
+
+
+class ServerCache(KubeModel):
+    claim_name: str = ""
+    """An existing ReadWriteMany PVC for the server's models (empty: create one)."""
+    size: Quantity = "100Gi"
+    """Size of the PVC the chart creates."""
+    storage_class_name: str = ""
+    """StorageClass of the PVC the chart creates (empty: the cluster default)."""
+    access_modes: list[AccessMode] = Field(default_factory=lambda: list[AccessMode](["ReadWriteMany"]))
+    """Access modes of the PVC the chart creates (ReadWriteMany: download Jobs and the server share it)."""
+
+
+class ServerValues(KubeModel):
+    enabled: bool = True
+    """Run the ModelExpress server (gRPC on `port`) in cluster mode: ensure = a ModelCache."""
+    replicas: int = Field(default=1, ge=1, le=9)
+    """Server replicas (stateless: they share the ModelCaches and the cache claim)."""
+    port: int = Field(default=8001, ge=1, le=65535)
+    """gRPC port of the server and its Service."""
+    require_token: bool = False
+    """Callers of ensure/delete must present a ServiceAccount token (TokenReview)."""
+    cache: ServerCache = Field(default_factory=ServerCache)
+    """The claim ModelCaches created by the server download into."""
+    resources: ResourceRequirements = Field(
+        default_factory=lambda: ResourceRequirements(
+            requests={"cpu": "100m", "memory": "256Mi"}, limits={"memory": "2Gi"}
+        )
+    )
+    """Resources of the server container."""
+
+
+class WorkersValues(KubeModel):
+    namespaces: list[str] = Field(default_factory=list)
+    """Namespaces where vLLM workers and cache Jobs run: each gets the workers' read-only Role on
+    ModelMetadata and the cache Jobs' ServiceAccount (default: the release namespace)."""
+    service_account: str = "modelexpress-worker"
+    """ServiceAccount the workers' Role is bound to (set it as the vLLM pods' serviceAccountName)."""
+
+
+class ChartValues(KubeModel):
+    """Values of the modelexpress chart."""
+
+    image: Image = Field(default_factory=lambda: Image(repository="ghcr.io/modelexpress/modelexpress-operator"))
+    """The operator and server image."""
+    worker_image: Image = Field(default_factory=lambda: Image(repository="ghcr.io/modelexpress/modelexpress-worker"))
+    """The worker image: download Jobs run it; vLLM images build on it."""
+    image_pull_secrets: list[dict[str, str]] = Field(default_factory=list)
+    """Pull secrets of every pod the chart creates."""
+    hf_endpoint: str = ""
+    """Hugging Face endpoint or mirror for download Jobs (empty: huggingface.co)."""
+    operator: OperatorValues = Field(default_factory=OperatorValues)
+    """The kopf operator."""
+    webhook: WebhookValues = Field(default_factory=WebhookValues)
+    """The admission webhook."""
+    server: ServerValues = Field(default_factory=ServerValues)
+    """The ModelExpress server."""
+    workers: WorkersValues = Field(default_factory=WorkersValues)
+    """Where workers run."""
+
+
+def values_schema() -> dict[str, Any]:
+    """JSON schema of the values, as Helm enforces it (draft 7 subset, no $ref)."""
+    schema = ChartValues.model_json_schema(by_alias=True, mode="validation", ref_template="#/$defs/{model}")
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(defs[node["$ref"].split("/")[-1]])
+            return {k: inline(v) for k, v in node.items() if k != "title"}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    inlined: dict[str, Any] = inline(schema)
+    inlined["$schema"] = "http://json-schema.org/draft-07/schema#"
+    return inlined

@@ -1,0 +1,78 @@
+"""The chart rendered by Helm's engine with each values file: every object validates strictly against
+the Kubernetes 1.36 schemas, the RBAC is exactly rbac.py's, and bad values are refused by the schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from modelexpress_operator import rbac
+from tests.helpers.chart import VALUES_FILES, render, validate, values_file
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+@pytest.mark.parametrize("name", VALUES_FILES)
+def test_each_values_file_renders_valid_objects(name: str) -> None:
+    docs = render(values_file(name))
+    for doc in docs:
+        validate(doc)
+    deployments = {d["metadata"]["name"]: d for d in by_kind(docs, "Deployment")}
+    operator = deployments["modelexpress-operator"]["spec"]["template"]["spec"]
+    container = operator["containers"][0]
+    assert operator["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    (webhook,) = by_kind(docs, "MutatingWebhookConfiguration")
+    assert webhook["metadata"]["name"] == rbac.WEBHOOK_CONFIG
+    assert webhook["webhooks"][0]["clientConfig"]["service"]["path"] == "/inject-modelexpress"
+    worker_roles = [r for r in by_kind(docs, "Role") if r["metadata"]["name"] == "modelexpress-worker"]
+    assert worker_roles and all(r["rules"] == rbac.WORKER_RULES for r in worker_roles)
+
+
+def test_production_values_spread_replicas_and_use_cert_manager() -> None:
+    docs = render(values_file("values-production.yaml"))
+    operator = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "modelexpress-operator")
+    spec = operator["spec"]
+    assert spec["replicas"] == 3 and "--peering=modelexpress" in spec["template"]["spec"]["containers"][0]["args"]
+    assert spec["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert {d["kind"] for d in docs} >= {"ServiceMonitor", "Certificate", "Issuer", "ClusterKopfPeering"}
+    review = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"].endswith("token-review")]
+    assert review and review[0]["rules"] == rbac.SERVER_TOKEN_REVIEW_RULES
+
+
+def test_cluster_scope_grants_exactly_the_operator_rules_and_namespace_scope_splits_them() -> None:
+    docs = render({})
+    (role,) = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"] == "modelexpress-operator"]
+    assert role["rules"] == rbac.OPERATOR_RULES
+    scoped = render({"operator": {"scope": "namespace", "watchNamespaces": ["team-a", "team-b"]}})
+    for doc in scoped:
+        validate(doc)
+    bindings = [b for b in by_kind(scoped, "RoleBinding") if b["roleRef"]["name"] == "modelexpress-operator-namespaced"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    args = next(d for d in by_kind(scoped, "Deployment") if d["metadata"]["name"] == "modelexpress-operator")
+    assert "--namespace=team-a" in args["spec"]["template"]["spec"]["containers"][0]["args"]
+    cluster = next(r for r in by_kind(scoped, "ClusterRole") if r["metadata"]["name"].endswith("-cluster"))
+    assert {res for rule in cluster["rules"] for res in rule["resources"]} == {
+        "customresourcedefinitions", "namespaces", "clusterkopfpeerings", "mutatingwebhookconfigurations"
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"operator": {"replicas": 0}}, "replicas"),
+        ({"webhook": {"failurePolicy": "Sometimes"}}, "failurePolicy"),
+        ({"server": {"port": 70000}}, "port"),
+        ({"operator": {"unknownOption": True}}, "unknownOption"),
+    ],
+)
+def test_schema_refuses_bad_values(values: dict[str, Any], field: str) -> None:
+    import helm_python
+
+    with pytest.raises(helm_python.HelmError) as refused:
+        render(values)
+    assert field in str(refused.value)
