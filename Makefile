@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP_TORCH_FLAGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: setup test test-unit test-integration lint format generate bench demo clean
+.PHONY: setup test test-unit test-integration lint format generate bench demo e2e clean
 
 setup: $(VENV)/.installed .cache/redis/redis-server
 
@@ -39,6 +39,7 @@ lint: setup
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
 	$(PY) hack/generate.py --check
+	$(VENV)/bin/shellcheck hack/*.sh
 
 format: setup
 	$(PY) -m ruff check --fix .
@@ -52,6 +53,10 @@ bench: setup
 
 demo: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash hack/demo.sh
+
+# kind end to end (needs a Docker engine; skips cleanly without one).
+e2e: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash hack/kind-e2e.sh
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -76,3 +76,29 @@ def test_schema_refuses_bad_values(values: dict[str, Any], field: str) -> None:
     with pytest.raises(helm_python.HelmError) as refused:
         render(values)
     assert field in str(refused.value)
+
+
+def test_kind_e2e_manifests_and_values_validate() -> None:
+    """What hack/kind-e2e.sh applies: the chart with its kind values, the fake hub and the workers."""
+    import yaml
+
+    from tests.helpers.chart import CHART
+
+    e2e = CHART.parents[1] / "hack" / "e2e"
+    values = {**values_file("values-development.yaml"), **yaml.safe_load((e2e / "values-kind.yaml").read_text())}
+    docs = render(values)
+    for doc in docs:
+        validate(doc)
+    for name in ("fake-hub.yaml", "workers.yaml"):
+        for doc in yaml.safe_load_all((e2e / name).read_text()):
+            validate(doc)
+    from modelexpress.api.modelcache import ModelCache
+    from modelexpress.api.modelmetadata import ModelMetadata
+
+    cache, metadata = yaml.safe_load_all((e2e / "model.yaml").read_text())
+    ModelCache.model_validate(cache)
+    ModelMetadata.model_validate(metadata)
+    workers = list(yaml.safe_load_all((e2e / "workers.yaml").read_text()))
+    assert all(w["spec"]["serviceAccountName"] == values["workers"].get("serviceAccount", "modelexpress-worker")
+               for w in workers)  # fmt: skip
+    assert all(w["metadata"]["annotations"]["modelexpress.io/p2p"] == "enabled" for w in workers)
