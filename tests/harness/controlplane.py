@@ -105,6 +105,11 @@ class ControlPlane:
     kubeconfig: Path
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
+    @property
+    def audit_log(self) -> Path:
+        """JSON lines, one per request made by a ServiceAccount (what RBAC tests check usage with)."""
+        return self.workdir / "logs" / "audit.log"
+
     def stop(self) -> None:
         for proc in reversed(self.processes):
             if proc.poll() is None:
@@ -185,6 +190,11 @@ def start_control_plane(
     server = f"https://127.0.0.1:{api_port}"
     ca_file = certs / "apiserver.crt"
     cp = ControlPlane(workdir, server, token, ca_file, workdir / "kubeconfig")
+    # Metadata of every ServiceAccount request (who, verb, resource, response code), nothing else.
+    (workdir / "audit-policy.yaml").write_text(
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n"
+        "  - level: Metadata\n    userGroups: [system:serviceaccounts]\n  - level: None\n"
+    )
     try:
         _spawn(
             cp,
@@ -213,6 +223,10 @@ def start_control_plane(
                 "--service-account-issuer=https://kubernetes.default.svc",
                 f"--service-account-key-file={sa_pub}",
                 f"--service-account-signing-key-file={sa_key}",
+                f"--audit-policy-file={workdir / 'audit-policy.yaml'}",
+                f"--audit-log-path={cp.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-maxsize=0",
             ],
         )
         _wait_ready(cp, timeout)

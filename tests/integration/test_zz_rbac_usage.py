@@ -1,0 +1,77 @@
+"""Every permission the operator and the server are granted is used: nothing beyond what the code calls.
+
+The control plane audits every ServiceAccount request (tests/harness/controlplane.py). This module
+runs last (its name sorts last) and reads what the operator's ServiceAccounts did during the whole
+integration suite: each (group, resource, verb) of their rules must appear with a success,
+and no request of theirs may have been forbidden. Permissions that only a path the suite cannot
+take here exercises are listed in EXERCISED_ELSEWHERE, each with where it is used.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import pytest
+
+from modelexpress_operator.rbac import OPERATOR_RULES, SERVER_RULES, SERVER_TOKEN_REVIEW_RULES
+from tests.harness.controlplane import ControlPlane
+
+pytestmark = pytest.mark.k8s
+OPERATOR_USER = re.compile(r"^system:serviceaccount:[^:]+:(modelexpress-operator|rel-[a-z0-9-]+-operator)$")
+SERVER_USER = re.compile(r"^system:serviceaccount:[^:]+:mx-server$")
+EXERCISED_ELSEWHERE = {
+    ("kopf.dev", "clusterkopfpeerings", verb): "cluster-wide peering (chart default scope with replicas > 1)"
+    for verb in ("get", "list", "watch", "patch")
+} | {
+    (
+        "",
+        "secrets",
+        "update",
+    ): "renewing the webhook certificate (webhook/serving.py; tests/unit/test_webhook_logic.py)",
+}
+
+
+@pytest.mark.parametrize(
+    ("who", "user", "rules"),
+    [
+        ("operator", OPERATOR_USER, OPERATOR_RULES),
+        ("server", SERVER_USER, SERVER_RULES + SERVER_TOKEN_REVIEW_RULES),
+    ],
+)
+def test_every_permission_is_used_and_none_is_missing(
+    control_plane: ControlPlane, who: str, user: re.Pattern[str], rules: list[dict[str, object]]
+) -> None:
+    used: Counter[tuple[str, str, str]] = Counter()
+    forbidden: list[str] = []
+    for line in control_plane.audit_log.read_text().splitlines():
+        event = json.loads(line)
+        if not user.match(event.get("user", {}).get("username", "")):
+            continue
+        ref = event.get("objectRef") or {}
+        resource = ref.get("resource", "")
+        if ref.get("subresource"):
+            resource += "/" + ref["subresource"]
+        key = (ref.get("apiGroup", ""), resource, event["verb"])
+        code = (event.get("responseStatus") or {}).get("code", 200)
+        if code == 403:
+            forbidden.append(f"{key}: {event.get('requestURI')}")
+        elif code < 500:
+            used[key] += 1
+    if not used:
+        pytest.fail(f"no {who} requests were audited: this test reads what the rest of the integration suite did")
+    assert not forbidden, f"the {who} was refused (a rule is missing): {forbidden[:10]}"
+    unused = [
+        (group, resource, verb)
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+        if not used[(group, resource, verb)] and (group, resource, verb) not in EXERCISED_ELSEWHERE
+    ]
+    assert not unused, (
+        f"granted but never used by the {who} in this run: {unused}. In a run of the whole integration "
+        "suite this means a rule to remove (or a path to test); in a partial run, the modules that "
+        "exercise them did not run"
+    )
