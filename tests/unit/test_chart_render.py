@@ -102,3 +102,22 @@ def test_kind_e2e_manifests_and_values_validate() -> None:
     assert all(w["spec"]["serviceAccountName"] == values["workers"].get("serviceAccount", "modelexpress-worker")
                for w in workers)  # fmt: skip
     assert all(w["metadata"]["annotations"]["modelexpress.io/p2p"] == "enabled" for w in workers)
+
+
+def test_example_manifests_validate() -> None:
+    """examples/: the vLLM deployments (single-node TP8, multi-node TP8xPP2) and the ModelCache."""
+    import yaml
+
+    from modelexpress.api.modelcache import ModelCache
+    from tests.helpers.chart import CHART
+
+    examples = CHART.parents[1] / "examples"
+    for name in ("vllm-single-node-tp8.yaml", "vllm-multi-node-tp8-pp2.yaml"):
+        docs = list(yaml.safe_load_all((examples / name).read_text()))
+        for doc in docs:
+            validate(doc)
+        pods = [d["spec"]["template"] for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+        assert all(p["metadata"]["annotations"]["modelexpress.io/ranks-per-pod"] == "8" for p in pods)
+        assert all("--load-format=mx" in " ".join(p["spec"]["containers"][0].get("args", [])).replace(" mx", "=mx")
+                   for p in pods)  # fmt: skip
+    ModelCache.model_validate(yaml.safe_load((examples / "modelcache-llama.yaml").read_text()))
