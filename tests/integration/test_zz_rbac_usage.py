@@ -39,6 +39,9 @@ EXERCISED_ELSEWHERE = {
         "secrets",
         "update",
     ): "renewing the webhook certificate (webhook/serving.py; tests/unit/test_webhook_logic.py)",
+    # The workers' documented contract is get/list/watch; the registry itself lists and watches, and
+    # `get` serves reads of one named ModelMetadata (kubectl with the worker's identity).
+    ("modelexpress.io", "modelmetadatas", "get"): "one-object reads under the workers' get/list/watch contract",
 }
 
 
