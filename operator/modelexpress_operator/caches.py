@@ -290,8 +290,9 @@ class CacheController:
     def evict_if_unused(
         self, namespace: str, name: str, spec: ModelCacheSpec, generation: int, status: dict[str, Any], now: datetime
     ) -> dict[str, Any]:
-        """Evict a Ready cache unused for longer than `eviction.unusedThreshold` (never a pinned one):
-        its PVC goes (when the operator created it) and the phase becomes Evicted. Empty when kept."""
+        """Evict a Ready cache unused for longer than `eviction.unusedThreshold` (never a pinned one, never
+        one a live pod mounts: that refreshes `lastUsedTime` instead): its PVC goes (when the operator
+        created it) and the phase becomes Evicted. Empty when nothing changes."""
         threshold = spec.eviction.unused_threshold
         parsed = ModelCacheStatus.model_validate(status or {})
         if threshold is None or spec.eviction.pinned or parsed.phase != "Ready" or parsed.last_used_time is None:
@@ -299,6 +300,12 @@ class CacheController:
         idle = now - parsed.last_used_time
         if idle <= threshold:
             return {}
+        users = self._claim_users(namespace, parsed.claim_name)
+        if users:
+            # Mounted by a live pod: in use, whatever the clock says. Record the use instead.
+            parsed.last_used_time = now.replace(microsecond=0)
+            log.info("ModelCache %s/%s is in use by %s; not evicted", namespace, name, ", ".join(users[:3]))
+            return parsed.to_api()
         self._delete_jobs(namespace, name)  # their finished pods would hold the volume (pvc-protection)
         released = self.release(namespace, name, spec)
         parsed.phase = parsed.phase.EVICTED
@@ -312,6 +319,23 @@ class CacheController:
             generation,
         )
         return parsed.to_api()
+
+    def _claim_users(self, namespace: str, claim: str | None) -> list[str]:
+        """Live pods (not our download Jobs') that mount the claim."""
+        if not claim:
+            return []
+        API_REQUESTS.labels("list", "pods").inc()
+        users = []
+        for pod in self.core.list_namespaced_pod(namespace).items:
+            if (pod.status.phase if pod.status else None) in ("Succeeded", "Failed"):
+                continue
+            if CACHE_LABEL in (pod.metadata.labels or {}):
+                continue
+            for volume in pod.spec.volumes or []:
+                if volume.persistent_volume_claim and volume.persistent_volume_claim.claim_name == claim:
+                    users.append(pod.metadata.name)
+                    break
+        return users
 
     def _delete_jobs(self, namespace: str, name: str) -> None:
         API_REQUESTS.labels("delete", "jobs").inc()

@@ -245,19 +245,35 @@ def test_unused_cache_is_evicted_and_pinned_one_stays(
     cache_operator: Any,
 ) -> None:
     core = client.CoreV1Api(kube_api)
-    for name, pinned in (("idle", False), ("keep", True)):
+    for name, pinned in (("idle", False), ("keep", True), ("busy", False)):
         apply_cache(
             custom_objects, namespace, name, source="hf://org/tiny", storage={"size": "1Gi"},
             eviction={"unusedThreshold": "2s", "pinned": pinned},
         )  # fmt: skip
         assert node.run_job_pod(namespace, f"{name}-dl-g1-1", timeout=120).exit_code == 0
+    # A running worker mounts "busy": it is in use however old its lastUsedTime is.
+    core.create_namespaced_pod(
+        namespace,
+        {"metadata": {"name": "reader"},
+         "spec": {"containers": [{"name": "vllm", "image": "vllm"}],
+                  "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": "busy-cache", "readOnly": True}}]}},
+    )  # fmt: skip
+    node.mark_running(namespace, "reader")
     wait_for(status_where(custom_objects, namespace, "keep", lambda s: s.get("phase") == "Ready"), 60)
+    first_use = wait_for(status_where(custom_objects, namespace, "busy", lambda s: s.get("phase") == "Ready"), 60)
+    refreshed = wait_for(
+        status_where(custom_objects, namespace, "busy",
+                     lambda s: s.get("lastUsedTime", "") > first_use["lastUsedTime"]), 30, what="use recorded",
+    )  # fmt: skip
+    assert refreshed["phase"] == "Ready"
     status = wait_for(status_where(custom_objects, namespace, "idle", lambda s: s.get("phase") == "Evicted"), 60)
     ready = condition({"status": status}, "Ready")
     assert ready is not None and ready["reason"] == "Evicted" and "unusedThreshold 2s" in ready["message"]
     wait_for(lambda: _gone(core.read_namespaced_persistent_volume_claim, "idle-cache", namespace), 30, what="PVC gone")
     assert cache_status(custom_objects, namespace, "keep")["phase"] == "Ready"  # pinned: never evicted
     assert _read(core.read_namespaced_persistent_volume_claim, "keep-cache", namespace)
+    assert cache_status(custom_objects, namespace, "busy")["phase"] == "Ready"  # in use: never evicted
+    assert _read(core.read_namespaced_persistent_volume_claim, "busy-cache", namespace)
 
 
 def _read(getter: Callable[..., Any], *args: Any) -> Any:
