@@ -15,8 +15,7 @@ import argparse
 import shutil
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -25,16 +24,9 @@ from safetensors.torch import load_file, save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from timing import best_of  # noqa: E402 - bench/ is on sys.path when a benchmark runs
+
 from modelexpress.loader.streamer import stream_tensors  # noqa: E402
-
-
-def best(repeat: int, run: Callable[[], int]) -> tuple[float, int]:
-    times, nbytes = [], 0
-    for _ in range(repeat):
-        started = time.perf_counter()
-        nbytes = run()
-        times.append(time.perf_counter() - started)
-    return min(times), nbytes
 
 
 def main() -> int:
@@ -65,8 +57,8 @@ def main() -> int:
         def streamer_load() -> int:
             return into_params(stream_tensors(str(work)))
 
-        st_seconds, st_bytes = best(args.repeat, safetensors_load)
-        rs_seconds, rs_bytes = best(args.repeat, streamer_load)
+        st_seconds, st_bytes = best_of(args.repeat, safetensors_load)
+        rs_seconds, rs_bytes = best_of(args.repeat, streamer_load)
         assert st_bytes == rs_bytes
         print(f"{st_bytes / 2**30:.2f} GiB in {args.tensors} tensors, best of {args.repeat}")
         print(f"  safetensors.load_file  {st_seconds:7.3f} s  {st_bytes / st_seconds / 1e9:6.2f} GB/s")

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import time
 from multiprocessing.connection import Connection
 
 import torch
+from timing import best_of
 
 from modelexpress.config.worker import WorkerSettings
 from modelexpress.p2p.client import WorkerClient
@@ -48,15 +48,6 @@ def _serve(conn: Connection, layout: str, total: int) -> None:
     source.stop()
 
 
-def _best(fn, reps: int) -> float:  # type: ignore[no-untyped-def]
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def measure(layout: str, total: int, reps: int) -> dict[str, float]:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
@@ -83,10 +74,10 @@ def measure(layout: str, total: int, reps: int) -> dict[str, float]:
                 raise RuntimeError("raw READ failed")
 
         raw()  # connection wire-up, not timed
-        raw_s = _best(raw, reps)
+        raw_s = best_of(reps, raw)[0]
         client.close()
         options = PullOptions(max_inflight=4)
-        ours_s = _best(lambda: pull(target, identity, [endpoint], engine, options), reps)
+        ours_s = best_of(reps, lambda: pull(target, identity, [endpoint], engine, options))[0]
         engine.remove_remote(remote)
         engine.deregister_all()
     finally:
@@ -94,7 +85,7 @@ def measure(layout: str, total: int, reps: int) -> dict[str, float]:
         proc.join(30)
     src = torch.empty(total, dtype=torch.uint8).fill_(1)
     dst = torch.empty_like(src)
-    copy_s = _best(lambda: dst.copy_(src), reps)
+    copy_s = best_of(reps, lambda: dst.copy_(src))[0]
     return {"raw": total / raw_s / 1e9, "ours": total / ours_s / 1e9, "copy": total / copy_s / 1e9}
 
 

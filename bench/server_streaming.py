@@ -29,6 +29,8 @@ import grpc
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from timing import best_of  # noqa: E402 - bench/ is on sys.path when a benchmark runs
+
 from modelexpress._proto.modelexpress.v1 import server_pb2, server_pb2_grpc  # noqa: E402
 from modelexpress.cache.database import CacheDatabase, CachedModel  # noqa: E402
 from modelexpress.client.receive import receive_model  # noqa: E402
@@ -67,15 +69,6 @@ def start_server(cache: Path, db: Path) -> tuple[subprocess.Popen[str], str]:
         if "listening on" in line:
             return proc, line.rsplit(" ", 1)[1].strip()
     raise RuntimeError("the server did not start")
-
-
-def best(repeat: int, run: callable) -> float:  # type: ignore[valid-type]
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def report(rates: dict[str, float], nbytes: int, files: int, repeat: int) -> None:
@@ -136,11 +129,11 @@ def main() -> int:
 
         disk()  # warm the page cache for every reader alike
         rates: dict[str, float] = {}
-        rates["disk"] = nbytes / best(args.repeat, disk)
-        rates["copy"] = nbytes / best(args.repeat, copy)
+        rates["disk"] = nbytes / best_of(args.repeat, disk)[0]
+        rates["copy"] = nbytes / best_of(args.repeat, copy)[0]
         for label, chunk in (("32KiB", 32 << 10), ("1MiB", 1 << 20)):
-            rates[f"stream@{label}"] = nbytes / best(args.repeat, lambda c=chunk: stream(c))
-            rates[f"receive@{label}"] = nbytes / best(args.repeat, lambda c=chunk: receive(c))
+            rates[f"stream@{label}"] = nbytes / best_of(args.repeat, lambda c=chunk: stream(c))[0]
+            rates[f"receive@{label}"] = nbytes / best_of(args.repeat, lambda c=chunk: receive(c))[0]
         report(rates, nbytes, args.files, args.repeat)
         channel.close()
     finally:

@@ -13,7 +13,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tarfile
@@ -26,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.harness.kube import apply_crds, make_api_client, write_kubeconfig
-from tests.harness.processes import die_with_parent
+from tests.harness.processes import die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager")
@@ -73,13 +72,6 @@ def locate_binaries(cache_dir: Path = ROOT / ".cache" / "k8s") -> Path:
     else:
         staging.replace(target)
     return target
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _write_service_account_keys(directory: Path) -> tuple[Path, Path]:
@@ -186,7 +178,7 @@ def start_control_plane(
     sa_key, sa_pub = _write_service_account_keys(workdir)
     token = secrets.token_hex(16)
     (workdir / "tokens.csv").write_text(f"{token},admin,admin-uid,system:masters\n")
-    etcd_client, etcd_peer, api_port = _free_port(), _free_port(), _free_port()
+    etcd_client, etcd_peer, api_port = free_port(), free_port(), free_port()
     server = f"https://127.0.0.1:{api_port}"
     ca_file = certs / "apiserver.crt"
     cp = ControlPlane(workdir, server, token, ca_file, workdir / "kubeconfig")

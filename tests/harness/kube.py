@@ -90,6 +90,16 @@ def apply_crds(api: client.ApiClient, crd_dir: Path, timeout: float = 30) -> lis
     return names
 
 
+def read_or_none(read: Callable[..., T], *args: Any) -> T | None:
+    """`read(*args)`, or None when the API server answers 404 (any other error is raised)."""
+    try:
+        return read(*args)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
     """The condition of `type_` in an object's status, if any."""
     for entry in (obj.get("status") or {}).get("conditions") or []:

@@ -1,10 +1,11 @@
-"""Child processes of tests that never outlive the test run, even when it crashes."""
+"""Child processes of tests: they never outlive the test run, even when it crashes, and find free ports."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import signal
+import socket
 
 _PR_SET_PDEATHSIG = 1
 # Loaded before any fork, so the child only makes one libc call between fork and exec.
@@ -14,3 +15,11 @@ _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 def die_with_parent() -> None:
     """`preexec_fn`: the kernel SIGKILLs the child when the test process dies (nothing to shut down gracefully)."""
     _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the caller binds it soon after)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

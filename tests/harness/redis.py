@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.harness.processes import die_with_parent
+from tests.harness.processes import die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,13 +27,6 @@ def redis_binary() -> str:
     if found is None:
         raise RuntimeError("no redis-server: run `make setup` (hack/fetch-redis.sh) or set REDIS_SERVER")
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -65,7 +57,7 @@ def start_redis(workdir: Path, password: str | None = None) -> RedisServer:
     """redis-server without persistence on a free port; retried if another process takes the port first."""
     binary = redis_binary()
     for _ in range(5):
-        port = _free_port()
+        port = free_port()
         args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         args += ["--dir", str(workdir)]
         if password:

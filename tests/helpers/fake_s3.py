@@ -136,13 +136,26 @@ class _Server(ThreadingHTTPServer):
 
 
 class FakeS3:
-    """The server in a thread; point `AWS_ENDPOINT_URL` at `endpoint` (with `AWS_ALLOW_HTTP=true`)."""
+    """The server in a thread; clients take `client_env()` (AWS_ENDPOINT_URL pointing at `endpoint`)."""
 
     def __init__(self) -> None:
         self.state = S3State()
         self._server = _Server(("127.0.0.1", 0), self.state)
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-s3", daemon=True)
+
+    def client_env(self) -> dict[str, str]:
+        """What S3 clients (obstore, runai-model-streamer) need to talk to this server: plain HTTP,
+        path-style addressing, static credentials, no instance-metadata lookups."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": "minio",
+            "AWS_SECRET_ACCESS_KEY": "minio-secret-key",
+            "AWS_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING": "0",
+        }
 
     def __enter__(self) -> FakeS3:
         self._thread.start()

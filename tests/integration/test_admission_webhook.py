@@ -20,15 +20,9 @@ from modelexpress_operator.rbac import WEBHOOK_CONFIG, WEBHOOK_SECRET
 from modelexpress_operator.webhook.mutation import CACHE_MOUNT, VOLUME
 from tests.harness.fixtures import GROUP, VERSION
 from tests.harness.kube import wait_for
+from tests.harness.processes import free_port
 
 pytestmark = pytest.mark.k8s
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def webhook_configuration(namespace: str, port: int) -> dict[str, Any]:
@@ -54,7 +48,7 @@ def webhook_configuration(namespace: str, port: int) -> dict[str, Any]:
 
 @pytest.fixture
 def webhook_port(kube_api: client.ApiClient, namespace: str) -> Iterator[int]:
-    port = _free_port()
+    port = free_port()
     admission = client.AdmissionregistrationV1Api(kube_api)
     admission.create_mutating_webhook_configuration(webhook_configuration(namespace, port))
     yield port

@@ -33,13 +33,7 @@ OBJECTS = {
 def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeS3]:
     with FakeS3() as server:
         server.state.buckets["models"] = dict(OBJECTS)
-        for key, value in {
-            "AWS_ENDPOINT_URL": server.endpoint,
-            "AWS_ALLOW_HTTP": "true",
-            "AWS_ACCESS_KEY_ID": "minio",
-            "AWS_SECRET_ACCESS_KEY": "minio-secret-key",
-            "AWS_REGION": "us-east-1",
-        }.items():
+        for key, value in server.client_env().items():
             monkeypatch.setenv(key, value)
         yield server
 

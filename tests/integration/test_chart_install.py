@@ -17,7 +17,7 @@ from kubernetes import client, utils
 
 from tests.harness.controlplane import ControlPlane
 from tests.harness.fixtures import GROUP, VERSION
-from tests.harness.kube import condition, service_account_token, wait_for, write_kubeconfig
+from tests.harness.kube import condition, read_or_none, service_account_token, wait_for, write_kubeconfig
 from tests.harness.node import NodeHelper
 from tests.helpers.chart import VALUES_FILES, render, values_file
 from tests.helpers.fake_hub import FakeHub
@@ -95,7 +95,9 @@ def test_rendered_chart_is_accepted_and_its_rbac_runs_a_modelcache(
                 {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelCache", "metadata": {"name": "tiny"},
                  "spec": {"source": "hf://org/tiny"}},
             )  # fmt: skip
-            job = wait_for(lambda: _job(kube_api, namespace, "tiny-dl-g1-1"), 30, what="download Job")
+            batch = client.BatchV1Api(kube_api)
+            job = wait_for(lambda: read_or_none(batch.read_namespaced_job, "tiny-dl-g1-1", namespace), 30,
+                           what="download Job")  # fmt: skip
             assert job.spec.template.spec.service_account_name == "modelexpress-cache-job"
             run = node.run_job_pod(namespace, "tiny-dl-g1-1", timeout=120)
             assert run.exit_code == 0, run.stderr[-2000:]
@@ -109,15 +111,6 @@ def test_rendered_chart_is_accepted_and_its_rbac_runs_a_modelcache(
             # The Job's pod reported progress with the chart's cache-job Role.
             assert cache["status"]["progress"]["filesTotal"] == 2
         assert runner.exception is None, runner.exception
-
-
-def _job(api: client.ApiClient, namespace: str, name: str) -> client.V1Job | None:
-    try:
-        return client.BatchV1Api(api).read_namespaced_job(name, namespace)
-    except client.ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
 
 
 # Kinds whose CRDs belong to cert-manager and the Prometheus Operator, not installed in this control

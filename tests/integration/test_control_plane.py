@@ -17,7 +17,7 @@ from kubernetes import client
 
 from tests.harness.controlplane import ControlPlane
 from tests.harness.fixtures import GROUP, VERSION, ServiceAccountClient
-from tests.harness.kube import condition, get_table, wait_for
+from tests.harness.kube import condition, get_table, read_or_none, wait_for
 from tests.harness.node import NodeHelper
 
 pytestmark = pytest.mark.k8s
@@ -238,14 +238,11 @@ def test_owner_references_garbage_collect(
     )
     custom_objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, "modelcaches", "owner")
 
-    def gone() -> bool:
-        try:
-            core.read_namespaced_config_map("owned", namespace)
-            return False
-        except client.ApiException as exc:
-            return exc.status == 404
-
-    wait_for(gone, 30, what="garbage collection of the owned ConfigMap")
+    wait_for(
+        lambda: read_or_none(core.read_namespaced_config_map, "owned", namespace) is None,
+        30,
+        what="garbage collection of the owned ConfigMap",
+    )
 
 
 def _job(name: str, command: list[str], **pod_spec: Any) -> dict[str, Any]:

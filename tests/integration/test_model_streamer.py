@@ -71,14 +71,7 @@ def test_local_directory_and_hub_cache(model_dir: Path, tmp_path: Path, monkeypa
 @pytest.fixture
 def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeS3]:
     with FakeS3() as server:
-        for key, value in {
-            "AWS_ENDPOINT_URL": server.endpoint,
-            "AWS_ACCESS_KEY_ID": "minio",
-            "AWS_SECRET_ACCESS_KEY": "minio-secret-key",
-            "AWS_REGION": "us-east-1",
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING": "0",
-        }.items():
+        for key, value in server.client_env().items():
             monkeypatch.setenv(key, value)
         yield server
 

@@ -21,7 +21,7 @@ from kubernetes import client
 
 from modelexpress_operator.rbac import CACHE_JOB_RULES
 from tests.harness.fixtures import GROUP, VERSION
-from tests.harness.kube import condition, wait_for
+from tests.harness.kube import condition, read_or_none, wait_for
 from tests.harness.node import NodeHelper
 from tests.helpers.fake_hub import FakeHub
 
@@ -117,10 +117,12 @@ def test_modelcache_downloads_onto_its_pvc_and_turns_ready(
         resources={"limits": {"memory": "1Gi"}},
     )
     # The PVC is sized from the hub's metadata (2 MiB + headroom -> the 1 GiB floor) and owned by the cache.
-    pvc = wait_for(lambda: _read(core.read_namespaced_persistent_volume_claim, "tiny-cache", namespace), 30, what="PVC")
+    pvc = wait_for(
+        lambda: read_or_none(core.read_namespaced_persistent_volume_claim, "tiny-cache", namespace), 30, what="PVC"
+    )
     assert pvc.spec.resources.requests["storage"] == "1Gi"
     assert [o.kind for o in pvc.metadata.owner_references] == ["ModelCache"]
-    job = wait_for(lambda: _read(batch.read_namespaced_job, "tiny-dl-g1-1", namespace), 30, what="download Job")
+    job = wait_for(lambda: read_or_none(batch.read_namespaced_job, "tiny-dl-g1-1", namespace), 30, what="download Job")
     pod_spec = job.spec.template.spec
     container = pod_spec.containers[0]
     assert container.command == ["modelexpress"] and container.image == "modelexpress-worker:test"
@@ -155,7 +157,11 @@ def test_modelcache_downloads_onto_its_pvc_and_turns_ready(
 
     # Delete: the finalizer applies retentionPolicy Delete to the PVC it created.
     custom_objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, "modelcaches", "tiny")
-    wait_for(lambda: _gone(core.read_namespaced_persistent_volume_claim, "tiny-cache", namespace), 30, what="PVC gone")
+    wait_for(
+        lambda: read_or_none(core.read_namespaced_persistent_volume_claim, "tiny-cache", namespace) is None,
+        30,
+        what="PVC gone",
+    )
 
 
 def test_missing_model_fails_with_the_reason_and_no_retry(
@@ -181,7 +187,10 @@ def test_missing_model_fails_with_the_reason_and_no_retry(
     apply_cache(custom_objects, namespace, "nope2", source="hf://org/nope")
     status = wait_for(status_where(custom_objects, namespace, "nope2", lambda s: s.get("phase") == "Failed"), 30)
     assert (condition({"status": status}, "Ready") or {}).get("reason") == "NotFound"
-    assert _gone(client.CoreV1Api(kube_api).read_namespaced_persistent_volume_claim, "nope2-cache", namespace)
+    assert (
+        read_or_none(client.CoreV1Api(kube_api).read_namespaced_persistent_volume_claim, "nope2-cache", namespace)
+        is None
+    )
 
 
 def test_pod_killed_mid_download_is_retried_by_the_job(
@@ -195,7 +204,7 @@ def test_pod_killed_mid_download_is_retried_by_the_job(
         custom_objects, namespace, "flaky", source="hf://org/tiny", storage={"size": "1Gi", "retentionPolicy": "Retain"}
     )
     batch = client.BatchV1Api(kube_api)
-    wait_for(lambda: _read(batch.read_namespaced_job, "flaky-dl-g1-1", namespace), 30, what="download Job")
+    wait_for(lambda: read_or_none(batch.read_namespaced_job, "flaky-dl-g1-1", namespace), 30, what="download Job")
     first = wait_for(lambda: [p for p in node.job_pods(namespace, "flaky-dl-g1-1")], 30, what="first pod")[0]
     node.mark_running(namespace, first.metadata.name)
     node.mark_terminated(namespace, first.metadata.name, 137, "killed")  # OOM-killed / node lost mid-download
@@ -204,10 +213,15 @@ def test_pod_killed_mid_download_is_retried_by_the_job(
     wait_for(status_where(custom_objects, namespace, "flaky", lambda s: s.get("phase") == "Ready"), 60)
     custom_objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, "modelcaches", "flaky")
     wait_for(
-        lambda: _gone(custom_objects.get_namespaced_custom_object, GROUP, VERSION, namespace, "modelcaches", "flaky"),
+        lambda: (
+            read_or_none(custom_objects.get_namespaced_custom_object, GROUP, VERSION, namespace, "modelcaches", "flaky")
+            is None
+        ),
         30,
     )
-    assert _read(client.CoreV1Api(kube_api).read_namespaced_persistent_volume_claim, "flaky-cache", namespace)  # Retain
+    assert read_or_none(
+        client.CoreV1Api(kube_api).read_namespaced_persistent_volume_claim, "flaky-cache", namespace
+    )  # Retain
 
 
 def test_missing_secret_is_a_clear_condition_and_credentials_reach_the_job(
@@ -269,27 +283,12 @@ def test_unused_cache_is_evicted_and_pinned_one_stays(
     status = wait_for(status_where(custom_objects, namespace, "idle", lambda s: s.get("phase") == "Evicted"), 60)
     ready = condition({"status": status}, "Ready")
     assert ready is not None and ready["reason"] == "Evicted" and "unusedThreshold 2s" in ready["message"]
-    wait_for(lambda: _gone(core.read_namespaced_persistent_volume_claim, "idle-cache", namespace), 30, what="PVC gone")
+    wait_for(
+        lambda: read_or_none(core.read_namespaced_persistent_volume_claim, "idle-cache", namespace) is None,
+        30,
+        what="PVC gone",
+    )
     assert cache_status(custom_objects, namespace, "keep")["phase"] == "Ready"  # pinned: never evicted
-    assert _read(core.read_namespaced_persistent_volume_claim, "keep-cache", namespace)
+    assert read_or_none(core.read_namespaced_persistent_volume_claim, "keep-cache", namespace)
     assert cache_status(custom_objects, namespace, "busy")["phase"] == "Ready"  # in use: never evicted
-    assert _read(core.read_namespaced_persistent_volume_claim, "busy-cache", namespace)
-
-
-def _read(getter: Callable[..., Any], *args: Any) -> Any:
-    try:
-        return getter(*args)
-    except client.ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-
-
-def _gone(getter: Callable[..., Any], *args: Any) -> bool:
-    try:
-        getter(*args)
-    except client.ApiException as exc:
-        if exc.status == 404:
-            return True
-        raise
-    return False
+    assert read_or_none(core.read_namespaced_persistent_volume_claim, "busy-cache", namespace)

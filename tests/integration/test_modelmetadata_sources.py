@@ -30,7 +30,7 @@ from modelexpress_operator.rbac import WORKER_RULES
 from tests.harness.fixtures import GROUP, VERSION, ServiceAccountClient
 from tests.harness.kube import condition, wait_for
 from tests.harness.node import NodeHelper
-from tests.harness.processes import die_with_parent
+from tests.harness.processes import die_with_parent, free_port
 from tests.helpers.sources import Fleet, fleet, start_source
 
 pytestmark = pytest.mark.k8s
@@ -540,14 +540,6 @@ def _metric(port: int, name: str, **labels: str) -> float:
     return total
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_two_replicas_only_the_peering_leader_writes(
     kube_api: client.ApiClient,
     custom_objects: client.CustomObjectsApi,
@@ -564,7 +556,7 @@ def test_two_replicas_only_the_peering_leader_writes(
         "kopfpeerings",
         {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "mx"}},
     )
-    leader_port, follower_port = _free_port(), _free_port()
+    leader_port, follower_port = free_port(), free_port()
     leader = _start_operator_process(namespace, operator_kubeconfig, 200, leader_port, tmp_path / "leader.log")
     follower: subprocess.Popen[bytes] | None = None
     name = ModelIdentity(model_name="test/peering").resource_name()

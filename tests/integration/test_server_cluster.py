@@ -27,7 +27,7 @@ from modelexpress.cache.sources import parse_source
 from modelexpress.server.cluster import cache_name
 from modelexpress_operator.rbac import SERVER_RULES, SERVER_TOKEN_REVIEW_RULES
 from tests.harness.fixtures import GROUP, VERSION, ServiceAccountClient
-from tests.harness.kube import service_account_token, wait_for
+from tests.harness.kube import read_or_none, service_account_token, wait_for
 from tests.harness.node import NodeHelper
 from tests.harness.processes import die_with_parent
 from tests.helpers.fake_hub import FakeHub
@@ -127,7 +127,7 @@ def test_ensure_creates_one_modelcache_reports_progress_and_streams_from_the_cla
         name = cache_name(parse_source("hf://org/big"), "main")
         job = f"{name}-dl-g1-1"
         batch = client.BatchV1Api(kube_api)
-        wait_for(lambda: _exists(batch.read_namespaced_job, job, namespace), 60, what="download Job")
+        wait_for(lambda: read_or_none(batch.read_namespaced_job, job, namespace), 60, what="download Job")
         run = node.run_job_pod(namespace, job, timeout=120)
         assert run.exit_code == 0, run.stderr[-2000:]
         for thread in clients:
@@ -162,8 +162,8 @@ def test_ensure_creates_one_modelcache_reports_progress_and_streams_from_the_cla
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         deleted = stub.DeleteModel(server_pb2.DeleteModelRequest(model_name="org/big"), metadata=auth, timeout=30)
         assert deleted.deleted
-        wait_for(lambda: not _exists(custom_objects.get_namespaced_custom_object, GROUP, VERSION, namespace,
-                                     "modelcaches", name), 30, what="ModelCache deleted")  # fmt: skip
+        wait_for(lambda: read_or_none(custom_objects.get_namespaced_custom_object, GROUP, VERSION, namespace,
+                                     "modelcaches", name) is None, 30, what="ModelCache deleted")  # fmt: skip
 
 
 def test_ensure_of_a_missing_model_reports_the_operators_reason(
@@ -189,7 +189,7 @@ def test_ensure_of_a_missing_model_reports_the_operators_reason(
     waiter = threading.Thread(target=ensure)
     waiter.start()
     job = f"{cache_name(parse_source('hf://org/absent'), 'main')}-dl-g1-1"
-    wait_for(lambda: _exists(client.BatchV1Api(kube_api).read_namespaced_job, job, namespace), 60, what="Job")
+    wait_for(lambda: read_or_none(client.BatchV1Api(kube_api).read_namespaced_job, job, namespace), 60, what="Job")
     assert node.run_job_pod(namespace, job, timeout=120).exit_code == 3  # the downloader's "not found"
     waiter.join(120)
     assert updates[-1].status == server_pb2.MODEL_STATUS_ERROR
@@ -225,13 +225,3 @@ def _cli_download_with_and_without_token(endpoint: str, token: str, tmp_path: Pa
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"model": "hf://org/big", "status": "downloaded",
                                        "resolvedRevision": commit, "via": "server"}  # fmt: skip
-
-
-def _exists(read: Any, *args: Any) -> bool:
-    try:
-        read(*args)
-        return True
-    except client.ApiException as exc:
-        if exc.status == 404:
-            return False
-        raise

@@ -33,14 +33,16 @@ def test_sources_parse(text: str, provider: str, name: str) -> None:
     assert (parsed.provider, parsed.name) == (provider, name)
 
 
-@pytest.mark.parametrize("text", ["ftp://x/y", "hf://a/b/c", "hf://../etc", "s3://Bucket_", "/models/../etc", "hf://"])
+@pytest.mark.parametrize(
+    "text", ["ftp://x/y", "hf://a/b/c", "hf://../etc", "s3://Bucket_", "/models/../etc", "hf://", "s3://bucket/a\0b"]
+)
 def test_bad_sources_name_the_accepted_forms(text: str) -> None:
     with pytest.raises(DownloadError) as err:
         parse_source(text)
     assert err.value.reason == FailureReason.INVALID_SOURCE
 
 
-@pytest.mark.parametrize("name", ["../x", "a/../../x", "/etc/passwd", "a\\\\b", "~/.ssh/id", ""])
+@pytest.mark.parametrize("name", ["../x", "a/../../x", "/etc/passwd", "a\\\\b", "~/.ssh/id", "", "a\0b"])
 def test_unsafe_file_names_are_refused(name: str) -> None:
     with pytest.raises(DownloadError, match="outside the model"):
         safe_name(name)

@@ -16,6 +16,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from modelexpress import API_GROUP
+from modelexpress.api import ModelCacheSpec
+from modelexpress_operator.cachejobs import claim_name
 from modelexpress_operator.workers import OPT_IN, RANKS_PER_POD, WORKER_PORT
 
 MODEL_CACHE = f"{API_GROUP}/model-cache"
@@ -73,12 +75,9 @@ def _int_annotation(pod: dict[str, Any], key: str, default: int, low: int, high:
 
 
 def cache_claim(cache: dict[str, Any]) -> str:
-    """The PVC of a ModelCache: what its status says, else what the operator will create."""
-    status = cache.get("status") or {}
-    spec = cache.get("spec") or {}
-    return str(
-        status.get("claimName") or (spec.get("storage") or {}).get("claimName") or f"{cache['metadata']['name']}-cache"
-    )
+    """The PVC of a ModelCache: what its status says, else the one the operator uses for its spec."""
+    recorded = (cache.get("status") or {}).get("claimName")
+    return str(recorded or claim_name(cache["metadata"]["name"], ModelCacheSpec.model_validate(cache["spec"])))
 
 
 def check(pod: dict[str, Any], namespace: str, cache: dict[str, Any] | None) -> None:

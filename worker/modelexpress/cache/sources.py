@@ -29,6 +29,8 @@ class ModelSource:
 def parse_source(text: str) -> ModelSource:
     """Parse a source URI; a bare `org/name` means Hugging Face. Errors name the accepted forms."""
     text = text.strip()
+    if "\0" in text:
+        raise DownloadError(FailureReason.INVALID_SOURCE, f"source {text!r} contains a NUL byte")
     if text.startswith("/"):
         if ".." in text.split("/"):
             raise DownloadError(FailureReason.INVALID_SOURCE, f"source {text!r}: a local path must not contain '..'")

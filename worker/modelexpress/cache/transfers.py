@@ -47,10 +47,23 @@ def check_space(cache_dir: Path, needed: int, reserve: int = 0) -> None:
         )
 
 
+def stays_inside(name: str) -> bool:
+    """Whether a relative file name from elsewhere (a source, a server, a client) stays inside the
+    directory it is joined to: not empty, no NUL, not absolute, no `..`, no backslash, no `~`."""
+    pure = PurePosixPath(name)
+    return (
+        bool(name)
+        and "\0" not in name
+        and not pure.is_absolute()
+        and ".." not in pure.parts
+        and "\\" not in name
+        and not name.startswith("~")
+    )
+
+
 def safe_name(name: str) -> str:
     """`name` if it stays inside the model's directory, else an InvalidSource error."""
-    pure = PurePosixPath(name)
-    if not name or pure.is_absolute() or ".." in pure.parts or "\\" in name or name.startswith("~"):
+    if not stays_inside(name):
         raise DownloadError(FailureReason.INVALID_SOURCE, f"the source lists a file named {name!r}, outside the model")
     return name
 

@@ -21,9 +21,8 @@ from typing import BinaryIO
 import grpc
 
 from modelexpress._proto.modelexpress.v1 import server_pb2, server_pb2_grpc
-from modelexpress.cache.errors import DownloadError
 from modelexpress.cache.sources import ModelSource, parse_source
-from modelexpress.cache.transfers import check_space, present, safe_name
+from modelexpress.cache.transfers import check_space, present, stays_inside
 
 log = logging.getLogger(__name__)
 ReceiveProgress = Callable[[int, int], None]
@@ -54,10 +53,9 @@ def default_layout(source: ModelSource, resolved: str) -> str:
 
 
 def _checked_relative(path: str, what: str) -> PurePosixPath:
-    pure = PurePosixPath(path)
-    if not path or "\0" in path or pure.is_absolute() or ".." in pure.parts or "\\" in path:
+    if not stays_inside(path):
         raise StreamError(f"the server named {what} {path!r}, which is outside this cache; refusing to write it")
-    return pure
+    return PurePosixPath(path)
 
 
 class _FileWriter:
@@ -121,7 +119,7 @@ def _write_stream(
                 head = pending[0]
                 if chunk.path != head.path:
                     raise StreamError(f"the server sent {chunk.path!r} where {head.path!r} was due")
-                writer = _FileWriter(root / _checked_relative(head.path, "a file"), head.size)
+                writer = _FileWriter(root / head.path, head.size)  # names checked by receive_model
             elif chunk.path != writer.final.relative_to(root).as_posix():
                 raise StreamError(f"the server switched to {chunk.path!r} before finishing the previous file")
             writer.write(chunk)
@@ -164,10 +162,7 @@ def receive_model(
     relative = listing.cache_relative_path or default_layout(source, listing.resolved_revision)
     root = cache_dir / _checked_relative(relative, "the model directory")
     for file in listing.files:
-        try:
-            safe_name(file.path)
-        except DownloadError:
-            raise StreamError(f"the server listed a file named {file.path!r}, outside the model") from None
+        _checked_relative(file.path, "a file")
     total = listing.total_bytes
     received = 0
     for attempt in range(retries + 1):

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,6 +25,7 @@ from modelexpress._proto.modelexpress.v1 import server_pb2, server_pb2_grpc
 from modelexpress.cache.database import CachedModel
 from modelexpress.cache.errors import DownloadError
 from modelexpress.cache.sources import ModelSource, parse_source
+from modelexpress.cache.transfers import stays_inside
 from modelexpress.config import ModelExpressConfig
 from modelexpress.config.client import DEFAULT_TRANSFER_CHUNK, MAX_TRANSFER_CHUNK
 from modelexpress.server.actions import ActionError, actions
@@ -36,8 +37,6 @@ log = logging.getLogger(__name__)
 
 
 def _checked_name(name: str, context: grpc.ServicerContext) -> ModelSource:
-    if not name or "\0" in name or ".." in PurePosixPath(name.rsplit("://", maxsplit=1)[-1]).parts:
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"model name {name!r} is not a model name")
     try:
         source = parse_source(name)
     except DownloadError as exc:
@@ -133,7 +132,7 @@ class _Models(server_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
         if request.paths:
             sizes = dict(files)
             for wanted in request.paths:
-                if "\0" in wanted or wanted.startswith("/") or ".." in PurePosixPath(wanted).parts:
+                if not stays_inside(wanted):
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"file path {wanted!r} is outside the model")
                 if wanted not in sizes:
                     context.abort(grpc.StatusCode.NOT_FOUND, f"{model.uri} has no file {wanted!r}")
