@@ -1,7 +1,8 @@
 """Write the configuration as commented YAML: every option, its description, and its value.
 
 `modelexpress config generate` uses it with the defaults; the comments come from the field
-docstrings of `ModelExpressConfig`, so the file and the model cannot disagree.
+docstrings of `ModelExpressConfig`, so the file and the model cannot disagree. `commented_yaml`
+does the same for any model (the Helm chart's `values.yaml` is written with it).
 """
 
 from __future__ import annotations
@@ -26,20 +27,29 @@ def _scalar(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return str(value)
-    return json.dumps(str(value))  # a double-quoted JSON string is a valid YAML scalar
+    return json.dumps(value)  # JSON strings, lists and objects are valid YAML flow values
 
 
-def _render(model: BaseModel, data: dict[str, Any], indent: int, lines: list[str]) -> None:
+def commented_yaml(
+    model: BaseModel, data: dict[str, Any], by_alias: bool = False, spaced: bool = False, indent: int = 0
+) -> list[str]:
+    """`data` (the model's JSON dump) as YAML lines, each field preceded by its description as
+    comments; `by_alias` for camelCase keys, `spaced` for a blank line between top-level sections."""
     pad = "  " * indent
+    lines: list[str] = []
     for name, info in type(model).model_fields.items():
-        if info.description:
-            lines.append(f"{pad}# {info.description}")
+        key = info.alias if by_alias and info.alias else name
+        if spaced and indent == 0 and lines:
+            lines.append("")
+        for text in (info.description or "").splitlines():
+            lines.append(f"{pad}# {text.strip()}" if text.strip() else f"{pad}#")
         child = getattr(model, name)
         if isinstance(child, BaseModel):
-            lines.append(f"{pad}{name}:")
-            _render(child, data[name], indent + 1, lines)
+            lines.append(f"{pad}{key}:")
+            lines += commented_yaml(child, data[key], by_alias, spaced, indent + 1)
         else:
-            lines.append(f"{pad}{name}: {_scalar(data[name])}")
+            lines.append(f"{pad}{key}: {_scalar(data[key])}")
+    return lines
 
 
 def render_config_yaml(config: ModelExpressConfig | None = None, comments: bool = True) -> str:
@@ -47,9 +57,7 @@ def render_config_yaml(config: ModelExpressConfig | None = None, comments: bool 
     config = config or ModelExpressConfig.model_construct(
         **{name: info.get_default(call_default_factory=True) for name, info in ModelExpressConfig.model_fields.items()}
     )
-    data = config.model_dump(mode="json")
-    lines: list[str] = []
-    _render(config, data, 0, lines)
+    lines = commented_yaml(config, config.model_dump(mode="json"))
     if not comments:
         lines = [line for line in lines if not line.lstrip().startswith("#")]
     return (HEADER if comments else "") + "\n".join(lines) + "\n"
