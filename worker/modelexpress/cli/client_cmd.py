@@ -28,6 +28,7 @@ from modelexpress._proto.modelexpress.v1 import server_pb2, server_pb2_grpc
 from modelexpress.cache.database import CachedModel
 from modelexpress.cache.errors import EXIT_CODES, DownloadError, exit_code_for
 from modelexpress.cache.local import LocalCache, cache_directory
+from modelexpress.cache.sources import parse_source
 from modelexpress.client.receive import StreamError, receive_model
 from modelexpress.config import ModelExpressConfig, load_config
 from modelexpress.config.client import ClientSettings
@@ -288,8 +289,7 @@ def _ensure_on_server(args: argparse.Namespace, name: str) -> tuple[int, server_
 def _receive(args: argparse.Namespace, name: str, update: server_pb2.ModelStatusUpdate) -> int:
     """Stream what the server cached into this machine's cache and record it there."""
     config = _local_config(args.settings)
-    source = name if "://" in name else f"hf://{name}"
-    directory = cache_directory(config, source.split("://", 1)[0])
+    directory = cache_directory(config, parse_source(name).provider)
     retries = 2 if args.settings.max_retries is None else args.settings.max_retries
 
     def progress(done: int, total: int) -> None:

@@ -21,6 +21,7 @@ from typing import BinaryIO
 import grpc
 
 from modelexpress._proto.modelexpress.v1 import server_pb2, server_pb2_grpc
+from modelexpress.cache.huggingface import repo_folder
 from modelexpress.cache.sources import ModelSource, parse_source
 from modelexpress.cache.transfers import check_space, present, stays_inside
 
@@ -48,7 +49,7 @@ class ReceivedModel:
 def default_layout(source: ModelSource, resolved: str) -> str:
     """The directory a server would use for this model (when it does not say)."""
     if source.provider == "hf":
-        return f"models--{source.name.replace('/', '--')}/snapshots/{resolved}"
+        return (repo_folder(Path(), source.name) / "snapshots" / resolved).as_posix()
     return f"{source.provider}/{source.name}"
 
 

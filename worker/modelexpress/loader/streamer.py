@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from modelexpress.cache.huggingface import repo_folder
+
 REMOTE_SCHEMES = ("s3://", "gs://", "az://")
 
 
@@ -36,7 +38,7 @@ def resolve_model_uri(uri: str, hub_cache: str | None = None) -> str:
     if uri.count("/") != 1 or ".." in uri:
         raise ModelUriError(f"MX_MODEL_URI={uri!r} is not a URI, an absolute path or a model id (org/name)")
     cache = Path(hub_cache or os.environ.get("HF_HUB_CACHE") or Path.home() / ".cache" / "huggingface" / "hub")
-    folder = cache / ("models--" + uri.replace("/", "--"))
+    folder = repo_folder(cache, uri)
     ref = folder / "refs" / "main"
     snapshots = sorted((folder / "snapshots").glob("*")) if (folder / "snapshots").is_dir() else []
     if ref.exists() and (folder / "snapshots" / ref.read_text().strip()).is_dir():
