@@ -18,6 +18,7 @@ import torch
 
 from modelexpress.config.worker import WorkerSettings
 from modelexpress.files import write_text_atomic
+from modelexpress.metrics import serve_metrics
 from modelexpress.p2p.checksum import checksum
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.memory import TensorLayout, adopt_tensors, allocate_pool
@@ -70,6 +71,7 @@ def main() -> None:
                 raw = tensor.view(-1).view(torch.uint8) if tensor.is_contiguous() else None
                 if raw is not None:
                     raw[0] ^= 0xFF
+    serve_metrics(settings.metrics_port, "127.0.0.1")
     source = SourceWorker(identity, layout, settings, checksums=checksums)
     registry = EmbeddedRegistry(args.registry) if args.registry else None
     source.start(registry)

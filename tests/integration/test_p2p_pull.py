@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +25,9 @@ from modelexpress.p2p.nixl_engine import NixlEngine
 from modelexpress.p2p.plan import TensorMismatchError
 from modelexpress.p2p.pull import NoSourceError, PullOptions, pull
 from modelexpress.p2p.safetensors_dir import disk_fallback, scan
+from tests.harness.processes import free_port
 from tests.helpers.source_proc import special_tensors
-from tests.helpers.sources import ROOT, sources
+from tests.helpers.sources import ROOT, sources, start_source
 
 IDENTITY = WorkerIdentity(model_name="test/model")
 FAST = PullOptions(chunk_bytes=1 << 20, max_inflight=2, transfer_timeout=10, connect_timeout=5)
@@ -250,28 +253,55 @@ def test_failover_never_holds_two_copies(tmp_path: Path) -> None:
     assert figures["growth"] <= figures["model"] + (64 << 20), figures
 
 
-def test_metrics_count_bytes_and_pulls(model_dir: Path, engine: NixlEngine, tmp_path: Path) -> None:
-    import urllib.request
+def _scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in lines if line and not line.startswith("#"))}
 
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_metrics_count_bytes_and_pulls(model_dir: Path, engine: NixlEngine, tmp_path: Path) -> None:
     from modelexpress.metrics import serve_metrics
 
     port = serve_metrics(0, "127.0.0.1")
-
-    def scrape() -> dict[str, float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            lines = response.read().decode().splitlines()
-        return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in lines if line and not line.startswith("#"))}
-
-    before = scrape()
+    assert port is not None
+    before = _scrape(port)
     with sources(tmp_path, 1, "--model-dir", str(model_dir)) as (src,):
         layout = _target(model_dir, engine)
         pull(layout, IDENTITY, [src.endpoint], engine, FAST)
-    after = scrape()
+    after = _scrape(port)
     assert after["modelexpress_pull_bytes_total"] - before.get("modelexpress_pull_bytes_total", 0) == layout.total_bytes
     assert (
         after['modelexpress_pulls_total{outcome="ok"}'] - before.get('modelexpress_pulls_total{outcome="ok"}', 0) == 1
     )
     assert after["modelexpress_pull_duration_seconds_count"] >= 1
+
+
+def test_idle_source_does_not_spin_and_hears_of_every_pull(model_dir: Path, engine: NixlEngine, tmp_path: Path) -> None:
+    port = free_port()
+    src = start_source(tmp_path, "--model-dir", str(model_dir), env={"MX_METRICS_PORT": str(port)})
+    try:
+        time.sleep(0.5)  # past start-up
+        cpu = _cpu_seconds(src.proc.pid)
+        time.sleep(2)
+        idle_share = (_cpu_seconds(src.proc.pid) - cpu) / 2
+        # NIXL's progress thread, were it on, would keep one core busy (share ~1.0)
+        assert idle_share < 0.25, f"an idle source used {idle_share:.0%} of a core"
+
+        layout = _target(model_dir, engine)
+        for _ in range(2):
+            pull(layout, IDENTITY, [src.endpoint], engine, FAST)
+        deadline = time.monotonic() + 10
+        while (served := _scrape(port)).get("modelexpress_served_pulls_total", 0) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert served["modelexpress_served_pulls_total"] == 2
+        assert served["modelexpress_served_bytes_total"] == 2 * layout.total_bytes
+    finally:
+        src.stop()
 
 
 def test_cli_pull_without_local_files_takes_the_layout_from_the_source(model_dir: Path, tmp_path: Path) -> None:

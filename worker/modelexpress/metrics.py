@@ -16,7 +16,8 @@ PULL_SECONDS = Histogram(
 CHUNKS = Counter("modelexpress_transfer_chunks_total", "Chunk READs by outcome", ["outcome"])
 SOURCE_FAILURES = Counter("modelexpress_source_failures_total", "Sources abandoned during a pull", ["reason"])
 CHECKSUM_MISMATCHES = Counter("modelexpress_checksum_mismatches_total", "Tensors whose checksum did not match")
-SERVED_READS = Counter("modelexpress_served_reads_total", "READs peers completed against this worker")
+SERVED_PULLS = Counter("modelexpress_served_pulls_total", "Pulls peers reported complete against this worker")
+SERVED_BYTES = Counter("modelexpress_served_bytes_total", "Bytes peers reported pulling from this worker")
 
 
 def serve_metrics(port: int | None, host: str = "0.0.0.0") -> int | None:

@@ -78,8 +78,13 @@ def _wait_for_signal() -> None:
         pass
 
 
-def _run_source(identity: WorkerIdentity, layout: TensorLayout, engine: NixlEngine, ready_file: Path | None) -> None:
-    settings = WorkerSettings()
+def _run_source(
+    identity: WorkerIdentity,
+    layout: TensorLayout,
+    settings: WorkerSettings,
+    engine: NixlEngine,
+    ready_file: Path | None,
+) -> None:
     registry = open_registry(settings)
     source = SourceWorker(identity, layout, settings, engine)
     try:
@@ -101,7 +106,7 @@ def _run_source(identity: WorkerIdentity, layout: TensorLayout, engine: NixlEngi
     finally:
         source.stop()
         registry.close()
-        print(f"stopped; peers completed {source.served_reads} READ(s)", flush=True)
+        print(f"stopped; peers reported {source.served_pulls} pull(s), {source.served_bytes} bytes", flush=True)
 
 
 def _registry_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -121,7 +126,8 @@ def _registry_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[
 @_registry_errors
 def _serve(args: argparse.Namespace) -> int:
     configure_logging(LoggingSettings(level=args.log_level, format="compact"))
-    serve_metrics(WorkerSettings().metrics_port)
+    settings = WorkerSettings()
+    serve_metrics(settings.metrics_port)
     identity = _identity(args)
     try:
         stored = scan(args.model_dir)
@@ -138,9 +144,9 @@ def _serve(args: argparse.Namespace) -> int:
         args.model_dir,
         time.perf_counter() - started,
     )
-    engine = NixlEngine()
+    engine = NixlEngine(progress_thread=settings.nixl_progress_thread)
     engine.register(layout)
-    _run_source(identity, layout, engine, args.ready_file)
+    _run_source(identity, layout, settings, engine, args.ready_file)
     return 0
 
 
@@ -184,7 +190,7 @@ def _pull(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 3
-    engine = NixlEngine()
+    engine = NixlEngine(progress_thread=settings.nixl_progress_thread)
     specs: list[TensorSpec]
     fallback = None
     if args.model_dir is not None:
@@ -223,7 +229,7 @@ def _pull(args: argparse.Namespace) -> int:
         flush=True,
     )
     if args.serve_after:
-        _run_source(identity, layout, engine, args.ready_file)
+        _run_source(identity, layout, settings, engine, args.ready_file)
     else:
         engine.deregister_all()
     return 0

@@ -39,6 +39,10 @@ class WorkerSettings(BaseSettings):
     """READs in flight per source."""
     chunk_bytes: int = Field(default=64 << 20, ge=1 << 16)
     """Bytes per READ chunk: the unit of striping and retry."""
+    nixl_progress_thread: bool = False
+    """Run NIXL's own progress thread in each agent. It busy-polls a core for the agent's lifetime;
+    off, targets progress their READs as they poll them and sources progress from a responder thread
+    (every 1 ms while a peer is connecting or pulling, every 100 ms when idle)."""
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     """Serve Prometheus metrics on this port (unset: no metrics endpoint)."""
     pod_name: str | None = None

@@ -116,7 +116,7 @@ class WeightLoader:
             return None
         self._release()
         self.layout = rehome(module, device, copy=False)
-        self.engine = NixlEngine()
+        self.engine = NixlEngine(progress_thread=self.settings.nixl_progress_thread)
         self.engine.register(self.layout)
         options = PullOptions(
             chunk_bytes=self.settings.chunk_bytes,
@@ -161,7 +161,7 @@ class WeightLoader:
         if not self.serve or self.gate or self.layout is None:
             return None
         if self.engine is None:
-            self.engine = NixlEngine()
+            self.engine = NixlEngine(progress_thread=self.settings.nixl_progress_thread)
             self.engine.register(self.layout)
         self.source = SourceWorker(self.identity, self.layout, self.settings, self.engine)
         try:

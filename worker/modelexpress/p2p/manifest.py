@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import xxhash
 
@@ -28,8 +29,10 @@ class ManifestError(ValueError):
     """A manifest that is malformed or does not fit the local layout."""
 
 
-@dataclass(frozen=True)
-class TensorEntry:
+class TensorEntry(NamedTuple):
+    """One served tensor. A named tuple, not a frozen dataclass: a 100k-tensor manifest is decoded
+    into 100k of these, and a tuple is built five times faster."""
+
     name: str
     dtype: str
     shape: tuple[int, ...]

@@ -3,6 +3,12 @@
 UCX settings pass through from the environment, with one default of ours: cuda_ipc GET zero-copy is
 turned on unless the user chose otherwise, because UCX turns it off when it sees no NVLink and then
 emulates GPU reads over TCP at ~0.5 GB/s, 3000x slower (`shared/GPU.md`).
+
+NIXL's own progress thread is off by default: it busy-polls one core per agent for as long as the
+agent lives (a source serves for hours), and on a small host it took the CPU the copy and the
+checksums needed. The initiator progresses its READs when it polls them; a source progresses its
+agent from `SourceWorker`'s responder thread, which is what connection set-up needs from the
+passive side (`MX_NIXL_PROGRESS_THREAD=1` turns NIXL's thread back on).
 """
 
 from __future__ import annotations
@@ -57,20 +63,21 @@ class ReadHandle:
 class NixlEngine:
     """One NIXL agent per worker. Thread-confined: call it from one thread at a time."""
 
-    def __init__(self, name: str | None = None, backend: str = "UCX") -> None:
+    def __init__(self, name: str | None = None, backend: str = "UCX", progress_thread: bool = False) -> None:
         from nixl._api import nixl_agent, nixl_agent_config
 
         ucx = configure_ucx_environment(show_transports=log.isEnabledFor(logging.DEBUG))
         self.name = name or f"mx-{uuid.uuid4().hex[:12]}"
         self.backend = backend
-        self._agent = nixl_agent(self.name, nixl_agent_config(backends=[backend]))
+        self._agent = nixl_agent(self.name, nixl_agent_config(enable_prog_thread=progress_thread, backends=[backend]))
         self._registrations: list[Any] = []
         self._remotes: dict[bytes, str] = {}
         self.regions: list[Region] = []
         log.info(
-            "NIXL agent %s ready with backend %s; UCX settings: %s",
+            "NIXL agent %s ready with backend %s (progress thread %s); UCX settings: %s",
             self.name,
             backend,
+            "on" if progress_thread else "off",
             ", ".join(f"{k}={v}" for k, v in sorted(ucx.items())) or "defaults",
         )
         try:
@@ -131,13 +138,12 @@ class NixlEngine:
         local_device: int,
         remote_kind: str,
         remote_device: int,
-        notification: bytes = b"",
     ) -> ReadHandle:
         """Post a READ of `(local_address, remote_address, length)` runs from `remote_agent`."""
         local = self._agent.get_xfer_descs([(la, n, local_device) for la, _, n in pairs], local_kind)
         remote = self._agent.get_xfer_descs([(ra, n, remote_device) for _, ra, n in pairs], remote_kind)
         try:
-            handle = self._agent.initialize_xfer("READ", local, remote, remote_agent, notification)
+            handle = self._agent.initialize_xfer("READ", local, remote, remote_agent)
             state = self._agent.transfer(handle)
         except Exception as exc:
             raise TransferError(f"posting a READ from {remote_agent} failed: {exc}") from exc
@@ -164,7 +170,17 @@ class NixlEngine:
             log.warning("releasing a READ from %s failed (left to NIXL): %s", read.remote_agent, exc)
             return False
 
+    def notify(self, remote_agent: str, message: bytes) -> bool:
+        """Send a peer a standalone notification; False (logged) when it could not be sent."""
+        try:
+            self._agent.send_notif(remote_agent, message)
+            return True
+        except Exception as exc:  # informational: a lost notice must never fail the sender's work
+            log.debug("notifying %s failed: %s", remote_agent, exc)
+            return False
+
     def notifications(self) -> dict[str, list[bytes]]:
+        """Notifications received since the last call, by sender; also progresses the agent."""
         try:
             notes: dict[str, list[bytes]] = self._agent.get_new_notifs()
         except Exception as exc:

@@ -33,6 +33,7 @@ from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.manifest import TensorEntry
 from modelexpress.p2p.memory import TensorLayout
 from modelexpress.p2p.nixl_engine import NixlEngine, ReadHandle, TransferError
+from modelexpress.p2p.notices import pulled
 from modelexpress.p2p.plan import (
     DEFAULT_CHUNK_BYTES,
     Chunk,
@@ -237,7 +238,6 @@ class _Pull:
             local_dev,
             remote_kind,
             remote_dev,
-            notification=f"mx-read:{chunk.nbytes}".encode(),
         )
 
     def run(self, fallback: Fallback | None) -> PullResult:
@@ -309,11 +309,15 @@ class _Pull:
                 self._fail_source(source, dead[source.endpoint], state.pending)
 
     def _post_reads(self, state: _State) -> bool:
-        """Hand out pending chunks one per source per round (striping), up to each in-flight limit."""
+        """Hand out pending chunks, at most one per source per call (striping), within each in-flight limit.
+
+        One per call, because host transports copy inside the post itself: polling between posts
+        lets each arrived chunk's verification overlap the next copy. Asynchronous transports (GPU,
+        RDMA) still fill their in-flight window, as the loop comes straight back while posts succeed.
+        """
         self._repin_orphaned_repairs(state)
         posted = False
-        while state.pending:
-            round_posted = False
+        if state.pending:
             for source in self._alive():
                 if len(source.inflight) >= self.options.max_inflight:
                     continue
@@ -330,9 +334,7 @@ class _Pull:
                     self._fail_source(source, str(exc), state.pending)
                     continue
                 source.inflight.append(_InFlight(index, read, time.monotonic() + self.options.transfer_timeout))
-                posted = round_posted = True
-            if not round_posted:
-                break
+                posted = True
         return posted
 
     def _poll_reads(self, state: _State, pool: ThreadPoolExecutor) -> bool:
@@ -461,6 +463,8 @@ class _Pull:
                 self.engine.release(flight.read)
             if source.failure is not None:
                 self.engine.remove_remote(source.remote_agent)  # healthy peers keep their connection
+            elif source.served:
+                self.engine.notify(source.remote_agent, pulled(source.served))
             source.client.close()
 
 

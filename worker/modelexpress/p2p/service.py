@@ -71,6 +71,7 @@ class _Servicer(worker_pb2_grpc.WorkerServiceServicer):  # type: ignore[misc]
         w = self._worker
         if w.agent_metadata is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "the worker has not registered its memory yet")
+        w.last_metadata_request = time.monotonic()
         return worker_pb2.AgentMetadata(agent_name=w.info.agent_name, metadata=w.agent_metadata, backend=w.backend)
 
     def WatchStatus(  # noqa: N802
@@ -106,6 +107,7 @@ class WorkerServer:
         self.agent_metadata: bytes | None = None
         self.stopping = False
         self.active_transfers = 0
+        self.last_metadata_request = float("-inf")
         self._status = _Status()
         self._changed = threading.Condition()
         self._health = health.HealthServicer()
@@ -148,6 +150,10 @@ class WorkerServer:
             self.active_transfers = max(0, self.active_transfers + delta)
             self._status = replace(self._status, version=self._status.version + 1)
             self._changed.notify_all()
+
+    def peers_expected(self, window: float = 10.0) -> bool:
+        """Is a target pulling (its status stream is open) or about to (it fetched our agent metadata lately)?"""
+        return self.active_transfers > 0 or time.monotonic() - self.last_metadata_request < window
 
     def wait_for_change(self, seen: int, timeout: float) -> _Status:
         with self._changed:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from modelexpress import metrics
 from modelexpress.config.worker import WorkerSettings
+from modelexpress.p2p import notices
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.manifest import Manifest
 from modelexpress.p2p.memory import TensorLayout
@@ -23,6 +24,8 @@ from modelexpress.p2p.records import Registrar, SourceRecord
 from modelexpress.p2p.service import WorkerInfo, WorkerServer
 
 log = logging.getLogger(__name__)
+# Each wait of the responder delays a connecting peer's wire-up by up to one poll.
+_ACTIVE_POLL, _IDLE_POLL = 0.001, 0.1
 
 
 def advertised_host(settings: WorkerSettings) -> str:
@@ -49,7 +52,7 @@ class SourceWorker:
         self.identity = identity
         self.layout = layout
         self.settings = settings
-        self.engine = engine or NixlEngine()
+        self.engine = engine or NixlEngine(progress_thread=settings.nixl_progress_thread)
         self.worker_id = f"{self.engine.name}-{uuid.uuid4().hex[:6]}"
         host = advertised_host(settings)
         bind = settings.worker_host or "0.0.0.0"
@@ -70,7 +73,8 @@ class SourceWorker:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.manifest: Manifest | None = None
-        self.served_reads = 0
+        self.served_pulls = 0
+        self.served_bytes = 0
         self._registry: Registrar | None = None
         self._record: SourceRecord | None = None
 
@@ -95,7 +99,7 @@ class SourceWorker:
             )
             self._registry.publish(self._record)
         self._spawn(self._heartbeat, "mx-heartbeat")
-        self._spawn(self._count_reads, "mx-notifications")
+        self._spawn(self._respond, "mx-responder")
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -111,15 +115,21 @@ class SourceWorker:
                 except Exception as exc:  # a registry hiccup must not kill the source
                     log.warning("refreshing the registry record failed: %s", exc)
 
-    def _count_reads(self) -> None:
-        # Targets tag each READ with a notification; the engine is only touched from this thread
-        # after start(), so NIXL's thread-confinement holds.
-        while not self._stop.wait(0.2):
+    def _respond(self) -> None:
+        """Progress the agent (connection set-up needs the passive side) and count the pulls peers report.
+
+        Fast while a target is connecting or pulling, slow otherwise, so an idle source costs nothing.
+        The engine is only touched from this thread after start(), so NIXL's thread-confinement holds.
+        """
+        while not self._stop.wait(_ACTIVE_POLL if self.server.peers_expected() else _IDLE_POLL):
             for messages in self.engine.notifications().values():
                 for message in messages:
-                    if message.startswith(b"mx-read:"):
-                        self.served_reads += 1
-                        metrics.SERVED_READS.inc()
+                    nbytes = notices.parse_pulled(message)
+                    if nbytes is not None:
+                        self.served_pulls += 1
+                        self.served_bytes += nbytes
+                        metrics.SERVED_PULLS.inc()
+                        metrics.SERVED_BYTES.inc(nbytes)
 
     def stop(self) -> None:
         """Drain: leave the registry, tell watchers, stop serving, release memory registrations."""
