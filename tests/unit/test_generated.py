@@ -27,19 +27,17 @@ def test_stub_messages_round_trip() -> None:
 
     page = worker_pb2.TensorPage(
         first_index=0,
-        tensors=[
-            worker_pb2.TensorDescriptor(
-                name="model.layers.0.mlp.weight", dtype=worker_pb2.DTYPE_BFLOAT16, shape=[4, 8], nbytes=64
-            ),
-            worker_pb2.TensorDescriptor(
-                name="up.weight", shared_prefix_length=19, dtype=worker_pb2.DTYPE_FLOAT8_E4M3FN, shape=[4]
-            ),
-        ],
+        name_suffixes=["model.layers.0.mlp.weight", "up.weight"],
+        shared_prefix_lengths=[0, 19],
+        dtypes=[worker_pb2.DTYPE_BFLOAT16, worker_pb2.DTYPE_FLOAT8_E4M3FN],
+        ranks=[2, 1],
+        dims=[4, 8, 4],
+        nbytes=[64, 4],
     )
     chunk = worker_pb2.ManifestChunk(page=page)
     again = worker_pb2.ManifestChunk.FromString(chunk.SerializeToString())
     assert again.WhichOneof("part") == "page"
-    assert list(again.page.tensors[0].shape) == [4, 8]
+    assert list(again.page.dims) == [4, 8, 4] and list(again.page.dtypes) == list(page.dtypes)
     assert hasattr(worker_pb2_grpc, "WorkerServiceStub")
     assert hasattr(worker_pb2_grpc, "add_WorkerServiceServicer_to_server")
 

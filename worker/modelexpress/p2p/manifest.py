@@ -8,13 +8,16 @@ names share long prefixes such as `model.layers.17.mlp.`), shapes packed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import itertools
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import xxhash
 
 from modelexpress._proto.worker.v1 import worker_pb2
+from modelexpress.bulk import without_gc
 from modelexpress.p2p.checksum import checksum
 from modelexpress.p2p.dtypes import NAME_TO_WIRE, WIRE_TO_NAME
 from modelexpress.p2p.identity import WorkerIdentity
@@ -97,27 +100,10 @@ class Manifest:
             )
         )
         for first in range(0, len(self.tensors), page_size):
-            previous = ""
-            descriptors = []
-            for entry in self.tensors[first : first + page_size]:
-                shared = _common_prefix(previous, entry.name)
-                descriptors.append(
-                    worker_pb2.TensorDescriptor(
-                        name=entry.name[shared:],
-                        shared_prefix_length=shared,
-                        dtype=NAME_TO_WIRE[entry.dtype],  # type: ignore[arg-type]
-                        shape=entry.shape,
-                        nbytes=entry.nbytes,
-                        region_id=entry.region_id,
-                        offset=entry.offset,
-                        checksum=entry.checksum,
-                        is_parameter=entry.is_parameter,
-                    )
-                )
-                previous = entry.name
-            yield worker_pb2.ManifestChunk(page=worker_pb2.TensorPage(first_index=first, tensors=descriptors))
+            yield worker_pb2.ManifestChunk(page=_encode_page(first, self.tensors[first : first + page_size]))
 
     @classmethod
+    @without_gc
     def from_chunks(cls, chunks: Iterable[worker_pb2.ManifestChunk]) -> Manifest:
         iterator = iter(chunks)
         first = next(iterator, None)
@@ -130,27 +116,9 @@ class Manifest:
         for chunk in iterator:
             if chunk.WhichOneof("part") != "page":
                 raise ManifestError("a second header in the manifest stream")
-            page = chunk.page
-            if page.first_index != len(entries):
-                raise ManifestError(f"manifest page starts at {page.first_index}, expected {len(entries)}")
-            previous = ""
-            for d in page.tensors:
-                if d.shared_prefix_length > len(previous):
-                    raise ManifestError(f"tensor {len(entries)}: prefix longer than the previous name")
-                name = previous[: d.shared_prefix_length] + d.name
-                entries.append(
-                    TensorEntry(
-                        name=name,
-                        dtype=WIRE_TO_NAME[d.dtype],
-                        shape=tuple(d.shape),
-                        nbytes=d.nbytes,
-                        region_id=d.region_id,
-                        offset=d.offset,
-                        checksum=d.checksum,
-                        is_parameter=d.is_parameter,
-                    )
-                )
-                previous = name
+            if chunk.page.first_index != len(entries):
+                raise ManifestError(f"manifest page starts at {chunk.page.first_index}, expected {len(entries)}")
+            entries.extend(_decode_page(chunk.page, len(entries)))
         if len(entries) != header.tensor_count:
             raise ManifestError(f"manifest announced {header.tensor_count} tensors, got {len(entries)}")
         regions = tuple(Region(r.id, _WIRE_TO_KIND[r.kind], r.device_id, r.address, r.length) for r in header.regions)
@@ -158,6 +126,73 @@ class Manifest:
         if _version(manifest.tensors) != manifest.version:
             raise ManifestError("manifest version does not match its contents (changed while it was sent?)")
         return manifest
+
+
+def _encode_page(first: int, entries: Sequence[TensorEntry]) -> worker_pb2.TensorPage:
+    names, shared = [], []
+    previous = ""
+    for entry in entries:
+        common = _common_prefix(previous, entry.name)
+        names.append(entry.name[common:])
+        shared.append(common)
+        previous = entry.name
+    return worker_pb2.TensorPage(
+        first_index=first,
+        name_suffixes=names,
+        shared_prefix_lengths=shared,
+        dtypes=[NAME_TO_WIRE[e.dtype] for e in entries],  # type: ignore[misc]
+        ranks=[len(e.shape) for e in entries],
+        dims=list(itertools.chain.from_iterable(e.shape for e in entries)),
+        nbytes=[e.nbytes for e in entries],
+        region_ids=[e.region_id for e in entries],
+        offsets=[e.offset for e in entries],
+        checksums=[e.checksum for e in entries],
+        non_parameters=[i for i, e in enumerate(entries) if not e.is_parameter],
+    )
+
+
+def _decode_page(page: worker_pb2.TensorPage, first: int) -> list[TensorEntry]:
+    count = len(page.name_suffixes)
+    columns = (page.shared_prefix_lengths, page.dtypes, page.ranks, page.nbytes, page.region_ids, page.offsets)
+    if any(len(column) != count for column in (*columns, page.checksums)):
+        raise ManifestError(f"manifest page at tensor {first}: its columns have different lengths")
+    names: list[str] = []
+    previous = ""
+    for i, (suffix, keep) in enumerate(zip(page.name_suffixes, page.shared_prefix_lengths, strict=True)):
+        if keep > len(previous):
+            raise ManifestError(f"tensor {first + i}: prefix longer than the previous name")
+        previous = previous[:keep] + suffix
+        names.append(previous)
+    try:
+        dtypes = [WIRE_TO_NAME[d] for d in page.dtypes]
+    except KeyError as exc:
+        raise ManifestError(f"manifest page at tensor {first}: unknown dtype {exc}") from None
+    dims = list(page.dims)
+    if sum(page.ranks) != len(dims):
+        raise ManifestError(f"manifest page at tensor {first}: shapes need {sum(page.ranks)} dims, got {len(dims)}")
+    shapes: list[tuple[int, ...]] = []
+    at = 0
+    for rank in page.ranks:
+        shapes.append(tuple(dims[at : at + rank]))
+        at += rank
+    parameters = [True] * count
+    for index in page.non_parameters:
+        if index >= count:
+            raise ManifestError(f"manifest page at tensor {first}: non-parameter index {index} out of range")
+        parameters[index] = False
+    return list(
+        map(
+            TensorEntry,
+            names,
+            dtypes,
+            shapes,
+            page.nbytes,
+            page.region_ids,
+            page.offsets,
+            page.checksums,
+            parameters,
+        )
+    )
 
 
 def _common_prefix(a: str, b: str) -> int:
@@ -168,6 +203,17 @@ def _common_prefix(a: str, b: str) -> int:
     return i
 
 
-def _version(entries: tuple[TensorEntry, ...]) -> str:
-    text = "\n".join(f"{e.name}|{e.dtype}|{e.shape}|{e.nbytes}|{e.region_id}|{e.offset}|{e.checksum}" for e in entries)
-    return xxhash.xxh3_64_hexdigest(text.encode())
+def _version(entries: Sequence[TensorEntry]) -> str:
+    """A digest of every field of every entry (names, then each numeric column packed)."""
+    digest = xxhash.xxh3_64("\n".join(e.name for e in entries).encode())
+    digest.update(" ".join(e.dtype for e in entries).encode())
+    digest.update(array("Q", itertools.chain.from_iterable((len(e.shape), *e.shape) for e in entries)).tobytes())
+    for column in (
+        [e.nbytes for e in entries],
+        [e.region_id for e in entries],
+        [e.offset for e in entries],
+        [e.checksum for e in entries],
+        [int(e.is_parameter) for e in entries],
+    ):
+        digest.update(array("Q", column).tobytes())
+    return digest.hexdigest()

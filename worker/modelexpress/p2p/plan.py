@@ -10,7 +10,9 @@ descriptor, not 4096).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
+from modelexpress.bulk import without_gc
 from modelexpress.p2p.manifest import Manifest, TensorEntry
 from modelexpress.p2p.memory import ALIGNMENT, Placement, TensorLayout
 
@@ -21,9 +23,8 @@ class TensorMismatchError(ValueError):
     """Local and remote tensors do not line up; the message lists the first differences."""
 
 
-@dataclass(frozen=True)
-class Piece:
-    """A byte range of one tensor: [start, start + length) of its bytes."""
+class Piece(NamedTuple):
+    """A byte range of one tensor: [start, start + length) of its bytes (a tuple: one per tensor per chunk)."""
 
     name: str
     start: int
@@ -72,6 +73,7 @@ def match(layout: TensorLayout, manifest: Manifest, limit: int = 10) -> dict[str
     return {p.spec.name: remote[p.spec.name] for p in layout.placements}
 
 
+@without_gc
 def make_chunks(layout: TensorLayout, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[Chunk]:
     """Cut the local tensors, in layout order, into chunks of about `chunk_bytes` (large tensors split)."""
     chunks: list[Chunk] = []

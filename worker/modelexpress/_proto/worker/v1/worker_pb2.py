@@ -24,43 +24,41 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16worker/v1/worker.proto\x12\x16modelexpress.worker.v1\"\x87\x02\n\x0eWorkerIdentity\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x03 \x01(\t\x12\x16\n\x0e\x65ngine_version\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x14\n\x0cquantization\x18\x06 \x01(\t\x12\x1c\n\x14tensor_parallel_size\x18\x07 \x01(\r\x12\x1e\n\x16pipeline_parallel_size\x18\x08 \x01(\r\x12\x1c\n\x14\x65xpert_parallel_size\x18\t \x01(\r\x12\x18\n\x10gpu_architecture\x18\n \x01(\t\x12\x0c\n\x04rank\x18\x0b \x01(\r\"\x80\x01\n\x0cMemoryRegion\x12\n\n\x02id\x18\x01 \x01(\r\x12\x30\n\x04kind\x18\x02 \x01(\x0e\x32\".modelexpress.worker.v1.MemoryKind\x12\x11\n\tdevice_id\x18\x03 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\x04\x12\x0e\n\x06length\x18\x05 \x01(\x04\"\xd6\x01\n\x10TensorDescriptor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1c\n\x14shared_prefix_length\x18\x02 \x01(\r\x12,\n\x05\x64type\x18\x03 \x01(\x0e\x32\x1d.modelexpress.worker.v1.DType\x12\r\n\x05shape\x18\x04 \x03(\x04\x12\x0e\n\x06nbytes\x18\x05 \x01(\x04\x12\x11\n\tregion_id\x18\x06 \x01(\r\x12\x0e\n\x06offset\x18\x07 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x08 \x01(\x06\x12\x14\n\x0cis_parameter\x18\t \x01(\x08\"\x8d\x02\n\x0eManifestHeader\x12\x38\n\x08identity\x18\x01 \x01(\x0b\x32&.modelexpress.worker.v1.WorkerIdentity\x12\x14\n\x0ctensor_count\x18\x02 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x45\n\x12\x63hecksum_algorithm\x18\x04 \x01(\x0e\x32).modelexpress.worker.v1.ChecksumAlgorithm\x12\x35\n\x07regions\x18\x05 \x03(\x0b\x32$.modelexpress.worker.v1.MemoryRegion\x12\x18\n\x10manifest_version\x18\x06 \x01(\t\"\\\n\nTensorPage\x12\x13\n\x0b\x66irst_index\x18\x01 \x01(\x04\x12\x39\n\x07tensors\x18\x02 \x03(\x0b\x32(.modelexpress.worker.v1.TensorDescriptor\"\'\n\x12GetManifestRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\"\x85\x01\n\rManifestChunk\x12\x38\n\x06header\x18\x01 \x01(\x0b\x32&.modelexpress.worker.v1.ManifestHeaderH\x00\x12\x32\n\x04page\x18\x02 \x01(\x0b\x32\".modelexpress.worker.v1.TensorPageH\x00\x42\x06\n\x04part\"\x19\n\x17GetAgentMetadataRequest\"}\n\rAgentMetadata\x12\x12\n\nagent_name\x18\x01 \x01(\t\x12\x10\n\x08metadata\x18\x02 \x01(\x0c\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x35\n\x07regions\x18\x04 \x03(\x0b\x32$.modelexpress.worker.v1.MemoryRegion\":\n\x12WatchStatusRequest\x12\x14\n\x0cheartbeat_ms\x18\x01 \x01(\r\x12\x0e\n\x06puller\x18\x02 \x01(\x08\"\xf0\x02\n\x0cWorkerStatus\x12\x32\n\x05state\x18\x01 \x01(\x0e\x32#.modelexpress.worker.v1.WorkerState\x12\x38\n\x08identity\x18\x02 \x01(\x0b\x32&.modelexpress.worker.v1.WorkerIdentity\x12\x12\n\nagent_name\x18\x03 \x01(\t\x12\x14\n\x0ctensor_count\x18\x04 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x17\n\x0fupdated_unix_ms\x18\x07 \x01(\x03\x12\x10\n\x08pod_name\x18\x08 \x01(\t\x12\x0f\n\x07pod_uid\x18\t \x01(\t\x12\x11\n\tnode_name\x18\n \x01(\t\x12\x10\n\x08instance\x18\x0b \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x0c \x01(\t\x12\x18\n\x10\x61\x63tive_transfers\x18\r \x01(\r\x12\x15\n\rpod_namespace\x18\x0e \x01(\t*\x80\x03\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x11\n\rDTYPE_FLOAT64\x10\x04\x12\x0e\n\nDTYPE_INT8\x10\x05\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x06\x12\x0f\n\x0b\x44TYPE_INT16\x10\x07\x12\x0f\n\x0b\x44TYPE_INT32\x10\x08\x12\x0f\n\x0b\x44TYPE_INT64\x10\t\x12\x0e\n\nDTYPE_BOOL\x10\n\x12\x17\n\x13\x44TYPE_FLOAT8_E4M3FN\x10\x0b\x12\x15\n\x11\x44TYPE_FLOAT8_E5M2\x10\x0c\x12\x18\n\x14\x44TYPE_FLOAT8_E8M0FNU\x10\r\x12\x1a\n\x16\x44TYPE_FLOAT4_E2M1FN_X2\x10\x0e\x12\x10\n\x0c\x44TYPE_UINT16\x10\x0f\x12\x10\n\x0c\x44TYPE_UINT32\x10\x10\x12\x10\n\x0c\x44TYPE_UINT64\x10\x11\x12\x13\n\x0f\x44TYPE_COMPLEX64\x10\x12*U\n\nMemoryKind\x12\x1b\n\x17MEMORY_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10MEMORY_KIND_DRAM\x10\x01\x12\x14\n\x10MEMORY_KIND_VRAM\x10\x02*}\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19WORKER_STATE_INITIALIZING\x10\x01\x12\x16\n\x12WORKER_STATE_READY\x10\x02\x12\x19\n\x15WORKER_STATE_DRAINING\x10\x03*\x98\x01\n\x11\x43hecksumAlgorithm\x12\"\n\x1e\x43HECKSUM_ALGORITHM_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43HECKSUM_ALGORITHM_XXH3_64\x10\x01\x12\x1d\n\x19\x43HECKSUM_ALGORITHM_CRC32C\x10\x02\x12 \n\x1c\x43HECKSUM_ALGORITHM_SHA256_64\x10\x03\x32\xc2\x02\n\rWorkerService\x12\x62\n\x0bGetManifest\x12*.modelexpress.worker.v1.GetManifestRequest\x1a%.modelexpress.worker.v1.ManifestChunk0\x01\x12j\n\x10GetAgentMetadata\x12/.modelexpress.worker.v1.GetAgentMetadataRequest\x1a%.modelexpress.worker.v1.AgentMetadata\x12\x61\n\x0bWatchStatus\x12*.modelexpress.worker.v1.WatchStatusRequest\x1a$.modelexpress.worker.v1.WorkerStatus0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16worker/v1/worker.proto\x12\x16modelexpress.worker.v1\"\x87\x02\n\x0eWorkerIdentity\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x03 \x01(\t\x12\x16\n\x0e\x65ngine_version\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x14\n\x0cquantization\x18\x06 \x01(\t\x12\x1c\n\x14tensor_parallel_size\x18\x07 \x01(\r\x12\x1e\n\x16pipeline_parallel_size\x18\x08 \x01(\r\x12\x1c\n\x14\x65xpert_parallel_size\x18\t \x01(\r\x12\x18\n\x10gpu_architecture\x18\n \x01(\t\x12\x0c\n\x04rank\x18\x0b \x01(\r\"\x80\x01\n\x0cMemoryRegion\x12\n\n\x02id\x18\x01 \x01(\r\x12\x30\n\x04kind\x18\x02 \x01(\x0e\x32\".modelexpress.worker.v1.MemoryKind\x12\x11\n\tdevice_id\x18\x03 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\x04\x12\x0e\n\x06length\x18\x05 \x01(\x04\"\x8d\x02\n\x0eManifestHeader\x12\x38\n\x08identity\x18\x01 \x01(\x0b\x32&.modelexpress.worker.v1.WorkerIdentity\x12\x14\n\x0ctensor_count\x18\x02 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x45\n\x12\x63hecksum_algorithm\x18\x04 \x01(\x0e\x32).modelexpress.worker.v1.ChecksumAlgorithm\x12\x35\n\x07regions\x18\x05 \x03(\x0b\x32$.modelexpress.worker.v1.MemoryRegion\x12\x18\n\x10manifest_version\x18\x06 \x01(\t\"\x83\x02\n\nTensorPage\x12\x13\n\x0b\x66irst_index\x18\x01 \x01(\x04\x12\x15\n\rname_suffixes\x18\x02 \x03(\t\x12\x1d\n\x15shared_prefix_lengths\x18\x03 \x03(\r\x12-\n\x06\x64types\x18\x04 \x03(\x0e\x32\x1d.modelexpress.worker.v1.DType\x12\r\n\x05ranks\x18\x05 \x03(\r\x12\x0c\n\x04\x64ims\x18\x06 \x03(\x04\x12\x0e\n\x06nbytes\x18\x07 \x03(\x04\x12\x12\n\nregion_ids\x18\x08 \x03(\r\x12\x0f\n\x07offsets\x18\t \x03(\x04\x12\x11\n\tchecksums\x18\n \x03(\x06\x12\x16\n\x0enon_parameters\x18\x0b \x03(\r\"\'\n\x12GetManifestRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\"\x85\x01\n\rManifestChunk\x12\x38\n\x06header\x18\x01 \x01(\x0b\x32&.modelexpress.worker.v1.ManifestHeaderH\x00\x12\x32\n\x04page\x18\x02 \x01(\x0b\x32\".modelexpress.worker.v1.TensorPageH\x00\x42\x06\n\x04part\"\x19\n\x17GetAgentMetadataRequest\"}\n\rAgentMetadata\x12\x12\n\nagent_name\x18\x01 \x01(\t\x12\x10\n\x08metadata\x18\x02 \x01(\x0c\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x35\n\x07regions\x18\x04 \x03(\x0b\x32$.modelexpress.worker.v1.MemoryRegion\":\n\x12WatchStatusRequest\x12\x14\n\x0cheartbeat_ms\x18\x01 \x01(\r\x12\x0e\n\x06puller\x18\x02 \x01(\x08\"\xf0\x02\n\x0cWorkerStatus\x12\x32\n\x05state\x18\x01 \x01(\x0e\x32#.modelexpress.worker.v1.WorkerState\x12\x38\n\x08identity\x18\x02 \x01(\x0b\x32&.modelexpress.worker.v1.WorkerIdentity\x12\x12\n\nagent_name\x18\x03 \x01(\t\x12\x14\n\x0ctensor_count\x18\x04 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x17\n\x0fupdated_unix_ms\x18\x07 \x01(\x03\x12\x10\n\x08pod_name\x18\x08 \x01(\t\x12\x0f\n\x07pod_uid\x18\t \x01(\t\x12\x11\n\tnode_name\x18\n \x01(\t\x12\x10\n\x08instance\x18\x0b \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x0c \x01(\t\x12\x18\n\x10\x61\x63tive_transfers\x18\r \x01(\r\x12\x15\n\rpod_namespace\x18\x0e \x01(\t*\x80\x03\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x11\n\rDTYPE_FLOAT64\x10\x04\x12\x0e\n\nDTYPE_INT8\x10\x05\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x06\x12\x0f\n\x0b\x44TYPE_INT16\x10\x07\x12\x0f\n\x0b\x44TYPE_INT32\x10\x08\x12\x0f\n\x0b\x44TYPE_INT64\x10\t\x12\x0e\n\nDTYPE_BOOL\x10\n\x12\x17\n\x13\x44TYPE_FLOAT8_E4M3FN\x10\x0b\x12\x15\n\x11\x44TYPE_FLOAT8_E5M2\x10\x0c\x12\x18\n\x14\x44TYPE_FLOAT8_E8M0FNU\x10\r\x12\x1a\n\x16\x44TYPE_FLOAT4_E2M1FN_X2\x10\x0e\x12\x10\n\x0c\x44TYPE_UINT16\x10\x0f\x12\x10\n\x0c\x44TYPE_UINT32\x10\x10\x12\x10\n\x0c\x44TYPE_UINT64\x10\x11\x12\x13\n\x0f\x44TYPE_COMPLEX64\x10\x12*U\n\nMemoryKind\x12\x1b\n\x17MEMORY_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10MEMORY_KIND_DRAM\x10\x01\x12\x14\n\x10MEMORY_KIND_VRAM\x10\x02*}\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19WORKER_STATE_INITIALIZING\x10\x01\x12\x16\n\x12WORKER_STATE_READY\x10\x02\x12\x19\n\x15WORKER_STATE_DRAINING\x10\x03*\x98\x01\n\x11\x43hecksumAlgorithm\x12\"\n\x1e\x43HECKSUM_ALGORITHM_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43HECKSUM_ALGORITHM_XXH3_64\x10\x01\x12\x1d\n\x19\x43HECKSUM_ALGORITHM_CRC32C\x10\x02\x12 \n\x1c\x43HECKSUM_ALGORITHM_SHA256_64\x10\x03\x32\xc2\x02\n\rWorkerService\x12\x62\n\x0bGetManifest\x12*.modelexpress.worker.v1.GetManifestRequest\x1a%.modelexpress.worker.v1.ManifestChunk0\x01\x12j\n\x10GetAgentMetadata\x12/.modelexpress.worker.v1.GetAgentMetadataRequest\x1a%.modelexpress.worker.v1.AgentMetadata\x12\x61\n\x0bWatchStatus\x12*.modelexpress.worker.v1.WatchStatusRequest\x1a$.modelexpress.worker.v1.WorkerStatus0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'worker.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=1793
-  _globals['_DTYPE']._serialized_end=2177
-  _globals['_MEMORYKIND']._serialized_start=2179
-  _globals['_MEMORYKIND']._serialized_end=2264
-  _globals['_WORKERSTATE']._serialized_start=2266
-  _globals['_WORKERSTATE']._serialized_end=2391
-  _globals['_CHECKSUMALGORITHM']._serialized_start=2394
-  _globals['_CHECKSUMALGORITHM']._serialized_end=2546
+  _globals['_DTYPE']._serialized_start=1744
+  _globals['_DTYPE']._serialized_end=2128
+  _globals['_MEMORYKIND']._serialized_start=2130
+  _globals['_MEMORYKIND']._serialized_end=2215
+  _globals['_WORKERSTATE']._serialized_start=2217
+  _globals['_WORKERSTATE']._serialized_end=2342
+  _globals['_CHECKSUMALGORITHM']._serialized_start=2345
+  _globals['_CHECKSUMALGORITHM']._serialized_end=2497
   _globals['_WORKERIDENTITY']._serialized_start=51
   _globals['_WORKERIDENTITY']._serialized_end=314
   _globals['_MEMORYREGION']._serialized_start=317
   _globals['_MEMORYREGION']._serialized_end=445
-  _globals['_TENSORDESCRIPTOR']._serialized_start=448
-  _globals['_TENSORDESCRIPTOR']._serialized_end=662
-  _globals['_MANIFESTHEADER']._serialized_start=665
-  _globals['_MANIFESTHEADER']._serialized_end=934
-  _globals['_TENSORPAGE']._serialized_start=936
-  _globals['_TENSORPAGE']._serialized_end=1028
-  _globals['_GETMANIFESTREQUEST']._serialized_start=1030
-  _globals['_GETMANIFESTREQUEST']._serialized_end=1069
-  _globals['_MANIFESTCHUNK']._serialized_start=1072
-  _globals['_MANIFESTCHUNK']._serialized_end=1205
-  _globals['_GETAGENTMETADATAREQUEST']._serialized_start=1207
-  _globals['_GETAGENTMETADATAREQUEST']._serialized_end=1232
-  _globals['_AGENTMETADATA']._serialized_start=1234
-  _globals['_AGENTMETADATA']._serialized_end=1359
-  _globals['_WATCHSTATUSREQUEST']._serialized_start=1361
-  _globals['_WATCHSTATUSREQUEST']._serialized_end=1419
-  _globals['_WORKERSTATUS']._serialized_start=1422
-  _globals['_WORKERSTATUS']._serialized_end=1790
-  _globals['_WORKERSERVICE']._serialized_start=2549
-  _globals['_WORKERSERVICE']._serialized_end=2871
+  _globals['_MANIFESTHEADER']._serialized_start=448
+  _globals['_MANIFESTHEADER']._serialized_end=717
+  _globals['_TENSORPAGE']._serialized_start=720
+  _globals['_TENSORPAGE']._serialized_end=979
+  _globals['_GETMANIFESTREQUEST']._serialized_start=981
+  _globals['_GETMANIFESTREQUEST']._serialized_end=1020
+  _globals['_MANIFESTCHUNK']._serialized_start=1023
+  _globals['_MANIFESTCHUNK']._serialized_end=1156
+  _globals['_GETAGENTMETADATAREQUEST']._serialized_start=1158
+  _globals['_GETAGENTMETADATAREQUEST']._serialized_end=1183
+  _globals['_AGENTMETADATA']._serialized_start=1185
+  _globals['_AGENTMETADATA']._serialized_end=1310
+  _globals['_WATCHSTATUSREQUEST']._serialized_start=1312
+  _globals['_WATCHSTATUSREQUEST']._serialized_end=1370
+  _globals['_WORKERSTATUS']._serialized_start=1373
+  _globals['_WORKERSTATUS']._serialized_end=1741
+  _globals['_WORKERSERVICE']._serialized_start=2500
+  _globals['_WORKERSERVICE']._serialized_end=2822
 # @@protoc_insertion_point(module_scope)

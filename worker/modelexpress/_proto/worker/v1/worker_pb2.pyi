@@ -119,28 +119,6 @@ class MemoryRegion(_message.Message):
     length: int
     def __init__(self, id: _Optional[int] = ..., kind: _Optional[_Union[MemoryKind, str]] = ..., device_id: _Optional[int] = ..., address: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
-class TensorDescriptor(_message.Message):
-    __slots__ = ("name", "shared_prefix_length", "dtype", "shape", "nbytes", "region_id", "offset", "checksum", "is_parameter")
-    NAME_FIELD_NUMBER: _ClassVar[int]
-    SHARED_PREFIX_LENGTH_FIELD_NUMBER: _ClassVar[int]
-    DTYPE_FIELD_NUMBER: _ClassVar[int]
-    SHAPE_FIELD_NUMBER: _ClassVar[int]
-    NBYTES_FIELD_NUMBER: _ClassVar[int]
-    REGION_ID_FIELD_NUMBER: _ClassVar[int]
-    OFFSET_FIELD_NUMBER: _ClassVar[int]
-    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
-    IS_PARAMETER_FIELD_NUMBER: _ClassVar[int]
-    name: str
-    shared_prefix_length: int
-    dtype: DType
-    shape: _containers.RepeatedScalarFieldContainer[int]
-    nbytes: int
-    region_id: int
-    offset: int
-    checksum: int
-    is_parameter: bool
-    def __init__(self, name: _Optional[str] = ..., shared_prefix_length: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., nbytes: _Optional[int] = ..., region_id: _Optional[int] = ..., offset: _Optional[int] = ..., checksum: _Optional[int] = ..., is_parameter: _Optional[bool] = ...) -> None: ...
-
 class ManifestHeader(_message.Message):
     __slots__ = ("identity", "tensor_count", "total_bytes", "checksum_algorithm", "regions", "manifest_version")
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
@@ -158,12 +136,30 @@ class ManifestHeader(_message.Message):
     def __init__(self, identity: _Optional[_Union[WorkerIdentity, _Mapping]] = ..., tensor_count: _Optional[int] = ..., total_bytes: _Optional[int] = ..., checksum_algorithm: _Optional[_Union[ChecksumAlgorithm, str]] = ..., regions: _Optional[_Iterable[_Union[MemoryRegion, _Mapping]]] = ..., manifest_version: _Optional[str] = ...) -> None: ...
 
 class TensorPage(_message.Message):
-    __slots__ = ("first_index", "tensors")
+    __slots__ = ("first_index", "name_suffixes", "shared_prefix_lengths", "dtypes", "ranks", "dims", "nbytes", "region_ids", "offsets", "checksums", "non_parameters")
     FIRST_INDEX_FIELD_NUMBER: _ClassVar[int]
-    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    NAME_SUFFIXES_FIELD_NUMBER: _ClassVar[int]
+    SHARED_PREFIX_LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    DTYPES_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
+    DIMS_FIELD_NUMBER: _ClassVar[int]
+    NBYTES_FIELD_NUMBER: _ClassVar[int]
+    REGION_IDS_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUMS_FIELD_NUMBER: _ClassVar[int]
+    NON_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     first_index: int
-    tensors: _containers.RepeatedCompositeFieldContainer[TensorDescriptor]
-    def __init__(self, first_index: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorDescriptor, _Mapping]]] = ...) -> None: ...
+    name_suffixes: _containers.RepeatedScalarFieldContainer[str]
+    shared_prefix_lengths: _containers.RepeatedScalarFieldContainer[int]
+    dtypes: _containers.RepeatedScalarFieldContainer[DType]
+    ranks: _containers.RepeatedScalarFieldContainer[int]
+    dims: _containers.RepeatedScalarFieldContainer[int]
+    nbytes: _containers.RepeatedScalarFieldContainer[int]
+    region_ids: _containers.RepeatedScalarFieldContainer[int]
+    offsets: _containers.RepeatedScalarFieldContainer[int]
+    checksums: _containers.RepeatedScalarFieldContainer[int]
+    non_parameters: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, first_index: _Optional[int] = ..., name_suffixes: _Optional[_Iterable[str]] = ..., shared_prefix_lengths: _Optional[_Iterable[int]] = ..., dtypes: _Optional[_Iterable[_Union[DType, str]]] = ..., ranks: _Optional[_Iterable[int]] = ..., dims: _Optional[_Iterable[int]] = ..., nbytes: _Optional[_Iterable[int]] = ..., region_ids: _Optional[_Iterable[int]] = ..., offsets: _Optional[_Iterable[int]] = ..., checksums: _Optional[_Iterable[int]] = ..., non_parameters: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GetManifestRequest(_message.Message):
     __slots__ = ("page_size",)
