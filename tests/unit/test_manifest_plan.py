@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
 import torch
 
+from modelexpress.p2p.checksum import StreamingChecksums, checksum
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.manifest import Manifest, ManifestError
 from modelexpress.p2p.memory import ALIGNMENT, TensorSpec, adopt_tensors, allocate_pool
-from modelexpress.p2p.plan import TensorMismatchError, descriptors, make_chunks, match, tensors_of_chunks
+from modelexpress.p2p.plan import TAIL_BYTES, TensorMismatchError, descriptors, make_chunks, match, tensors_of_chunks
 
 IDENTITY = WorkerIdentity(model_name="org/model", tensor_parallel_size=2, rank=1)
 
@@ -152,3 +154,37 @@ def test_different_layouts_split_descriptors_and_chunks_split_big_tensors() -> N
         {r.id: r.address for r in manifest.regions},
     )
     assert [r.length for r in runs] == [1000, 24]  # not contiguous on the source: two runs
+
+
+def test_chunks_taper_at_the_end_and_cover_every_byte_once() -> None:
+    layout = allocate_pool([TensorSpec(f"w{i}", "bfloat16", (3 << 20,)) for i in range(10)])  # 10 x 6 MiB
+    chunks = make_chunks(layout, chunk_bytes=8 << 20)
+    sizes = [c.nbytes for c in chunks]
+    assert sizes[0] == 8 << 20 and sizes[-1] <= TAIL_BYTES
+    tail = sizes[sizes.index(max(s for s in sizes if s < 8 << 20)) :]
+    assert tail == sorted(tail, reverse=True), "the chunks after the full-size ones shrink"
+    assert len(chunks) < 60 // 8 + 10, "tapering adds a handful of READs, not one per MiB"
+    covered: dict[str, list[tuple[int, int]]] = {}
+    for chunk in chunks:
+        for piece in chunk.pieces:
+            covered.setdefault(piece.name, []).append((piece.start, piece.length))
+    for placement in layout.placements:
+        runs = sorted(covered[placement.spec.name])
+        assert runs[0][0] == 0 and all(a + n == b for (a, n), (b, _) in itertools.pairwise(runs))
+        assert runs[-1][0] + runs[-1][1] == placement.spec.nbytes
+
+
+def test_streaming_checksums_match_whole_tensor_checksums_in_any_order() -> None:
+    gen = torch.Generator().manual_seed(3)
+    tensors = {
+        "a": torch.randint(0, 255, (1000,), dtype=torch.uint8, generator=gen),
+        "b": torch.randn(64, 33, generator=gen).to(torch.bfloat16),
+    }
+    hashes = StreamingChecksums(tensors)
+    pieces = [("a", 0, 400), ("b", 2000, 2224), ("a", 700, 300), ("b", 0, 2000), ("a", 400, 300)]
+    results = {name: hashes.add(name, start, length) for name, start, length in pieces}
+    assert results["a"] == checksum(tensors["a"]) and results["b"] == checksum(tensors["b"])
+    assert hashes.add("a", 0, 1000) == checksum(tensors["a"]), "a whole tensor in one piece"
+    assert hashes.add("b", 0, 10) is None
+    hashes.forget("b")
+    assert hashes.add("b", 0, tensors["b"].numel() * 2) == checksum(tensors["b"])

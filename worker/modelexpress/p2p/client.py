@@ -92,6 +92,35 @@ class WorkerClient:
         thread.start()
         return thread
 
+    def attach(self, on_end: Callable[[str], None]) -> worker_pb2.WorkerStatus:
+        """Follow the status stream as a puller; returns its first message (the current status).
+
+        One call where a target used to read the status and then open the stream: the stream's
+        first message is the status. Bounded by the client's timeout.
+        """
+        first: list[worker_pb2.WorkerStatus] = []
+        ended: list[str] = []
+        answered = threading.Event()
+
+        def on_status(status: worker_pb2.WorkerStatus) -> None:
+            if not first:
+                first.append(status)
+                answered.set()
+
+        def on_stream_end(reason: str) -> None:
+            ended.append(reason)
+            answered.set()
+            on_end(reason)
+
+        self.watch(on_status, on_stream_end, puller=True)
+        if not answered.wait(self.timeout):
+            raise SourceUnavailableError(
+                f"reading the status from {self.endpoint} failed: no answer in {self.timeout}s"
+            )
+        if not first:
+            raise SourceUnavailableError(f"reading the status from {self.endpoint} failed: {ended[0]}")
+        return first[0]
+
     def close(self) -> None:
         if self._watch is not None:
             self._watch.cancel()

@@ -17,6 +17,7 @@ from modelexpress.p2p.manifest import Manifest, TensorEntry
 from modelexpress.p2p.memory import ALIGNMENT, Placement, TensorLayout
 
 DEFAULT_CHUNK_BYTES = 64 << 20
+TAIL_BYTES = 1 << 20
 
 
 class TensorMismatchError(ValueError):
@@ -75,25 +76,39 @@ def match(layout: TensorLayout, manifest: Manifest, limit: int = 10) -> dict[str
 
 @without_gc
 def make_chunks(layout: TensorLayout, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[Chunk]:
-    """Cut the local tensors, in layout order, into chunks of about `chunk_bytes` (large tensors split)."""
+    """Cut the local tensors, in layout order, into chunks of about `chunk_bytes` (large tensors split).
+
+    The last chunks taper (each at most half of what is left, down to `TAIL_BYTES`): what is still
+    to do once the final READ lands, its checksum and its completion, shrinks from a whole chunk
+    to a sliver, for a handful of extra READs.
+    """
+    remaining = sum(p.spec.nbytes for p in layout.placements)
+    floor = min(chunk_bytes, TAIL_BYTES)
     chunks: list[Chunk] = []
     current: list[Piece] = []
     size = 0
+    target = _chunk_size(remaining, chunk_bytes, floor)
     ordered = sorted(layout.placements, key=lambda p: (p.region_id, p.offset))
     for placement in ordered:
         nbytes = placement.spec.nbytes
         start = 0
         while start < nbytes:
-            take = min(nbytes - start, chunk_bytes - size)
+            take = min(nbytes - start, target - size)
             current.append(Piece(placement.spec.name, start, take))
             size += take
             start += take
-            if size >= chunk_bytes:
+            if size >= target:
                 chunks.append(Chunk(len(chunks), tuple(current)))
+                remaining -= size
                 current, size = [], 0
+                target = _chunk_size(remaining, chunk_bytes, floor)
     if current:
         chunks.append(Chunk(len(chunks), tuple(current)))
     return chunks
+
+
+def _chunk_size(remaining: int, chunk_bytes: int, floor: int) -> int:
+    return max(1, min(chunk_bytes, max(floor, remaining // 2)))
 
 
 def tensors_of_chunks(chunks: list[Chunk]) -> dict[str, set[int]]:

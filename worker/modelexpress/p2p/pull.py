@@ -4,8 +4,8 @@
    matching our tensors by name, shape and dtype.
 2. Cut our tensors into chunks and stripe the chunk READs across the sources, with a bounded number
    in flight per source and a deadline per READ.
-3. Verify each tensor's checksum as soon as all its bytes are in; a mismatch re-fetches the tensor
-   from another source.
+3. Checksum each tensor piece by piece as its bytes land (so only the last piece's hash is left when
+   the READs end); a mismatch re-fetches the tensor from another source.
 4. A source that fails (READ error, missed deadline, status stream broken) is abandoned and its
    chunks go to the others; with none left, the caller's disk loader fills what is missing.
 The target memory is written in place throughout: a retry never holds a second copy of the model.
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from modelexpress import metrics
-from modelexpress.p2p.checksum import checksum
+from modelexpress.p2p.checksum import StreamingChecksums, checksum
 from modelexpress.p2p.client import STATE_NAMES, SourceUnavailableError, WorkerClient
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.manifest import TensorEntry
@@ -112,6 +112,7 @@ class _State:
     """Book-keeping of one pull: chunks pending, in which tensors, delivered by whom, verified."""
 
     chunks: list[Chunk]
+    tensors: dict[str, torch.Tensor]
     total: int = field(init=False)
     owners: dict[str, set[int]] = field(init=False)
     remaining: dict[str, set[int]] = field(init=False)
@@ -121,6 +122,7 @@ class _State:
     pinned: dict[int, str] = field(default_factory=dict)
     tried: collections.defaultdict[str, set[str]] = field(default_factory=lambda: collections.defaultdict(set))
     verified: set[str] = field(default_factory=set)
+    hashes: StreamingChecksums = field(init=False)
     # verification results arrive here from the checksum thread: (tensor, checksum matched)
     results: queue.SimpleQueue[tuple[str, bool]] = field(default_factory=queue.SimpleQueue)
     outstanding: int = 0
@@ -128,6 +130,7 @@ class _State:
     done_bytes: int = 0
 
     def __post_init__(self) -> None:
+        self.hashes = StreamingChecksums(self.tensors)
         self.total = sum(c.nbytes for c in self.chunks)  # repair chunks re-read bytes, they add none
         self.owners = tensors_of_chunks(self.chunks)
         self.remaining = {name: set(indices) for name, indices in self.owners.items()}
@@ -176,7 +179,7 @@ class _Pull:
             self.sources.append(source)
 
     def _connect_one(self, endpoint: str, client: WorkerClient) -> _Source:
-        status = client.status()
+        status = client.attach(functools.partial(self._mark_dead, endpoint))
         state = STATE_NAMES.get(status.state, "Unknown")
         if state != "Ready":
             raise SourceUnavailableError(f"source {endpoint} is {state}, not Ready")
@@ -201,7 +204,6 @@ class _Pull:
             {r.id: r.address for r in manifest.regions},
             {r.id: (r.kind, r.device_id) for r in manifest.regions},
         )
-        client.watch(lambda _status: None, functools.partial(self._mark_dead, endpoint), puller=True)
         return source
 
     def _mark_dead(self, endpoint: str, reason: str) -> None:
@@ -242,7 +244,7 @@ class _Pull:
 
     def run(self, fallback: Fallback | None) -> PullResult:
         start = time.perf_counter()
-        state = _State(make_chunks(self.layout, self.options.chunk_bytes))
+        state = _State(make_chunks(self.layout, self.options.chunk_bytes), self.layout.tensors)
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mx-verify")
         try:
             # zero-byte tensors have no chunk: verify them at once
@@ -366,14 +368,40 @@ class _Pull:
         state.done_bytes += chunk.nbytes
         if self.progress:
             self.progress(min(state.done_bytes, state.total), state.total)
-        complete = []
+        fresh, complete = [], []
         for piece in chunk.pieces:
             waiting = state.remaining[piece.name]
             if chunk.index in waiting:
                 waiting.discard(chunk.index)
+                fresh.append(piece)
                 if not waiting:
                     complete.append(piece.name)
-        self._submit_verification(state, pool, complete, source)
+        self._submit_pieces(state, pool, fresh, complete, source)
+
+    def _submit_pieces(
+        self, state: _State, pool: ThreadPoolExecutor, pieces: list[Piece], complete: list[str], source: _Source
+    ) -> None:
+        """Hash the arrived pieces in the background; `complete` tensors (their last piece is among
+        them) get their verdict through the results queue."""
+        state.outstanding += len(complete)
+
+        def job() -> None:
+            digests: dict[str, int] = {}
+            for piece in pieces:
+                try:
+                    digest = state.hashes.add(piece.name, piece.start, piece.length)
+                except Exception:  # a failed checksum must be reported, never lost
+                    log.exception("checksumming %s failed", piece.name)
+                    continue
+                if digest is not None:
+                    digests[piece.name] = digest
+            for name in complete:
+                ok = digests.get(name) == source.entries[name].checksum
+                if name not in digests:
+                    state.hashes.forget(name)
+                state.results.put((name, ok))
+
+        pool.submit(job)
 
     def _collect_verifications(self, state: _State) -> None:
         while True:
