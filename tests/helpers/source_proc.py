@@ -65,7 +65,8 @@ def main() -> None:
     checksums = None
     if args.corrupt:
         # Checksums of the good bytes, then the damage, before anyone can READ: no race with targets.
-        checksums = {name: checksum(tensor) for name, tensor in layout.tensors.items()}
+        algorithm = "xxh3-64" if settings.checksum_algorithm == "auto" else settings.checksum_algorithm
+        checksums = {name: checksum(tensor, algorithm) for name, tensor in layout.tensors.items()}
         for tensor in layout.tensors.values():
             if tensor.numel():
                 raw = tensor.view(-1).view(torch.uint8) if tensor.is_contiguous() else None

@@ -67,11 +67,11 @@ def start_source(tmp: Path, *args: str, timeout: float = 60, env: dict[str, str]
 
 
 @contextmanager
-def sources(tmp: Path, count: int, *args: str) -> Iterator[list[SourceProcess]]:
+def sources(tmp: Path, count: int, *args: str, env: dict[str, str] | None = None) -> Iterator[list[SourceProcess]]:
     started: list[SourceProcess] = []
     try:
         for _ in range(count):
-            started.append(start_source(tmp, *args))
+            started.append(start_source(tmp, *args, env=env))
         yield started
     finally:
         for source in started:

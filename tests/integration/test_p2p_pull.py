@@ -134,12 +134,24 @@ def test_only_source_killed_falls_back_to_disk(
     _assert_identical(again.tensors, original)
 
 
+@pytest.mark.parametrize(
+    ("bad_algorithm", "good_algorithm"),
+    [("xxh3-64", "xxh3-64"), ("row-sum-64", "row-sum-64"), ("row-sum-64", "xxh3-64")],
+)
 def test_corrupted_source_is_detected_and_refetched(
-    model_dir: Path, original: dict[str, torch.Tensor], engine: NixlEngine, tmp_path: Path
+    model_dir: Path,
+    original: dict[str, torch.Tensor],
+    engine: NixlEngine,
+    tmp_path: Path,
+    bad_algorithm: str,
+    good_algorithm: str,
 ) -> None:
+    """Whatever checksum each source announces (xxh3 streamed as bytes land, or row sums of whole tensors)."""
     with (
-        sources(tmp_path, 1, "--model-dir", str(model_dir), "--corrupt") as (bad,),
-        sources(tmp_path, 1, "--model-dir", str(model_dir)) as (good,),
+        sources(
+            tmp_path, 1, "--model-dir", str(model_dir), "--corrupt", env={"MX_CHECKSUM_ALGORITHM": bad_algorithm}
+        ) as (bad,),
+        sources(tmp_path, 1, "--model-dir", str(model_dir), env={"MX_CHECKSUM_ALGORITHM": good_algorithm}) as (good,),
     ):
         layout = _target(model_dir, engine)
         result = pull(layout, IDENTITY, [bad.endpoint, good.endpoint], engine, FAST)

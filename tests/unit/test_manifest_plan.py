@@ -8,7 +8,6 @@ import time
 import pytest
 import torch
 
-from modelexpress.p2p.checksum import StreamingChecksums, checksum
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.manifest import Manifest, ManifestError
 from modelexpress.p2p.memory import ALIGNMENT, TensorSpec, adopt_tensors, allocate_pool
@@ -100,6 +99,17 @@ def test_malformed_manifest_pages_are_named(damage: object, message: str) -> Non
         Manifest.from_chunks(chunks)
 
 
+def test_manifest_carries_its_checksum_algorithm() -> None:
+    layout = allocate_pool(_specs(5))
+    assert Manifest.build(IDENTITY, layout).checksum_algorithm == "xxh3-64"  # host memory
+    manifest = Manifest.build(IDENTITY, layout, algorithm="row-sum-64")
+    chunks = list(manifest.to_chunks())
+    assert Manifest.from_chunks(chunks).checksum_algorithm == "row-sum-64"
+    chunks[0].header.checksum_algorithm = 3  # known to the protocol, not to this worker
+    with pytest.raises(ManifestError, match=r"unsupported checksum algorithm 3 .*xxh3-64, row-sum-64"):
+        Manifest.from_chunks(chunks)
+
+
 def test_identity_differences_are_listed() -> None:
     other = IDENTITY.model_copy(update={"rank": 0, "dtype": "bfloat16"})
     assert IDENTITY.differences(other) == ["dtype: 'auto' != 'bfloat16'", "rank: 1 != 0"]
@@ -172,19 +182,3 @@ def test_chunks_taper_at_the_end_and_cover_every_byte_once() -> None:
         runs = sorted(covered[placement.spec.name])
         assert runs[0][0] == 0 and all(a + n == b for (a, n), (b, _) in itertools.pairwise(runs))
         assert runs[-1][0] + runs[-1][1] == placement.spec.nbytes
-
-
-def test_streaming_checksums_match_whole_tensor_checksums_in_any_order() -> None:
-    gen = torch.Generator().manual_seed(3)
-    tensors = {
-        "a": torch.randint(0, 255, (1000,), dtype=torch.uint8, generator=gen),
-        "b": torch.randn(64, 33, generator=gen).to(torch.bfloat16),
-    }
-    hashes = StreamingChecksums(tensors)
-    pieces = [("a", 0, 400), ("b", 2000, 2224), ("a", 700, 300), ("b", 0, 2000), ("a", 400, 300)]
-    results = {name: hashes.add(name, start, length) for name, start, length in pieces}
-    assert results["a"] == checksum(tensors["a"]) and results["b"] == checksum(tensors["b"])
-    assert hashes.add("a", 0, 1000) == checksum(tensors["a"]), "a whole tensor in one piece"
-    assert hashes.add("b", 0, 10) is None
-    hashes.forget("b")
-    assert hashes.add("b", 0, tensors["b"].numel() * 2) == checksum(tensors["b"])

@@ -39,6 +39,9 @@ class WorkerSettings(BaseSettings):
     """READs in flight per source."""
     chunk_bytes: int = Field(default=64 << 20, ge=1 << 16)
     """Bytes per READ chunk: the unit of striping and retry."""
+    checksum_algorithm: Literal["auto", "xxh3-64", "row-sum-64"] = "auto"
+    """Checksum a source announces for its tensors: `auto` takes `row-sum-64` (one reduction on the GPU
+    itself) when it serves GPU memory and `xxh3-64` for host memory."""
     nixl_progress_thread: bool = False
     """Run NIXL's own progress thread in each agent. It busy-polls a core for the agent's lifetime;
     off, targets progress their READs as they poll them and sources progress from a responder thread

@@ -18,7 +18,7 @@ import xxhash
 
 from modelexpress._proto.worker.v1 import worker_pb2
 from modelexpress.bulk import without_gc
-from modelexpress.p2p.checksum import checksum
+from modelexpress.p2p.checksum import ROW_SUM_64, XXH3_64, checksum
 from modelexpress.p2p.dtypes import NAME_TO_WIRE, WIRE_TO_NAME
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.memory import Region, TensorLayout
@@ -26,6 +26,11 @@ from modelexpress.p2p.memory import Region, TensorLayout
 DEFAULT_PAGE_SIZE = 4096
 _KIND_TO_WIRE = {"DRAM": worker_pb2.MEMORY_KIND_DRAM, "VRAM": worker_pb2.MEMORY_KIND_VRAM}
 _WIRE_TO_KIND = {v: k for k, v in _KIND_TO_WIRE.items()}
+_ALGORITHM_TO_WIRE = {
+    XXH3_64: worker_pb2.CHECKSUM_ALGORITHM_XXH3_64,
+    ROW_SUM_64: worker_pb2.CHECKSUM_ALGORITHM_ROW_SUM_64,
+}
+_WIRE_TO_ALGORITHM = {v: k for k, v in _ALGORITHM_TO_WIRE.items()}
 
 
 class ManifestError(ValueError):
@@ -52,6 +57,7 @@ class Manifest:
     regions: tuple[Region, ...]
     tensors: tuple[TensorEntry, ...]
     version: str
+    checksum_algorithm: str = XXH3_64
 
     @property
     def total_bytes(self) -> int:
@@ -63,8 +69,20 @@ class Manifest:
     # --- building ---------------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, identity: WorkerIdentity, layout: TensorLayout, checksums: dict[str, int] | None = None) -> Manifest:
-        """The manifest of a layout; checksums are computed unless given."""
+    def build(
+        cls,
+        identity: WorkerIdentity,
+        layout: TensorLayout,
+        checksums: dict[str, int] | None = None,
+        algorithm: str | None = None,
+    ) -> Manifest:
+        """The manifest of a layout; checksums are computed unless given.
+
+        The algorithm defaults to `row-sum-64` when any region is GPU memory (so targets verify on
+        their GPU), else `xxh3-64`.
+        """
+        if algorithm is None:
+            algorithm = ROW_SUM_64 if any(r.kind == "VRAM" for r in layout.regions) else XXH3_64
         entries = tuple(
             TensorEntry(
                 name=p.spec.name,
@@ -73,12 +91,12 @@ class Manifest:
                 nbytes=p.spec.nbytes,
                 region_id=p.region_id,
                 offset=p.offset,
-                checksum=checksums[p.spec.name] if checksums else checksum(layout.tensors[p.spec.name]),
+                checksum=checksums[p.spec.name] if checksums else checksum(layout.tensors[p.spec.name], algorithm),
                 is_parameter=p.spec.is_parameter,
             )
             for p in layout.placements
         )
-        return cls(identity, tuple(layout.regions), entries, _version(entries))
+        return cls(identity, tuple(layout.regions), entries, _version(entries), algorithm)
 
     # --- wire encoding --------------------------------------------------------------------------
 
@@ -89,7 +107,7 @@ class Manifest:
                 identity=self.identity.to_proto(),
                 tensor_count=len(self.tensors),
                 total_bytes=self.total_bytes,
-                checksum_algorithm=worker_pb2.CHECKSUM_ALGORITHM_XXH3_64,
+                checksum_algorithm=_ALGORITHM_TO_WIRE[self.checksum_algorithm],
                 regions=[
                     worker_pb2.MemoryRegion(
                         id=r.id, kind=_KIND_TO_WIRE[r.kind], device_id=r.device_id, address=r.address, length=r.length
@@ -110,8 +128,12 @@ class Manifest:
         if first is None or first.WhichOneof("part") != "header":
             raise ManifestError("manifest stream did not start with a header")
         header = first.header
-        if header.checksum_algorithm != worker_pb2.CHECKSUM_ALGORITHM_XXH3_64:
-            raise ManifestError(f"unsupported checksum algorithm {header.checksum_algorithm}")
+        algorithm = _WIRE_TO_ALGORITHM.get(header.checksum_algorithm)
+        if algorithm is None:
+            raise ManifestError(
+                f"unsupported checksum algorithm {header.checksum_algorithm} (this worker knows "
+                f"{', '.join(_ALGORITHM_TO_WIRE)}): upgrade it to the source's version"
+            )
         entries: list[TensorEntry] = []
         for chunk in iterator:
             if chunk.WhichOneof("part") != "page":
@@ -122,7 +144,9 @@ class Manifest:
         if len(entries) != header.tensor_count:
             raise ManifestError(f"manifest announced {header.tensor_count} tensors, got {len(entries)}")
         regions = tuple(Region(r.id, _WIRE_TO_KIND[r.kind], r.device_id, r.address, r.length) for r in header.regions)
-        manifest = cls(WorkerIdentity.from_proto(header.identity), regions, tuple(entries), header.manifest_version)
+        manifest = cls(
+            WorkerIdentity.from_proto(header.identity), regions, tuple(entries), header.manifest_version, algorithm
+        )
         if _version(manifest.tensors) != manifest.version:
             raise ManifestError("manifest version does not match its contents (changed while it was sent?)")
         return manifest

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from modelexpress import metrics
-from modelexpress.p2p.checksum import StreamingChecksums, checksum
+from modelexpress.p2p.checksum import XXH3_64, StreamingChecksums, checksum
 from modelexpress.p2p.client import STATE_NAMES, SourceUnavailableError, WorkerClient
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.manifest import TensorEntry
@@ -102,6 +102,7 @@ class _Source:
     remote_agent: str
     region_bases: dict[int, int]
     region_kinds: dict[int, tuple[str, int]]
+    algorithm: str = XXH3_64
     inflight: list[_InFlight] = field(default_factory=list)
     failure: str | None = None
     served: int = 0
@@ -123,6 +124,8 @@ class _State:
     tried: collections.defaultdict[str, set[str]] = field(default_factory=lambda: collections.defaultdict(set))
     verified: set[str] = field(default_factory=set)
     hashes: StreamingChecksums = field(init=False)
+    # xxh3 is fed piece by piece as bytes land; other algorithms reduce whole tensors where they live
+    streaming: bool = True
     # verification results arrive here from the checksum thread: (tensor, checksum matched)
     results: queue.SimpleQueue[tuple[str, bool]] = field(default_factory=queue.SimpleQueue)
     outstanding: int = 0
@@ -203,6 +206,7 @@ class _Pull:
             remote_agent,
             {r.id: r.address for r in manifest.regions},
             {r.id: (r.kind, r.device_id) for r in manifest.regions},
+            manifest.checksum_algorithm,
         )
         return source
 
@@ -245,6 +249,7 @@ class _Pull:
     def run(self, fallback: Fallback | None) -> PullResult:
         start = time.perf_counter()
         state = _State(make_chunks(self.layout, self.options.chunk_bytes), self.layout.tensors)
+        state.streaming = all(s.algorithm == XXH3_64 for s in self.sources)
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mx-verify")
         try:
             # zero-byte tensors have no chunk: verify them at once
@@ -281,8 +286,8 @@ class _Pull:
 
     def _verify(self, name: str, source: _Source | None) -> bool:
         """Does the tensor's content match the checksum of the source that delivered it?"""
-        entries = source.entries if source else self.sources[0].entries
-        return checksum(self.layout.tensors[name]) == entries[name].checksum
+        source = source or self.sources[0]
+        return checksum(self.layout.tensors[name], source.algorithm) == source.entries[name].checksum
 
     def _submit_verification(
         self, state: _State, pool: ThreadPoolExecutor, names: list[str], source: _Source | None
@@ -386,6 +391,15 @@ class _Pull:
         state.outstanding += len(complete)
 
         def job() -> None:
+            if not state.streaming:
+                for name in complete:
+                    try:
+                        ok = self._verify(name, source)
+                    except Exception:  # a failed checksum must be reported, never lost
+                        log.exception("checksumming %s failed", name)
+                        ok = False
+                    state.results.put((name, ok))
+                return
             digests: dict[str, int] = {}
             for piece in pieces:
                 try:

@@ -48,6 +48,7 @@ class ChecksumAlgorithm(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CHECKSUM_ALGORITHM_XXH3_64: _ClassVar[ChecksumAlgorithm]
     CHECKSUM_ALGORITHM_CRC32C: _ClassVar[ChecksumAlgorithm]
     CHECKSUM_ALGORITHM_SHA256_64: _ClassVar[ChecksumAlgorithm]
+    CHECKSUM_ALGORITHM_ROW_SUM_64: _ClassVar[ChecksumAlgorithm]
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT16: DType
@@ -78,6 +79,7 @@ CHECKSUM_ALGORITHM_UNSPECIFIED: ChecksumAlgorithm
 CHECKSUM_ALGORITHM_XXH3_64: ChecksumAlgorithm
 CHECKSUM_ALGORITHM_CRC32C: ChecksumAlgorithm
 CHECKSUM_ALGORITHM_SHA256_64: ChecksumAlgorithm
+CHECKSUM_ALGORITHM_ROW_SUM_64: ChecksumAlgorithm
 
 class WorkerIdentity(_message.Message):
     __slots__ = ("model_name", "revision", "engine", "engine_version", "dtype", "quantization", "tensor_parallel_size", "pipeline_parallel_size", "expert_parallel_size", "gpu_architecture", "rank")

@@ -1,0 +1,79 @@
+"""Tensor checksums: `row-sum-64` against a plain-Python reference, what it detects, and xxh3 streaming."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+import torch
+import xxhash
+
+from modelexpress.p2p.checksum import ROW_SUM_64, XXH3_64, StreamingChecksums, checksum, row_sum64, tensor_bytes
+
+ROW_WORDS = 512
+
+
+def reference_row_sum64(data: bytes) -> int:
+    """The algorithm as documented: little-endian words (last zero-padded), odd weights by 4 KiB row."""
+    padded = data + b"\0" * (-len(data) % 8)
+    total = 0
+    for index in range(len(padded) // 8):
+        (word,) = struct.unpack_from("<Q", padded, index * 8)
+        total += word * (2 * (index // ROW_WORDS) + 1)
+    return xxhash.xxh3_64_intdigest(struct.pack("<QQ", total % (1 << 64), len(data)))
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 4095, 4096, 4097, 8 * ROW_WORDS * 3 + 5, 8 * ROW_WORDS * 2])
+def test_row_sum_matches_the_reference(size: int) -> None:
+    data = torch.randint(0, 256, (size,), dtype=torch.uint8, generator=torch.Generator().manual_seed(size))
+    assert row_sum64(data) == reference_row_sum64(bytes(data.tolist()))
+
+
+def test_row_sum_reads_bytes_of_any_dtype_and_alignment() -> None:
+    gen = torch.Generator().manual_seed(1)
+    for tensor in (
+        torch.randn(300, 17, generator=gen).to(torch.bfloat16),
+        torch.randn(64, 33, generator=gen).to(torch.float8_e4m3fn),
+        torch.randint(-9, 9, (1000,), dtype=torch.int64, generator=gen),
+    ):
+        assert row_sum64(tensor) == reference_row_sum64(bytes(tensor_bytes(tensor).tolist()))
+    base = torch.randint(0, 256, (50_003,), dtype=torch.uint8, generator=gen)
+    unaligned = base[3:]  # storage offset 3: no 64-bit view of it exists in place
+    assert row_sum64(unaligned) == row_sum64(unaligned.clone()) == reference_row_sum64(bytes(unaligned.tolist()))
+
+
+def test_row_sum_detects_flips_shifts_and_row_swaps() -> None:
+    good = torch.randint(0, 256, (8 * ROW_WORDS * 4,), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    want = row_sum64(good)
+    for position in (0, 7, 4096, len(good) - 1):
+        bad = good.clone()
+        bad[position] ^= 0x10
+        assert row_sum64(bad) != want, position
+    rows = good.view(4, -1)
+    assert row_sum64(rows[[1, 0, 2, 3]].reshape(-1)) != want, "two rows swapped"
+    assert row_sum64(torch.roll(good, 8)) != want, "shifted by a word"
+    assert row_sum64(good[:-1]) != want, "one byte short"
+
+
+def test_checksum_dispatches_by_algorithm() -> None:
+    tensor = torch.arange(100, dtype=torch.float32)
+    assert checksum(tensor) == checksum(tensor, XXH3_64) == xxhash.xxh3_64_intdigest(tensor.numpy().tobytes())
+    assert checksum(tensor, ROW_SUM_64) == row_sum64(tensor)
+    with pytest.raises(ValueError, match="unknown checksum algorithm 'md5'; known: xxh3-64, row-sum-64"):
+        checksum(tensor, "md5")
+
+
+def test_streaming_checksums_match_whole_tensor_checksums_in_any_order() -> None:
+    gen = torch.Generator().manual_seed(3)
+    tensors = {
+        "a": torch.randint(0, 255, (1000,), dtype=torch.uint8, generator=gen),
+        "b": torch.randn(64, 33, generator=gen).to(torch.bfloat16),
+    }
+    hashes = StreamingChecksums(tensors)
+    pieces = [("a", 0, 400), ("b", 2000, 2224), ("a", 700, 300), ("b", 0, 2000), ("a", 400, 300)]
+    results = {name: hashes.add(name, start, length) for name, start, length in pieces}
+    assert results["a"] == checksum(tensors["a"]) and results["b"] == checksum(tensors["b"])
+    assert hashes.add("a", 0, 1000) == checksum(tensors["a"]), "a whole tensor in one piece"
+    assert hashes.add("b", 0, 10) is None
+    hashes.forget("b")
+    assert hashes.add("b", 0, tensors["b"].numel() * 2) == checksum(tensors["b"])
