@@ -9,6 +9,7 @@ import torch
 import xxhash
 
 from modelexpress.p2p.checksum import ROW_SUM_64, XXH3_64, StreamingChecksums, checksum, row_sum64, tensor_bytes
+from modelexpress.p2p.memory import adopt_tensors
 
 ROW_WORDS = 512
 
@@ -69,7 +70,9 @@ def test_streaming_checksums_match_whole_tensor_checksums_in_any_order() -> None
         "a": torch.randint(0, 255, (1000,), dtype=torch.uint8, generator=gen),
         "b": torch.randn(64, 33, generator=gen).to(torch.bfloat16),
     }
-    hashes = StreamingChecksums(tensors)
+    layout = adopt_tensors(tensors)
+    assert all(r.kind == "DRAM" for r in layout.regions)
+    hashes = StreamingChecksums(layout)
     pieces = [("a", 0, 400), ("b", 2000, 2224), ("a", 700, 300), ("b", 0, 2000), ("a", 400, 300)]
     results = {name: hashes.add(name, start, length) for name, start, length in pieces}
     assert results["a"] == checksum(tensors["a"]) and results["b"] == checksum(tensors["b"])

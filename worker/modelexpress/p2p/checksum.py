@@ -18,6 +18,8 @@ import struct
 import torch
 import xxhash
 
+from modelexpress.p2p.memory import TensorLayout
+
 XXH3_64 = "xxh3-64"
 ROW_SUM_64 = "row-sum-64"
 ALGORITHMS = (XXH3_64, ROW_SUM_64)
@@ -89,27 +91,55 @@ class StreamingChecksums:
     """`xxh3-64` of tensors whose bytes arrive in pieces, in any order, hashed as soon as they line up.
 
     Each piece is hashed right after its bytes land (still in cache) rather than the whole tensor
-    once complete, so only the last piece's hash is left when the transfer ends. Not thread-safe:
-    feed it from one thread.
+    once complete, so only the last piece's hash is left when the transfer ends. Host memory is read
+    through one memoryview per region (a piece is a slice of it, no tensor ops per piece: a pull
+    of 4096 small tensors hashes thousands of pieces). Not thread-safe: feed it from one thread.
     """
 
-    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
-        self._tensors = tensors
+    def __init__(self, layout: TensorLayout) -> None:
+        self._tensors = layout.tensors
+        host = {
+            r.id: b.numpy().data
+            for r, b in zip(layout.regions, layout.buffers(), strict=False)
+            if r.kind == "DRAM" and b.data_ptr() == r.address  # a buffer is its region's memory, or unused
+        }
+        # name -> (view of its region, the tensor's offset in it, its size) for tensors in host memory
+        self._spans = {
+            p.spec.name: (host[p.region_id], p.offset, p.spec.nbytes) for p in layout.placements if p.region_id in host
+        }
         self._partial: dict[str, tuple[xxhash.xxh3_64, list[int], dict[int, int]]] = {}
+
+    def _bytes(self, name: str, start: int, end: int) -> memoryview | torch.Tensor:
+        span = self._spans.get(name)
+        if span is None:
+            return tensor_bytes(self._tensors[name])[start:end]
+        view, offset, _ = span
+        return view[offset + start : offset + end]
+
+    def _size(self, name: str) -> int:
+        span = self._spans.get(name)
+        return span[2] if span else tensor_bytes(self._tensors[name]).numel()
 
     def add(self, name: str, start: int, length: int) -> int | None:
         """Bytes [start, start + length) of `name` have arrived; its checksum once every byte has."""
-        data = tensor_bytes(self._tensors[name])
-        if start == 0 and length == data.numel() and name not in self._partial:
+        size = self._size(name)
+        if start == 0 and length == size and name not in self._partial:
+            data = self._bytes(name, 0, size)
+            if isinstance(data, memoryview):
+                return int(xxhash.xxh3_64_intdigest(data))
             return checksum(self._tensors[name])
         hasher, hashed, waiting = self._partial.setdefault(name, (xxhash.xxh3_64(), [0], {}))
         waiting[start] = length
         while hashed[0] in waiting:  # hash the run of pieces that now continues the hashed prefix
             begin = hashed[0]
             end = begin + waiting.pop(begin)
-            _update(hasher, data[begin:end])
+            data = self._bytes(name, begin, end)
+            if isinstance(data, memoryview):
+                hasher.update(data)
+            else:
+                _update(hasher, data)
             hashed[0] = end
-        if hashed[0] < data.numel():
+        if hashed[0] < size:
             return None
         del self._partial[name]
         return int(hasher.intdigest())

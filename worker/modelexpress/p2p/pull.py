@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from modelexpress import metrics
+from modelexpress.bulk import gc_paused
 from modelexpress.p2p.checksum import XXH3_64, StreamingChecksums, checksum
 from modelexpress.p2p.client import STATE_NAMES, SourceUnavailableError, WorkerClient
 from modelexpress.p2p.identity import WorkerIdentity
@@ -113,7 +114,7 @@ class _State:
     """Book-keeping of one pull: chunks pending, in which tensors, delivered by whom, verified."""
 
     chunks: list[Chunk]
-    tensors: dict[str, torch.Tensor]
+    layout: TensorLayout
     total: int = field(init=False)
     owners: dict[str, set[int]] = field(init=False)
     remaining: dict[str, set[int]] = field(init=False)
@@ -133,7 +134,7 @@ class _State:
     done_bytes: int = 0
 
     def __post_init__(self) -> None:
-        self.hashes = StreamingChecksums(self.tensors)
+        self.hashes = StreamingChecksums(self.layout)
         self.total = sum(c.nbytes for c in self.chunks)  # repair chunks re-read bytes, they add none
         self.owners = tensors_of_chunks(self.chunks)
         self.remaining = {name: set(indices) for name, indices in self.owners.items()}
@@ -248,7 +249,8 @@ class _Pull:
 
     def run(self, fallback: Fallback | None) -> PullResult:
         start = time.perf_counter()
-        state = _State(make_chunks(self.layout, self.options.chunk_bytes), self.layout.tensors)
+        with gc_paused():  # thousands of small book-keeping objects, no cycles among them
+            state = _State(make_chunks(self.layout, self.options.chunk_bytes), self.layout)
         state.streaming = all(s.algorithm == XXH3_64 for s in self.sources)
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mx-verify")
         try:
