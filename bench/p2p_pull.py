@@ -131,19 +131,19 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--layouts", default="large,small", help="comma-separated: large, small, llama8b")
-    parser.add_argument("--chunk-mib", type=int, default=PullOptions.chunk_bytes // MIB)
+    parser.add_argument("--chunk-mib", type=int, default=0, help="0: the default for the memory kind")
     parser.add_argument("--inflight", type=int, default=PullOptions.max_inflight)
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         print("p2p_pull: --device cuda needs a GPU; none is visible")
         return 2
-    options = PullOptions(chunk_bytes=args.chunk_mib * MIB, max_inflight=args.inflight)
+    options = PullOptions(chunk_bytes=args.chunk_mib * MIB or None, max_inflight=args.inflight)
     total = args.mib * MIB
     layouts = [name.strip() for name in args.layouts.split(",") if name.strip()]
     results = {layout: measure(layout, total, args.reps, args.device, options) for layout in layouts}
     memory = "host memory" if args.device == "cpu" else "GPU memory"
     print(
-        f"p2p_pull: {memory}, two processes, chunks of {args.chunk_mib} MiB, {args.inflight} in flight "
+        f"p2p_pull: {memory}, two processes, chunks of {args.chunk_mib or 'default'} MiB, {args.inflight} in flight "
         f"(GB/s, best of {args.reps})"
     )
     for layout, r in results.items():

@@ -10,8 +10,17 @@ import torch
 
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.manifest import Manifest, ManifestError
-from modelexpress.p2p.memory import ALIGNMENT, TensorSpec, adopt_tensors, allocate_pool
-from modelexpress.p2p.plan import TAIL_BYTES, TensorMismatchError, descriptors, make_chunks, match, tensors_of_chunks
+from modelexpress.p2p.memory import ALIGNMENT, Region, TensorLayout, TensorSpec, adopt_tensors, allocate_pool
+from modelexpress.p2p.plan import (
+    DEFAULT_CHUNK_BYTES,
+    TAIL_BYTES,
+    TensorMismatchError,
+    default_chunk_bytes,
+    descriptors,
+    make_chunks,
+    match,
+    tensors_of_chunks,
+)
 
 IDENTITY = WorkerIdentity(model_name="org/model", tensor_parallel_size=2, rank=1)
 
@@ -182,3 +191,9 @@ def test_chunks_taper_at_the_end_and_cover_every_byte_once() -> None:
         runs = sorted(covered[placement.spec.name])
         assert runs[0][0] == 0 and all(a + n == b for (a, n), (b, _) in itertools.pairwise(runs))
         assert runs[-1][0] + runs[-1][1] == placement.spec.nbytes
+
+
+def test_default_chunk_size_follows_the_memory_kind() -> None:
+    assert default_chunk_bytes(allocate_pool(_specs(4))) == DEFAULT_CHUNK_BYTES == 64 << 20
+    gpu = TensorLayout([Region(0, "DRAM", 0, 0, 0), Region(1, "VRAM", 0, 0, 0)], [], {})
+    assert default_chunk_bytes(gpu) == 512 << 20

@@ -36,10 +36,10 @@ from modelexpress.p2p.memory import TensorLayout
 from modelexpress.p2p.nixl_engine import NixlEngine, ReadHandle, TransferError
 from modelexpress.p2p.notices import pulled
 from modelexpress.p2p.plan import (
-    DEFAULT_CHUNK_BYTES,
     Chunk,
     Piece,
     TensorMismatchError,
+    default_chunk_bytes,
     descriptors,
     make_chunks,
     match,
@@ -64,7 +64,8 @@ class NoSourceError(PullError):
 
 @dataclass(frozen=True)
 class PullOptions:
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    chunk_bytes: int | None = None
+    """Bytes per READ (None: `default_chunk_bytes` of the target layout)."""
     max_inflight: int = 4
     transfer_timeout: float = 60.0
     connect_timeout: float = 10.0
@@ -155,6 +156,7 @@ class _Pull:
         self.engine = engine
         self.options = options
         self.progress = progress
+        self.chunk_bytes = options.chunk_bytes or default_chunk_bytes(layout)
         self.local = {p.spec.name: p for p in layout.placements}
         self.local_bases = {r.id: r.address for r in layout.regions}
         self.local_kinds = {r.id: (r.kind, r.device_id) for r in layout.regions}
@@ -250,7 +252,7 @@ class _Pull:
     def run(self, fallback: Fallback | None) -> PullResult:
         start = time.perf_counter()
         with gc_paused():  # thousands of small book-keeping objects, no cycles among them
-            state = _State(make_chunks(self.layout, self.options.chunk_bytes), self.layout)
+            state = _State(make_chunks(self.layout, self.chunk_bytes), self.layout)
         state.streaming = all(s.algorithm == XXH3_64 for s in self.sources)
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mx-verify")
         try:
@@ -452,8 +454,8 @@ class _Pull:
         log.warning("checksum mismatch on %s; fetching it again from %s", name, chosen)
         nbytes = self.local[name].spec.nbytes
         indices: set[int] = set()
-        for start in range(0, nbytes, self.options.chunk_bytes):
-            chunk = Chunk(len(state.chunks), (Piece(name, start, min(self.options.chunk_bytes, nbytes - start)),))
+        for start in range(0, nbytes, self.chunk_bytes):
+            chunk = Chunk(len(state.chunks), (Piece(name, start, min(self.chunk_bytes, nbytes - start)),))
             state.chunks.append(chunk)
             state.pinned[chunk.index] = chosen
             state.pending.append(chunk.index)
