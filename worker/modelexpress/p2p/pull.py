@@ -252,8 +252,11 @@ class _Pull:
     def run(self, fallback: Fallback | None) -> PullResult:
         start = time.perf_counter()
         with gc_paused():  # thousands of small book-keeping objects, no cycles among them
-            state = _State(make_chunks(self.layout, self.chunk_bytes), self.layout)
-        state.streaming = all(s.algorithm == XXH3_64 for s in self.sources)
+            state = _State(
+                make_chunks(self.layout, self.chunk_bytes),
+                self.layout,
+                streaming=all(s.algorithm == XXH3_64 for s in self.sources),
+            )
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mx-verify")
         try:
             # zero-byte tensors have no chunk: verify them at once
@@ -392,18 +395,12 @@ class _Pull:
     ) -> None:
         """Hash the arrived pieces in the background; `complete` tensors (their last piece is among
         them) get their verdict through the results queue."""
+        if not state.streaming:
+            self._submit_verification(state, pool, complete, source)
+            return
         state.outstanding += len(complete)
 
         def job() -> None:
-            if not state.streaming:
-                for name in complete:
-                    try:
-                        ok = self._verify(name, source)
-                    except Exception:  # a failed checksum must be reported, never lost
-                        log.exception("checksumming %s failed", name)
-                        ok = False
-                    state.results.put((name, ok))
-                return
             digests: dict[str, int] = {}
             for piece in pieces:
                 try:
