@@ -74,15 +74,10 @@ class Manifest:
         identity: WorkerIdentity,
         layout: TensorLayout,
         checksums: dict[str, int] | None = None,
-        algorithm: str | None = None,
+        algorithm: str = "auto",
     ) -> Manifest:
-        """The manifest of a layout; checksums are computed unless given.
-
-        The algorithm defaults to `row-sum-64` when any region is GPU memory (so targets verify on
-        their GPU), else `xxh3-64`.
-        """
-        if algorithm is None:
-            algorithm = ROW_SUM_64 if any(r.kind == "VRAM" for r in layout.regions) else XXH3_64
+        """The manifest of a layout; checksums are computed (with `checksum_algorithm`) unless given."""
+        algorithm = checksum_algorithm(layout, algorithm)
         entries = tuple(
             TensorEntry(
                 name=p.spec.name,
@@ -150,6 +145,14 @@ class Manifest:
         if _version(manifest.tensors) != manifest.version:
             raise ManifestError("manifest version does not match its contents (changed while it was sent?)")
         return manifest
+
+
+def checksum_algorithm(layout: TensorLayout, choice: str = "auto") -> str:
+    """The checksum a source of `layout` publishes: `auto` is `row-sum-64` when any region is GPU
+    memory (so targets verify on their GPU), else `xxh3-64`."""
+    if choice != "auto":
+        return choice
+    return ROW_SUM_64 if layout.in_gpu_memory else XXH3_64
 
 
 def _encode_page(first: int, entries: Sequence[TensorEntry]) -> worker_pb2.TensorPage:

@@ -73,6 +73,11 @@ class TensorLayout:
     def total_bytes(self) -> int:
         return sum(p.spec.nbytes for p in self.placements)
 
+    @property
+    def in_gpu_memory(self) -> bool:
+        """Does any region live in GPU memory?"""
+        return any(r.kind == "VRAM" for r in self.regions)
+
     def region(self, region_id: int) -> Region:
         return self.regions[region_id]
 

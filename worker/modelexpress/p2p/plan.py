@@ -79,7 +79,7 @@ def match(layout: TensorLayout, manifest: Manifest, limit: int = 10) -> dict[str
 def default_chunk_bytes(layout: TensorLayout) -> int:
     """Bytes per READ when none is configured: 512 MiB into GPU memory, 64 MiB into host memory (there
     the checksum of a chunk runs while its bytes are still in cache)."""
-    return DEFAULT_VRAM_CHUNK_BYTES if any(r.kind == "VRAM" for r in layout.regions) else DEFAULT_CHUNK_BYTES
+    return DEFAULT_VRAM_CHUNK_BYTES if layout.in_gpu_memory else DEFAULT_CHUNK_BYTES
 
 
 @without_gc

@@ -83,8 +83,7 @@ class SourceWorker:
         self.server.start()
         if not self.engine.regions:
             self.engine.register(self.layout)
-        algorithm = None if self.settings.checksum_algorithm == "auto" else self.settings.checksum_algorithm
-        self.manifest = Manifest.build(self.identity, self.layout, self._checksums, algorithm)
+        self.manifest = Manifest.build(self.identity, self.layout, self._checksums, self.settings.checksum_algorithm)
         self.server.publish(self.manifest, self.engine.metadata())
         self.server.set_state("Ready", f"{len(self.manifest.tensors)} tensors, {self.manifest.total_bytes} bytes")
         self._registry = registry
