@@ -23,7 +23,7 @@ import grpc
 from modelexpress._proto.modelexpress.v1 import server_pb2, server_pb2_grpc
 from modelexpress.cache.huggingface import repo_folder
 from modelexpress.cache.sources import ModelSource, parse_source
-from modelexpress.cache.transfers import check_space, present, stays_inside
+from modelexpress.cache.transfers import DownloadResult, check_space, present, stays_inside
 
 log = logging.getLogger(__name__)
 ReceiveProgress = Callable[[int, int], None]
@@ -35,15 +35,11 @@ class StreamError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class ReceivedModel:
-    uri: str
-    revision: str
-    resolved_revision: str
-    path: Path
-    size_bytes: int
-    files: int
+class ReceivedModel(DownloadResult):
+    """A model placed in the cache by streaming it from a server; `received_bytes` is what this call
+    actually transferred (files already complete are not fetched again)."""
+
     received_bytes: int
-    seconds: float
 
 
 def default_layout(source: ModelSource, resolved: str) -> str:
