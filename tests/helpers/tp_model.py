@@ -30,7 +30,8 @@ class Layer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x)
         gate = h @ (self.gate.to(torch.float32) * self.gate_scale).t()
-        return self.down(torch.nn.functional.gelu(self.up(h)) * torch.sigmoid(gate))
+        up = self.packed_up(h) if hasattr(self, "packed_up") else self.up(h)
+        return self.down(torch.nn.functional.gelu(up) * torch.sigmoid(gate))
 
 
 class ShardedModel(nn.Module):
@@ -74,6 +75,21 @@ def load_from_disk(model: ShardedModel, directory: Path) -> None:
         layer.down.weight.copy_(full[p + "down.weight"][:, r * k : (r + 1) * k])
         layer.gate.copy_(full[p + "gate"][r * k : (r + 1) * k])
         layer.gate_scale.copy_(full[p + "gate_scale"])
+
+
+def post_process(model: ShardedModel, how: str) -> None:
+    """What engines do after loading. `pack`: like vLLM's CPU backend, each `up` weight moves into a
+    kernel-specific copy held only by a closure and the parameter is emptied, so the forward pass reads
+    a tensor that is no parameter or buffer. `inplace`: a loaded tensor is rewritten where it lies."""
+    for layer in model.layers:
+        if how == "pack":
+            packed, bias = layer.up.weight.detach().t().contiguous(), layer.up.bias
+            layer.packed_up = lambda h, w=packed, b=bias: h @ w + b
+            layer.up.weight = nn.Parameter(torch.empty(0), requires_grad=False)
+        elif how == "inplace":
+            layer.gate_scale.mul_(2)
+        elif how != "none":
+            raise ValueError(f"unknown post-processing {how!r}")
 
 
 def probe_input() -> torch.Tensor:

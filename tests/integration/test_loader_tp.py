@@ -1,14 +1,14 @@
 """The loader's contract with a small real torch model, TP=2 as two ranks, each rank its own process.
 
-vLLM and CUDA cannot be installed on this CPU machine, so the engine is played by
-`tests/helpers/tp_model.py` (column/row-parallel shards, FP8 weights with scale buffers) and the
-transfers run over NIXL/UCX on host memory. The first rank-set loads from disk and becomes the
-source; the second receives every tensor from it and must compute bit-identical outputs.
+The engine is played by `tests/helpers/tp_model.py` (column/row-parallel shards, FP8 weights with
+scale buffers, optional post-processing) so that the framework-free loader is tested on its own and
+at TP=2 (the real vLLM is in `test_vllm_real.py`); transfers run over NIXL/UCX on host memory. The
+first rank-set loads from disk and becomes the source; the second receives every tensor from it and
+must compute bit-identical outputs.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -38,14 +38,13 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @contextmanager
 def rank(
-    tmp: Path, name: str, index: int, model_dir: Path, registry: Path, config: Any = None
+    tmp: Path, name: str, index: int, model_dir: Path, registry: Path, post: str = "none"
 ) -> Iterator[dict[str, Any]]:
     out, ready = tmp / f"{name}-{index}.pt", tmp / f"{name}-{index}.ready"
     log = tmp / f"{name}-{index}.log"
     args = [sys.executable, "-m", "tests.helpers.tp_rank_proc", "--rank", str(index), "--world", str(WORLD),
             "--model-dir", str(model_dir), "--registry", str(registry), "--out", str(out), "--ready-file", str(ready)]  # fmt: skip
-    if config is not None:
-        args += ["--model-config", json.dumps(config)]
+    args += ["--post-process", post]
     with log.open("wb") as sink:
         proc = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT, preexec_fn=die_with_parent,  # noqa: PLW1509
                                 env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
@@ -84,16 +83,27 @@ def test_second_rank_set_receives_every_tensor_and_computes_identically(checkpoi
         assert second[0]["bytes"] == sum(t.numel() * t.element_size() for t in first[0]["state"].values())
 
 
-def test_mla_models_load_from_disk_unless_the_gate_is_skipped(
-    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_post_processing_into_state_outside_the_module_is_redone_on_every_replica(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    """Like vLLM's CPU backend: post-processing moves a weight into a closure and empties the parameter.
+    The loaded state travels and the target packs it itself, so it computes exactly what the source does."""
+    registry = tmp_path / "sources.db"
+    with rank(tmp_path, "source", 0, checkpoint, registry, post="pack") as source:
+        assert source["mode"] == "disk" and source["endpoint"]
+        with rank(tmp_path, "target", 0, tmp_path / "nowhere", registry, post="pack") as target:
+            assert target["mode"] == "p2p", target["reason"]
+            assert torch.equal(target["output"], source["output"])
+            assert target["state"]["layers.0.up.weight"].numel() > 0  # what travelled is the loaded weight
+
+
+def test_a_replica_whose_post_processing_rewrites_loaded_tensors_is_never_a_source(
+    checkpoint: Path, tmp_path: Path
 ) -> None:
     registry = tmp_path / "sources.db"
-    mla = {"architectures": ["DeepseekV3ForCausalLM"], "kv_lora_rank": 512}
-    with rank(tmp_path, "source", 0, checkpoint, registry) as source:
-        assert source["mode"] == "disk"
-        with rank(tmp_path, "gated", 0, checkpoint, registry, config=mla) as gated:
-            assert gated["mode"] == "disk" and "multi-head latent attention" in gated["reason"]
-            assert gated["endpoint"] == ""  # a gated worker is not published as a source either
-        monkeypatch.setenv("MX_SKIP_FEATURE_CHECK", "1")
-        with rank(tmp_path, "forced", 0, tmp_path / "nowhere", registry, config=mla) as forced:
-            assert forced["mode"] == "p2p" and torch.equal(forced["output"], source["output"])
+    with rank(tmp_path, "rewriter", 0, checkpoint, registry, post="inplace") as rewriter:
+        assert rewriter["mode"] == "disk"
+        assert rewriter["endpoint"] == ""  # not published: its memory no longer holds the loaded state
+        with rank(tmp_path, "next", 0, checkpoint, registry, post="inplace") as following:
+            assert following["mode"] == "disk" and following["reason"] == "no Ready source of this layout"
+            assert torch.equal(following["output"], rewriter["output"])

@@ -16,7 +16,9 @@ def _default_registry_path() -> str:
 class WorkerSettings(BaseSettings):
     """Worker-side options, read from `MX_*` environment variables."""
 
-    model_config = SettingsConfigDict(env_prefix="MX_", extra="ignore", use_attribute_docstrings=True)
+    model_config = SettingsConfigDict(
+        env_prefix="MX_", extra="ignore", use_attribute_docstrings=True, protected_namespaces=("settings_",)
+    )
 
     worker_grpc_port: int = Field(default=0, ge=0, le=65535)
     """Port of the worker's gRPC WorkerService (0 picks a free port)."""
@@ -61,3 +63,8 @@ class WorkerSettings(BaseSettings):
     """Node of this worker's pod (downward API `spec.nodeName`); same-node sources are preferred."""
     instance: str | None = None
     """Engine instance this rank belongs to (all ranks of one instance share it; default: the pod name)."""
+    model_name: str | None = None
+    """Name the model is published under, instead of the one found from its files (a hub snapshot's repo,
+    a directory's content digest); replicas with the same name and revision exchange weights."""
+    model_revision: str | None = None
+    """Revision published with `MX_MODEL_NAME` (default: the engine's revision, else `main`)."""

@@ -1,36 +1,40 @@
 """`WeightLoader`: fill a constructed module's weights from a peer or from disk, then serve them.
 
-The contract an engine adapter relies on:
+The contract an engine adapter relies on (the capture rule of `modelexpress.loader.capture`):
 
-1. the module is constructed (its tensors allocated, values irrelevant) with the *final* layout a
-   loaded model has: names, shapes and dtypes after any post-processing;
-2. `load(module, load_from_disk)` asks the registry for Ready sources of exactly this identity and
-   rank (unless a feature gate says no), moves the module's tensors into one pooled allocation,
-   and READs every byte from the sources over NIXL, checksums verified; with no source, or when every
-   source fails, it calls `load_from_disk(module)` instead (which writes into the module's tensors);
-3. either way the module then serves its weights (WorkerService + NIXL) and is published as Ready,
-   so the next instance of the same layout loads from it; `close()` withdraws it.
+1. the module is constructed (its tensors allocated, values irrelevant) in the layout loading
+   fills: names, shapes and dtypes as the checkpoint loader leaves them, *before* post-processing;
+2. `receive(module)` asks the registry for Ready sources of exactly this identity and rank, READs
+   every tensor into a pool of its own over NIXL, verifies every checksum and only then points the
+   module's tensors at the pool; it returns None, the module untouched, when no source could deliver;
+3. otherwise the engine loads from disk and calls `adopt(module)`, which moves the loaded tensors into
+   one pooled allocation (one NIXL registration);
+4. the engine post-processes its module as it always does; `seal()` then checks that the pool still
+   holds the loaded state (post-processing may replace tensors, never rewrite them in place);
+5. `publish()` serves the pool (WorkerService + NIXL) and records the rank as Ready, so the next
+   replica of the same layout loads from it; `close()` withdraws it.
 
-Engines that post-process weights after loading (vLLM) use the steps one by one: `sources()`, then
-`receive()` on a module already in its post-processed layout, or their own disk load followed by
-`adopt()`; then `publish()`.
+A replica whose loaded state cannot be captured, or whose post-processing rewrote it, loads from
+disk and is never published: a source never serves state it cannot fully serve. Engines without
+post-processing use `load(module, load_from_disk)`, which runs the steps in order.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import nn
 
 from modelexpress.config.worker import WorkerSettings
-from modelexpress.loader.features import feature_gate
-from modelexpress.loader.rehome import rehome, still_pooled
+from modelexpress.loader.capture import capture_gate, changed_in_place, state_checksums
+from modelexpress.loader.rehome import attach, module_tensors, plan_pool, rehome
 from modelexpress.p2p.identity import WorkerIdentity
+from modelexpress.p2p.manifest import checksum_algorithm
 from modelexpress.p2p.memory import TensorLayout
 from modelexpress.p2p.nixl_engine import NixlEngine
 from modelexpress.p2p.pull import PullError, PullOptions, pull
@@ -57,6 +61,14 @@ class LoadReport:
     def gbps(self) -> float:
         return self.bytes / self.seconds / 1e9 if self.seconds > 0 else 0.0
 
+    def summary(self, model: str, rank: int) -> str:
+        origin = "peers " + ", ".join(self.sources) if self.mode == "p2p" else "disk"
+        return f"{model} rank {rank}: {_size(self.bytes)} from {origin} in {self.seconds:.2f}s ({self.reason})"
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
 
 class WeightLoader:
     """Loads one rank's weights and then serves them; one per worker rank."""
@@ -66,19 +78,26 @@ class WeightLoader:
         identity: WorkerIdentity,
         settings: WorkerSettings | None = None,
         registry: SourceRegistry | None = None,
-        model_config: Mapping[str, Any] | None = None,
         serve: bool = True,
     ) -> None:
         self.identity = identity
         self.settings = settings or WorkerSettings()
         self.registry = registry
-        self.gate = feature_gate(model_config)
         self.serve = serve
+        self.gate: str | None = None
+        """Why this replica neither pulls nor serves (None while it may)."""
         self.layout: TensorLayout | None = None
         self.engine: NixlEngine | None = None
         self.source: SourceWorker | None = None
+        self._checksums: dict[str, int] | None = None
         self._endpoints: list[str] | None = None
         self._pods: dict[str, str] | None = None
+
+    def check(self, module: nn.Module) -> str | None:
+        """Apply the capture rule to the freshly built module; the reason it cannot take part, if any."""
+        if self.gate is None:
+            self.gate = capture_gate(module)
+        return self.gate
 
     def sources(self) -> list[str]:
         """Endpoints of Ready sources of this identity and rank (empty when gated or none)."""
@@ -98,6 +117,7 @@ class WeightLoader:
         self, module: nn.Module, load_from_disk: DiskLoader, device: torch.device | str | None = None
     ) -> LoadReport:
         """Peers first, else `load_from_disk(module)`; then serve (for engines with no post-processing)."""
+        self.check(module)
         report = self.receive(module, device) if self.sources() else None
         if report is None:
             started = time.perf_counter()
@@ -108,16 +128,17 @@ class WeightLoader:
         return report
 
     def receive(self, module: nn.Module, device: torch.device | str | None = None) -> LoadReport | None:
-        """READ every tensor of the module from the sources; None (nothing usable) when all of them fail,
-        in which case the module's values are undefined and it must be loaded from disk."""
+        """READ every tensor of the module from the sources into a pool, then hand the pool to the module.
+
+        None when no source could deliver everything; the module is then exactly as it was built.
+        """
         started = time.perf_counter()
-        endpoints = self.sources()
-        if not endpoints:
+        if self.check(module) or not self.sources():
             return None
         self._release()
-        self.layout = rehome(module, device, copy=False)
+        layout = plan_pool(module, device)
         self.engine = NixlEngine(progress_thread=self.settings.nixl_progress_thread)
-        self.engine.register(self.layout)
+        self.engine.register(layout)
         options = PullOptions(
             chunk_bytes=self.settings.chunk_bytes,
             max_inflight=self.settings.max_inflight,
@@ -126,12 +147,14 @@ class WeightLoader:
             expected_pods=self._pods or {},
         )
         try:
-            result = pull(self.layout, self.identity, endpoints, self.engine, options)
+            result = pull(layout, self.identity, self.sources(), self.engine, options)
         except PullError as exc:
-            log.warning("peer transfer failed (%s); the weights must come from disk", exc)
+            log.warning("%s rank %d: no peer could deliver the weights (%s)", self.identity.model_name,
+                        self.identity.rank, exc)  # fmt: skip
             self._release()
-            self.layout = None
             return None
+        attach(module, layout, copy=False)
+        self._capture(layout)
         return LoadReport(
             "p2p",
             f"{len(result.sources)} Ready source(s)",
@@ -141,45 +164,67 @@ class WeightLoader:
         )
 
     def adopt(
-        self, module: nn.Module, device: torch.device | str | None = None, started: float | None = None
+        self,
+        module: nn.Module,
+        device: torch.device | str | None = None,
+        started: float | None = None,
+        reason: str | None = None,
     ) -> LoadReport:
-        """Take over a module the caller loaded from disk: its tensors move into the pool (values kept)."""
-        if self.layout is None or not still_pooled(module, self.layout):
-            self._release()
-            self.layout = rehome(module, device, copy=True)
-        if self.gate:
-            reason = self.gate
-        elif self._endpoints:
-            reason = "every source failed"
-        else:
-            reason = "no Ready source of this layout"
+        """Take over a module the caller loaded from disk: its tensors move into the pool (values kept).
+        `reason` says why it came from disk when the caller knows better than "no Ready source"."""
+        self.check(module)
         seconds = time.perf_counter() - started if started is not None else 0.0
+        if self.gate:
+            nbytes = sum(t.numel() * t.element_size() for t, _ in module_tensors(module).values())
+            return LoadReport("disk", self.gate, nbytes, seconds)
+        if self.layout is None:
+            self._capture(rehome(module, device, copy=True))
+        assert self.layout is not None
+        if reason is None:
+            reason = "every source failed" if self._endpoints else "no Ready source of this layout"
         return LoadReport("disk", reason, self.layout.total_bytes, seconds)
 
+    def _capture(self, layout: TensorLayout) -> None:
+        self.layout = layout
+        self._checksums = state_checksums(layout, self._algorithm(layout))
+
+    def _algorithm(self, layout: TensorLayout) -> str:
+        return checksum_algorithm(layout, self.settings.checksum_algorithm)
+
+    def seal(self) -> bool:
+        """After the engine's post-processing: does the pool still hold the loaded state? If not, the
+        replica keeps running as loaded but will not be published."""
+        if self.gate or self.layout is None or self._checksums is None:
+            return False
+        changed = changed_in_place(self.layout, self._checksums, self._algorithm(self.layout))
+        if changed:
+            self.gate = (
+                f"post-processing rewrote {len(changed)} loaded tensor(s) in place (e.g. {changed[0]}), so this "
+                "replica cannot serve the loaded state"
+            )
+        return not changed
+
     def publish(self, report: LoadReport | None = None) -> str | None:
-        """Serve the module's weights and record them as Ready (not for gated models)."""
-        if not self.serve or self.gate or self.layout is None:
+        """Serve the pool and record it as Ready (unless the replica is gated or serving is off)."""
+        if report is not None:
+            log.info("%s", report.summary(self.identity.model_name, self.identity.rank))
+        if not self.serve or self.layout is None or self.gate:
+            if self.gate:
+                log.info("%s rank %d is not served to peers: %s", self.identity.model_name, self.identity.rank,
+                         self.gate)  # fmt: skip
+            self._release()
             return None
         if self.engine is None:
             self.engine = NixlEngine(progress_thread=self.settings.nixl_progress_thread)
             self.engine.register(self.layout)
-        self.source = SourceWorker(self.identity, self.layout, self.settings, self.engine)
+        self.source = SourceWorker(self.identity, self.layout, self.settings, self.engine, self._checksums)
         try:
             self.source.start(self.registry)
         except RegistryUnavailableError as exc:
             log.warning("serving at %s but not published: %s", self.source.endpoint, exc)
         if report is not None:
             report.endpoint = self.source.endpoint
-            log.info(
-                "%s rank %d: %.2f GiB from %s in %.2fs (%s); serving at %s",
-                self.identity.model_name,
-                self.identity.rank,
-                report.bytes / 2**30,
-                "peers " + ", ".join(report.sources) if report.mode == "p2p" else "disk",
-                report.seconds,
-                report.reason,
-                self.source.endpoint,
-            )
+        log.info("%s rank %d: serving at %s", self.identity.model_name, self.identity.rank, self.source.endpoint)
         return self.source.endpoint
 
     def _release(self) -> None:

@@ -1,54 +1,71 @@
 """The vLLM model loader of the `mx` formats: a thin adapter over `modelexpress.loader.WeightLoader`.
 
-`load_model` builds the model as vLLM does, then:
-- with a Ready source of this rank's identity: post-processes the (uninitialised) weights so the
-  module has its final layout, and READs every tensor from the source over NIXL;
-- otherwise (or if every source fails: the model is rebuilt): loads from disk, streaming from
-  `MX_MODEL_URI` with runai-model-streamer when set, else vLLM's default loader (the ModelCache PVC
-  through `HF_HUB_CACHE`), and post-processes;
-then serves the weights and publishes itself, for the next instance of the same layout.
+`load_model` is vLLM's own (`BaseModelLoader.load_model`: build the model, `load_weights`, then
+post-process); only `load_weights` differs. It applies the capture rule to the freshly built model,
+then either receives the loaded state from Ready peers over NIXL or loads from disk (streaming from
+`MX_MODEL_URI` with runai-model-streamer when set, else vLLM's default loader) and moves the loaded
+tensors into one pool. vLLM then post-processes as on any disk load; afterwards the pool is checked
+to still hold the loaded state and served, and the rank is published for the next replica.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
-from typing import Any, cast
+import time
+from typing import Any
 
 import torch
 from torch import nn
 from vllm.config import ModelConfig, VllmConfig
 from vllm.model_executor.model_loader.base_loader import BaseModelLoader
 from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
-from vllm.model_executor.model_loader.utils import initialize_model, process_weights_after_loading
 
 from modelexpress.config.worker import WorkerSettings
-from modelexpress.loader import WeightLoader
+from modelexpress.loader import LoadReport, WeightLoader
+from modelexpress.loader.naming import ModelNameError, name_model
 from modelexpress.loader.streamer import stream_tensors
+from modelexpress.metrics import serve_metrics
 from modelexpress.registry import open_registry
 from modelexpress.vllm_plugin.identity import vllm_identity
 
 log = logging.getLogger("modelexpress.vllm")
+_ATTRIBUTE = "_modelexpress_loader"
 
 
-def _default_dtype(dtype: torch.dtype) -> Any:
+def _hub_cache() -> Any:
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
+
+
+@functools.cache  # one endpoint per process, whatever the number of loads
+def _start_metrics(port: int | None) -> None:
     try:
-        from vllm.utils.torch_utils import set_default_torch_dtype
-    except ImportError:  # vLLM < 0.11
-        from vllm.model_executor.model_loader.utils import set_default_torch_dtype
-    return set_default_torch_dtype(dtype)
+        serve_metrics(port)
+    except OSError as exc:
+        log.warning("MX_METRICS_PORT=%s: cannot serve metrics (%s)", port, exc)
 
 
-def _identity(vllm_config: VllmConfig, model_config: ModelConfig) -> Any:
+def _weight_loader(vllm_config: VllmConfig, model_config: ModelConfig) -> tuple[WeightLoader | None, str]:
+    """The rank's WeightLoader, or None and why the model cannot be exchanged peer to peer."""
     import vllm
     from vllm.distributed import parallel_state
 
+    settings = WorkerSettings()
+    try:
+        named = name_model(
+            model_config.model, model_config.revision, _hub_cache(), settings.model_name, settings.model_revision
+        )
+    except ModelNameError as exc:
+        return None, str(exc)
     parallel = vllm_config.parallel_config
     capability = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
-    return vllm_identity(
-        model=model_config.model,
-        revision=model_config.revision,
+    identity = vllm_identity(
+        model=named.name,
+        revision=named.revision,
         engine_version=vllm.__version__,
         dtype=model_config.dtype,
         quantization=model_config.quantization,
@@ -58,6 +75,9 @@ def _identity(vllm_config: VllmConfig, model_config: ModelConfig) -> Any:
         pp_rank=parallel_state.get_pp_group().rank_in_group,
         capability=capability,
     )
+    log.info("%s is %s at %s (%s)", model_config.model, named.name, named.revision, named.how)
+    _start_metrics(settings.metrics_port)
+    return WeightLoader(identity, settings, open_registry(settings)), ""
 
 
 def loader_class(load_format: str) -> type[BaseModelLoader]:
@@ -67,50 +87,86 @@ def loader_class(load_format: str) -> type[BaseModelLoader]:
         def __init__(self, load_config: Any) -> None:
             super().__init__(load_config)
             self._disk = DefaultModelLoader(dataclasses.replace(load_config, load_format="auto"))
+            self._weights: WeightLoader | None = None
+            self._why_not: str = ""
+            self._report: LoadReport | None = None
+            self._device: torch.device | None = None
+            self._loading = False
 
         def download_model(self, model_config: ModelConfig) -> None:
             if not os.environ.get("MX_MODEL_URI"):
                 self._disk.download_model(model_config)
 
+        def get_all_weights(self, model_config: ModelConfig, model: nn.Module) -> Any:
+            """vLLM's in-place reload reads the checkpoint through this; the served state goes stale."""
+            _withdraw(model, "its weights are being reloaded")
+            return self._disk.get_all_weights(model_config, model)
+
+        def load_model(self, vllm_config: VllmConfig, model_config: ModelConfig, prefix: str = "") -> nn.Module:
+            device = vllm_config.device_config.device if self.load_config.device is None else self.load_config.device
+            self._device = torch.device(device)
+            self._weights, self._why_not = _weight_loader(vllm_config, model_config)
+            self._loading = True
+            try:
+                model: nn.Module = super().load_model(vllm_config, model_config, prefix)
+            finally:
+                self._loading = False
+            weights, report = self._weights, self._report
+            if weights is not None and report is not None:
+                weights.seal()
+                weights.publish(report)
+                model.__dict__[_ATTRIBUTE] = weights  # serves as long as the model lives
+            elif report is not None:
+                log.info("%s; not exchanged peer to peer", report.summary(model_config.model, 0))
+            return model
+
         def load_weights(self, model: nn.Module, model_config: ModelConfig) -> None:
+            if not self._loading:  # a reload outside load_model: new weights, so stop serving the old ones
+                _withdraw(model, "its weights are being reloaded")
+                self._load_from_disk(model, model_config)
+                return
+            started = time.perf_counter()
+            weights = self._weights
+            reason = self._why_not or (weights.check(model) if weights is not None else None)
+            report = None
+            if weights is not None and not reason and load_format != "mx-source":
+                report = weights.receive(model, self._device)
+            if report is None:
+                if load_format == "mx-target":
+                    raise RuntimeError(_target_failure(weights, reason))
+                self._load_from_disk(model, model_config)
+                if weights is not None:
+                    why = "--load-format mx-source" if load_format == "mx-source" and not reason else None
+                    report = weights.adopt(model, self._device, started, reason=why)
+                else:
+                    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+                    report = LoadReport("disk", reason or "", nbytes, time.perf_counter() - started)
+            self._report = report
+
+        def _load_from_disk(self, model: nn.Module, model_config: ModelConfig) -> None:
             uri = os.environ.get("MX_MODEL_URI")
             if uri:
                 model.load_weights(stream_tensors(uri))  # type: ignore[operator]
             else:
                 self._disk.load_weights(model, model_config)
 
-        def load_model(self, vllm_config: VllmConfig, model_config: ModelConfig, prefix: str = "") -> nn.Module:
-            device = torch.device(vllm_config.device_config.device)
-            settings = WorkerSettings()
-            registry = open_registry(settings)
-            hf_config = model_config.hf_config.to_dict() if hasattr(model_config.hf_config, "to_dict") else None
-            weights = WeightLoader(_identity(vllm_config, model_config), settings, registry, hf_config)
-
-            def build() -> nn.Module:
-                with _default_dtype(model_config.dtype), device:
-                    return cast(
-                        nn.Module, initialize_model(vllm_config=vllm_config, model_config=model_config, prefix=prefix)
-                    )
-
-            model = build()
-            report = None
-            if load_format != "mx-source" and weights.sources():
-                process_weights_after_loading(model, model_config, device)
-                report = weights.receive(model, device)
-                if report is None:
-                    model = build()
-            if report is None:
-                if load_format == "mx-target":
-                    raise RuntimeError(
-                        f"--load-format mx-target: no Ready source of {weights.identity.model_name} rank "
-                        f"{weights.identity.rank} could be used ({weights.gate or 'none found or all failed'})"
-                    )
-                self.load_weights(model, model_config)
-                process_weights_after_loading(model, model_config, device)
-                report = weights.adopt(model, device)
-            weights.publish(report)
-            model.__dict__["_modelexpress_loader"] = weights  # serves as long as the model lives
-            return model.eval()
-
     MxModelLoader.__name__ = f"MxModelLoader_{load_format.replace('-', '_')}"
     return MxModelLoader
+
+
+def _target_failure(weights: WeightLoader | None, reason: str | None) -> str:
+    if weights is None or reason:
+        return f"--load-format mx-target: this model cannot be received from peers: {reason}"
+    found = weights.sources()
+    detail = "every source failed (see the warnings above)" if found else "no Ready source in the registry"
+    return (
+        f"--load-format mx-target: no peer delivered {weights.identity.model_name} rank {weights.identity.rank} "
+        f"({detail}); start a replica with --load-format mx or mx-source first"
+    )
+
+
+def _withdraw(model: nn.Module, why: str) -> None:
+    weights = model.__dict__.pop(_ATTRIBUTE, None)
+    if isinstance(weights, WeightLoader):
+        log.info("%s rank %d stops serving: %s", weights.identity.model_name, weights.identity.rank, why)
+        weights.close()

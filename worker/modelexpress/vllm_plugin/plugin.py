@@ -4,20 +4,64 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 log = logging.getLogger("modelexpress.vllm")
 LOAD_FORMATS = ("mx", "mx-source", "mx-target")
 
 
+def refusing_loader(reason: str) -> type[Any]:
+    """A loader class that fails at once with `reason`: an unsupported vLLM never half-works."""
+    from vllm.model_executor.model_loader.base_loader import BaseModelLoader
+
+    class UnsupportedVllm(BaseModelLoader):  # type: ignore[misc]
+        def __init__(self, load_config: Any) -> None:
+            raise RuntimeError(f"{reason}; install a supported vLLM, or choose another --load-format")
+
+        def download_model(self, model_config: Any) -> None:  # pragma: no cover - never constructed
+            raise NotImplementedError
+
+        def load_weights(self, model: Any, model_config: Any) -> None:  # pragma: no cover - never constructed
+            raise NotImplementedError
+
+    return UnsupportedVllm
+
+
+def _show_logs() -> None:
+    """vLLM configures only its own loggers: without this, what the loader decides (peers or disk, and
+    why) would never reach the pod's log. A process that configured logging itself keeps its own."""
+    package = logging.getLogger("modelexpress")
+    if package.handlers or logging.getLogger().handlers:
+        return
+    from modelexpress.config.logs import SecretMaskingFilter, TextFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(TextFormatter(compact=False, structured=False))
+    handler.addFilter(SecretMaskingFilter())
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    package.propagate = False
+
+
 def register() -> None:
     """Entry point of `vllm.general_plugins`; a no-op with MX_REGISTER_LOADERS=0 or without vLLM."""
+    _show_logs()
     if os.environ.get("MX_REGISTER_LOADERS", "1").strip().lower() in ("0", "false", "no", "off"):
         log.info("MX_REGISTER_LOADERS=0: the mx load formats are not registered")
         return
     try:
+        import vllm
         from vllm.model_executor.model_loader import register_model_loader
     except ImportError as exc:
         log.warning("vLLM is not importable (%s); the mx load formats are not registered", exc)
+        return
+    from modelexpress.vllm_plugin.versions import unsupported
+
+    reason = unsupported(vllm.__version__)
+    if reason is not None:
+        log.error("%s: --load-format %s will fail with this message", reason, "/".join(LOAD_FORMATS))
+        for load_format in LOAD_FORMATS:
+            register_model_loader(load_format)(refusing_loader(reason))
         return
     from modelexpress.vllm_plugin.loader import loader_class
 

