@@ -13,6 +13,7 @@ BENCHMARKS = [
     "source_recording.py",
     "hf_download.py",
     "server_streaming.py",
+    "vllm_start.py",
 ]
 
 

