@@ -73,11 +73,13 @@ def replica(
     registry: Path,
     serve: bool = True,
     env: dict[str, str] | None = None,
+    tp: int = 1,
 ) -> Iterator[Replica]:
     """A vLLM replica that has loaded and answered; with `serve` it stays up (a source) until the block ends."""
     out, log = tmp / f"{name}.json", tmp / f"{name}.log"
+    out.unlink(missing_ok=True)
     args = [sys.executable, "-m", "tests.helpers.vllm_replica", "--model", str(model), "--load-format", load_format,
-            "--out", str(out)] + (["--serve"] if serve else [])  # fmt: skip
+            "--out", str(out), "--tp", str(tp)] + (["--serve"] if serve else [])  # fmt: skip
     with log.open("wb") as sink:
         proc = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT, env=_env(registry, env),
                                 preexec_fn=die_with_parent)  # fmt: skip  # noqa: PLW1509
@@ -107,6 +109,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--quantization", default=None)
+    parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--serve", action="store_true")
     args = parser.parse_args()
 
@@ -121,6 +124,7 @@ def main() -> int:
             load_format=args.load_format,
             dtype=args.dtype,
             quantization=args.quantization,
+            tensor_parallel_size=args.tp,
             skip_tokenizer_init=True,
             enforce_eager=True,
             max_model_len=128,

@@ -9,6 +9,7 @@ answer with other tokens. Every replica is compared token for token with a plain
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -77,6 +78,21 @@ def test_a_quantized_model_travels_as_loaded_and_answers_like_a_disk_load(
     # The int8 checkpoint travelled as loaded (its bytes, plus the rotary table), not a dequantized copy.
     checkpoint = (model / "model.safetensors").stat().st_size
     assert 0.9 * checkpoint < b.result["pull_bytes"] < 1.25 * checkpoint
+
+
+def test_tensor_parallel_ranks_each_pull_their_own_shard(model_dir: Path, tmp_path: Path) -> None:
+    """TP=2 (two vLLM worker processes per replica, one per core): rank r of B pulls from rank r of A."""
+    registry, bind = tmp_path / "sources.db", {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}
+    with replica(tmp_path, "plain", model_dir, "auto", tmp_path / "unused.db", serve=False, env=bind, tp=2) as plain:
+        expected = plain.result["tokens"]
+    with (
+        replica(tmp_path, "a", model_dir, "mx-source", registry, env=bind, tp=2) as a,
+        replica(tmp_path, "b", model_dir, "mx", registry, env=bind, tp=2) as b,
+    ):
+        assert a.result["tokens"] == expected and b.result["tokens"] == expected
+        served = dict(re.findall(r"rank (\d): serving at (\S+)", a.text()))
+        pulled = dict(re.findall(r"rank (\d): [\d.]+ MiB from peers (\S+) ", b.text()))
+        assert sorted(served) == ["0", "1"] and pulled == served, b.text()[-3000:]
 
 
 def test_dead_source_records_cost_a_disk_load_not_a_crash(

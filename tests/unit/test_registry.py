@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 from pathlib import Path
+from typing import Any
 
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.registry import EmbeddedRegistry, SourceRecord
@@ -64,3 +65,23 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
         p.join(60)
         assert p.exitcode == 0
     assert len(EmbeddedRegistry(path).find_ready(ID0)) == 200
+
+
+def _open_registry_at_once(path: str, barrier: Any) -> None:
+    barrier.wait()
+    EmbeddedRegistry(path).close()
+
+
+def test_ranks_opening_a_new_embedded_registry_at_the_same_moment_all_succeed(tmp_path: Path) -> None:
+    """The ranks of one vLLM instance open the file together; switching it to WAL is refused, not
+    waited for, while another connection does it (seen with real vLLM at TP=2)."""
+    context = mp.get_context("fork")
+    for attempt in range(12):
+        barrier = context.Barrier(4)
+        path = str(tmp_path / f"sources-{attempt}.db")
+        procs = [context.Process(target=_open_registry_at_once, args=(path, barrier)) for _ in range(4)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(60)
+        assert [p.exitcode for p in procs] == [0, 0, 0, 0], f"attempt {attempt}"

@@ -66,6 +66,10 @@ class LoadReport:
         return f"{model} rank {rank}: {_size(self.bytes)} from {origin} in {self.seconds:.2f}s ({self.reason})"
 
 
+def _rate(gbps: float) -> str:
+    return f"{gbps:.1f} GB/s" if gbps >= 1 else f"{gbps * 1000:.0f} MB/s"
+
+
 def _size(nbytes: int) -> str:
     return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
@@ -157,7 +161,7 @@ class WeightLoader:
         self._capture(layout)
         return LoadReport(
             "p2p",
-            f"{len(result.sources)} Ready source(s); READs and checks {result.seconds:.2f}s, {result.gbps:.1f} GB/s",
+            f"{len(result.sources)} Ready source(s); READs and checks {result.seconds:.2f}s, {_rate(result.gbps)}",
             result.bytes,
             time.perf_counter() - started,
             sources=list(result.sources),

@@ -38,8 +38,22 @@ class EmbeddedRegistry(SourceRegistry):
         self.ttl = ttl_seconds
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        self._prepare(deadline=time.monotonic() + 30)
+
+    def _prepare(self, deadline: float) -> None:
+        """WAL mode and the schema. The ranks of one instance open a new file at the same moment, and
+        switching the journal mode is refused (not waited for) while another connection does it."""
+        delay = 0.01
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.executescript(_SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
 
     def publish(self, record: SourceRecord) -> None:
         record = record.model_copy(update={"updated_at": time.time()})
