@@ -68,7 +68,7 @@ def _env(registry: Path, extra: dict[str, str] | None) -> dict[str, str]:
 def replica(
     tmp: Path,
     name: str,
-    model: Path,
+    model: Path | str,
     load_format: str,
     registry: Path,
     serve: bool = True,

@@ -62,6 +62,30 @@ def test_pulled_replicas_answer_token_for_token_like_a_disk_load(
     print("load seconds:", {r: round(x.result["load_seconds"], 2) for r, x in {"A": a, "B": b, "D": d}.items()})
 
 
+def test_a_model_cache_snapshot_is_its_repo_and_commit_wherever_it_is_mounted(
+    model_dir: Path, baseline: list[list[int]], tmp_path: Path
+) -> None:
+    """What a ModelCache PVC holds (the hub cache layout), read offline by hub id: vLLM itself turns the id
+    into the snapshot's absolute path, which differs between the two mounts; the name does not."""
+    commit = "1f2e3d4c5b6a79880123456789abcdef01234567"
+    first = tmp_path / "pvc-mount-a"
+    snapshot = first / "models--org--tiny-llama" / "snapshots" / commit
+    shutil.copytree(model_dir, snapshot)
+    (first / "models--org--tiny-llama" / "refs").mkdir()
+    (first / "models--org--tiny-llama" / "refs" / "main").write_text(commit)
+    second = tmp_path / "elsewhere" / "pvc-mount-b"
+    shutil.copytree(first, second)
+    registry = tmp_path / "sources.db"
+    with (
+        replica(tmp_path, "e1", Path("org/tiny-llama"), "mx-source", registry, env={"HF_HUB_CACHE": str(first)}) as e1,
+        replica(tmp_path, "e2", Path("org/tiny-llama"), "mx", registry, env={"HF_HUB_CACHE": str(second)}) as e2,
+    ):
+        assert e1.result["tokens"] == baseline and e2.result["tokens"] == baseline
+        assert e2.result["pull_bytes"] > 0, e2.text()[-3000:]
+        for replica_log in (e1.text(), e2.text()):
+            assert f"is org/tiny-llama at {commit} (hub snapshot " in replica_log
+
+
 def test_a_quantized_model_travels_as_loaded_and_answers_like_a_disk_load(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
@@ -107,7 +131,9 @@ def test_dead_source_records_cost_a_disk_load_not_a_crash(
         assert c.result["tokens"] == baseline
         assert c.result["pull_bytes"] == 0
         log = c.text()
-        assert f"source {endpoint} not used" in log
+        assert f"source {endpoint} not used" in log and "nothing answers there (UNAVAILABLE)" in log
+        assert log.count(f"source {endpoint} not used") == 1  # reported once
+        assert "none of 1 source(s) delivered the weights; loading from disk" in log
         assert "from disk in" in log and "(every source failed)" in log
         assert "serving at 127.0.0.1:" in log  # C is a source now
 

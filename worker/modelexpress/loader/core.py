@@ -153,8 +153,10 @@ class WeightLoader:
         try:
             result = pull(layout, self.identity, self.sources(), self.engine, options)
         except PullError as exc:
-            log.warning("%s rank %d: no peer could deliver the weights (%s)", self.identity.model_name,
-                        self.identity.rank, exc)  # fmt: skip
+            # Each source's failure was logged where it happened; one line says what follows.
+            log.warning("%s rank %d: none of %d source(s) delivered the weights; loading from disk",
+                        self.identity.model_name, self.identity.rank, len(self.sources()))  # fmt: skip
+            log.debug("pull failed: %s", exc)
             self._release()
             return None
         attach(module, layout, copy=False)

@@ -81,11 +81,17 @@ class WorkerClient:
 
         def follow() -> None:
             reason = "the worker ended its status stream"
+            received = False
             try:
                 for status in stream:
+                    received = True
                     on_status(status)
             except grpc.RpcError as exc:
-                reason = f"status stream broke: {exc.code() if isinstance(exc, grpc.Call) else exc}"
+                code = exc.code() if isinstance(exc, grpc.Call) else None
+                if code == grpc.StatusCode.UNAVAILABLE and not received:
+                    reason = "nothing answers there (UNAVAILABLE): the worker is gone or not listening"
+                else:
+                    reason = f"status stream broke: {code or exc}"
             on_end(reason)
 
         thread = threading.Thread(target=follow, name=f"mx-watch-{self.endpoint}", daemon=True)
