@@ -6,6 +6,7 @@ closed ports, mismatched layouts.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -350,3 +351,26 @@ def test_cli_pull_without_local_files_takes_the_layout_from_the_source(model_dir
     )
     assert missing.returncode == 3
     assert "no Ready source of nobody/serves-this rank 0" in missing.stderr
+
+
+def test_cli_pull_takes_the_layout_from_any_source_that_answers(model_dir: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "MX_REGISTRY_PATH": str(tmp_path / "reg.db"), "MX_WORKER_HOST": "127.0.0.1",
+           "MX_CONNECT_TIMEOUT_SECS": "3"}  # fmt: skip
+    dead = f"127.0.0.1:{free_port()}"
+
+    def cli(*extra: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "modelexpress", "worker", "pull", "--model-name", "test/model", *extra]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, check=False)
+
+    with sources(tmp_path, 1, "--model-dir", str(model_dir)) as (src,):
+        out = cli("--source", dead, "--source", src.endpoint, "--format", "json")
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["sources"] == [src.endpoint] and dead in summary["failed_sources"]
+    assert summary["tensors"] == summary["verified_tensors"] == len(scan(model_dir))
+    assert summary["pulled_bytes"] == summary["bytes"] > 0 and summary["tensors_from_disk"] == 0
+    gone = cli("--source", dead, "--source", src.endpoint)  # the live one has stopped too
+    assert gone.returncode == 3 and "Traceback" not in gone.stderr
+    assert gone.stderr.count("\n") == 1 and gone.stderr.startswith("error: no source answered with its tensor layout")
+    assert f"{dead}: " in gone.stderr and f"{src.endpoint}: " in gone.stderr

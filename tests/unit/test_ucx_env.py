@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from modelexpress.p2p.nixl_engine import configure_ucx_environment
 
 
@@ -18,3 +20,18 @@ def test_get_zcopy_is_enabled_unless_the_user_chose() -> None:
 def test_transports_are_shown_on_request_only() -> None:
     assert configure_ucx_environment({}, show_transports=True)["UCX_PROTO_INFO"] == "y"
     assert configure_ucx_environment({"UCX_PROTO_INFO": "n"}, show_transports=True)["UCX_PROTO_INFO"] == "n"
+
+
+def test_nixl_logs_go_through_ours_not_to_standard_output(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+
+    from modelexpress.p2p.nixl_engine import NixlEngine
+
+    monkeypatch.delenv("NIXL_LOG_LEVEL", raising=False)
+    NixlEngine()
+    out = capsys.readouterr().out
+    assert "NIXL" not in out and "Backend UCX" not in out  # stdout stays clean for --format json
+    nixl_logger = logging.getLogger("nixl")
+    assert nixl_logger.propagate and not nixl_logger.handlers and nixl_logger.level == logging.WARNING

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from kubernetes import client, config
 
+from modelexpress.errors import UserError
+
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 
@@ -24,13 +26,23 @@ def kubeconfig_path() -> str:
     return os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
 
 
+class KubeConfigError(UserError, RuntimeError):
+    """No usable Kubernetes credentials; the message says where they were looked for."""
+
+
 def kube_api_client(pool_size: int | None = None) -> client.ApiClient:
     """A client with those credentials, read now (not when `kubernetes` was imported)."""
     configuration = client.Configuration()
-    if in_cluster():
-        config.load_incluster_config(client_configuration=configuration)
-    else:
-        config.load_kube_config(config_file=kubeconfig_path(), client_configuration=configuration)
+    try:
+        if in_cluster():
+            config.load_incluster_config(client_configuration=configuration)
+        else:
+            config.load_kube_config(config_file=kubeconfig_path(), client_configuration=configuration)
+    except (config.ConfigException, OSError) as exc:
+        where = "the pod's ServiceAccount" if in_cluster() else f"kubeconfig {kubeconfig_path()}"
+        raise KubeConfigError(
+            f"no Kubernetes credentials ({where}: {exc}); set KUBECONFIG to a kubeconfig, or run in a pod"
+        ) from None
     if pool_size is not None:
         configuration.connection_pool_maxsize = pool_size
     return client.ApiClient(configuration)

@@ -7,7 +7,7 @@ import json
 import sys
 from datetime import UTC, datetime
 
-from modelexpress.config.worker import WorkerSettings
+from modelexpress.config.worker import load_worker_settings
 from modelexpress.p2p.records import SourceRecord
 from modelexpress.registry import RegistryUnavailableError, open_registry
 
@@ -42,7 +42,7 @@ def _row(record: SourceRecord) -> dict[str, object]:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    settings = WorkerSettings()
+    settings = load_worker_settings()
     try:
         registry = open_registry(settings)
     except ValueError as exc:

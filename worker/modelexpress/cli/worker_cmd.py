@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
 import signal
 import sys
@@ -14,16 +15,18 @@ from pathlib import Path
 
 from modelexpress.config import LoggingSettings
 from modelexpress.config.logs import configure_logging
-from modelexpress.config.worker import WorkerSettings
+from modelexpress.config.worker import WorkerSettings, load_worker_settings
+from modelexpress.errors import UserError
 from modelexpress.files import write_text_atomic
 from modelexpress.metrics import serve_metrics
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.memory import TensorLayout, TensorSpec, allocate_pool
 from modelexpress.p2p.nixl_engine import NixlEngine
-from modelexpress.p2p.pull import PullError, PullOptions, pull
+from modelexpress.p2p.pull import PullError, PullOptions, PullResult, pull
 from modelexpress.p2p.safetensors_dir import SafetensorsError, disk_fallback, load_into, scan
 from modelexpress.p2p.source import SourceWorker
 from modelexpress.registry import RegistryUnavailableError, open_registry
+from modelexpress.units import rate, size
 
 log = logging.getLogger("modelexpress.worker")
 
@@ -95,7 +98,7 @@ def _run_source(
         raise
     assert source.manifest is not None
     print(
-        f"serving {len(source.manifest.tensors)} tensors ({source.manifest.total_bytes / 2**30:.2f} GiB) of "
+        f"serving {len(source.manifest.tensors)} tensors ({size(source.manifest.total_bytes)}) of "
         f"{identity.model_name} rank {identity.rank} at {source.endpoint} (agent {engine.name}); Ctrl-C to stop",
         flush=True,
     )
@@ -126,24 +129,20 @@ def _registry_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[
 @_registry_errors
 def _serve(args: argparse.Namespace) -> int:
     configure_logging(LoggingSettings(level=args.log_level, format="compact"))
-    settings = WorkerSettings()
+    settings = load_worker_settings()
     serve_metrics(settings.metrics_port)
     identity = _identity(args)
+    device = _device(args.device)
     try:
         stored = scan(args.model_dir)
     except SafetensorsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    layout = allocate_pool([s.spec for s in stored], args.device)
+    layout = allocate_pool([s.spec for s in stored], device)
     started = time.perf_counter()
     nbytes = load_into(layout.tensors, stored)
-    log.info(
-        "loaded %d tensors (%d bytes) from %s in %.2fs",
-        len(stored),
-        nbytes,
-        args.model_dir,
-        time.perf_counter() - started,
-    )
+    log.info("loaded %d tensors (%s) from %s in %.2fs", len(stored), size(nbytes), args.model_dir,
+             time.perf_counter() - started)  # fmt: skip
     engine = NixlEngine(progress_thread=settings.nixl_progress_thread)
     engine.register(layout)
     _run_source(identity, layout, settings, engine, args.ready_file)
@@ -168,13 +167,58 @@ class _ProgressBar:
         sys.stderr.flush()
 
 
+def _endpoint(value: str) -> str:
+    """`--source` as `host:port` (port 1-65535), or a one-line error naming the flag."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"--source {value!r}: expected host:port with a port from 1 to 65535, e.g. 10.0.0.7:50051")
+    return value
+
+
+def _device(value: str) -> str:
+    """`--device` checked against this torch build, so that a CPU build never ends in an assertion."""
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {value!r}: expected cpu or cuda[:N]") from None
+    if device.type == "cuda":
+        if torch.version.cuda is None:
+            raise UserError(f"--device {value}: this torch ({torch.__version__}) is a CPU build; use --device cpu")
+        if not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count():
+            raise UserError(f"--device {value}: no such GPU is visible (torch sees {torch.cuda.device_count()})")
+    elif device.type != "cpu":
+        raise UserError(f"--device {value!r}: expected cpu or cuda[:N]")
+    return value
+
+
+def _layout_from_sources(endpoints: list[str], timeout: float) -> list[TensorSpec]:
+    """The tensor layout from the first source that answers; one error naming each source otherwise."""
+    from modelexpress.p2p.client import SourceUnavailableError, WorkerClient
+
+    failures = []
+    for endpoint in endpoints:
+        client = WorkerClient(endpoint, timeout=timeout)
+        try:
+            manifest = client.manifest()
+        except SourceUnavailableError as exc:
+            failures.append(f"{endpoint}: {exc}")
+            continue
+        finally:
+            client.close()
+        return [TensorSpec(t.name, t.dtype, t.shape, t.is_parameter) for t in manifest.tensors]
+    raise PullError(f"no source answered with its tensor layout ({'; '.join(failures)})")
+
+
 @_registry_errors
 def _pull(args: argparse.Namespace) -> int:
     configure_logging(LoggingSettings(level=args.log_level, format="compact"))
     identity = _identity(args)
-    settings = WorkerSettings()
+    endpoints = [_endpoint(e) for e in args.source]
+    device = _device(args.device)
+    settings = load_worker_settings()
     serve_metrics(settings.metrics_port)
-    endpoints = list(args.source)
     expected_pods: dict[str, str] = {}
     if not endpoints:
         registry = open_registry(settings)
@@ -190,22 +234,22 @@ def _pull(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 3
-    engine = NixlEngine(progress_thread=settings.nixl_progress_thread)
     specs: list[TensorSpec]
     fallback = None
-    if args.model_dir is not None:
-        specs = [s.spec for s in scan(args.model_dir)]
-        fallback = disk_fallback(args.model_dir)
-    else:
-        from modelexpress.p2p.client import WorkerClient
-
-        client = WorkerClient(endpoints[0], timeout=settings.connect_timeout_secs)
-        try:
-            manifest = client.manifest()
-        finally:
-            client.close()
-        specs = [TensorSpec(t.name, t.dtype, t.shape, t.is_parameter) for t in manifest.tensors]
-    layout = allocate_pool(specs, args.device)
+    try:
+        if args.model_dir is not None:
+            specs = [s.spec for s in scan(args.model_dir)]
+            fallback = disk_fallback(args.model_dir)
+        else:
+            specs = _layout_from_sources(endpoints, settings.connect_timeout_secs)
+    except SafetensorsError as exc:
+        print(f"error: --model-dir: {exc}", file=sys.stderr)
+        return 2
+    except PullError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    engine = NixlEngine(progress_thread=settings.nixl_progress_thread)
+    layout = allocate_pool(specs, device)
     engine.register(layout)
     options = PullOptions(
         chunk_bytes=settings.chunk_bytes,
@@ -220,16 +264,41 @@ def _pull(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         engine.deregister_all()
         return 1
-    via = f"from {len(result.sources)} source(s)" if result.sources else "from no source"
-    if result.fell_back:
-        via += f"; {len(result.fell_back)} tensor(s) from disk"
-    print(
-        f"pulled {len(layout.placements)} tensors, {result.bytes / 2**30:.3f} GiB in {result.seconds:.3f} s "
-        f"({result.gbps:.2f} GB/s) {via}; all checksums verified",
-        flush=True,
-    )
+    _print_summary(args, layout, result)
     if args.serve_after:
         _run_source(identity, layout, settings, engine, args.ready_file)
     else:
         engine.deregister_all()
     return 0
+
+
+def _print_summary(args: argparse.Namespace, layout: TensorLayout, result: PullResult) -> None:
+    """What a pull did, as one line or (`--format json`) one object; only checked bytes are called verified."""
+    from_disk = len(result.fell_back)
+    pulled = len(layout.placements) - from_disk
+    if args.output_format != "human":
+        summary = {
+            "tensors": len(layout.placements),
+            "bytes": layout.total_bytes,
+            "seconds": round(result.seconds, 6),
+            "pulled_tensors": pulled,
+            "pulled_bytes": result.bytes,
+            "sources": result.sources,
+            "failed_sources": result.failed_sources,
+            "tensors_from_disk": from_disk,
+            "verified_tensors": pulled,
+        }
+        print(json.dumps(summary, indent=2 if args.output_format == "json-pretty" else None), flush=True)
+        return
+    took = f"in {result.seconds:.2f} s ({rate(result.gbps * 1e9)})"
+    if not from_disk:
+        line = (f"pulled {pulled} tensors ({size(result.bytes)}) {took} from {len(result.sources)} source(s); "
+                "all checksums verified")  # fmt: skip
+    elif pulled:
+        line = (f"pulled {pulled} of {len(layout.placements)} tensors ({size(result.bytes)}) {took} from "
+                f"{len(result.sources)} source(s), checksums verified; {from_disk} tensor(s) read from --model-dir "
+                "(no source delivered them)")  # fmt: skip
+    else:
+        line = (f"loaded {from_disk} tensors ({size(layout.total_bytes)}) from --model-dir: no source delivered "
+                "any, so nothing was checked against a source")  # fmt: skip
+    print(line, flush=True)

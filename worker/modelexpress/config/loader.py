@@ -23,6 +23,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from modelexpress.config.settings import ModelExpressConfig
+from modelexpress.errors import UserError
 
 ENV_PREFIX = "MODEL_EXPRESS_"
 # The seeds spell the logging section both ways: LOG_LEVEL (deployment guide), LOGGING_LEVEL (README).
@@ -30,7 +31,7 @@ _SECTION_ENV_ALIASES = {"logging": ("LOGGING", "LOG")}
 _NULL_WORDS = {"null", "none", "~"}
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """A configuration that cannot be used; the message names every bad option and value."""
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from modelexpress.errors import UserError
 
 
 def _default_registry_path() -> str:
@@ -68,3 +70,27 @@ class WorkerSettings(BaseSettings):
     a directory's content digest); replicas with the same name and revision exchange weights."""
     model_revision: str | None = None
     """Revision published with `MX_MODEL_NAME` (default: the engine's revision, else `main`)."""
+
+
+class WorkerSettingsError(UserError, ValueError):
+    """Bad `MX_*` values; the message names each variable, its value and what is accepted."""
+
+
+def _variable(name: str) -> str:
+    field = WorkerSettings.model_fields.get(name)
+    alias = field.validation_alias if field is not None else None
+    if isinstance(alias, AliasChoices) and alias.choices:
+        return str(alias.choices[0])
+    return f"MX_{name.upper()}"
+
+
+def load_worker_settings(**overrides: object) -> WorkerSettings:
+    """`WorkerSettings` from the environment (and `overrides`), or `WorkerSettingsError` naming each bad variable."""
+    try:
+        return WorkerSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "?"
+            problems.append(f"{_variable(name)}={error.get('input')!r}: {error['msg']}")
+        raise WorkerSettingsError("; ".join(problems)) from None

@@ -30,7 +30,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from modelexpress.config.worker import WorkerSettings
+from modelexpress.config.worker import WorkerSettings, load_worker_settings
 from modelexpress.loader.capture import capture_gate, changed_in_place, state_checksums
 from modelexpress.loader.rehome import attach, module_tensors, plan_pool, rehome
 from modelexpress.p2p.identity import WorkerIdentity
@@ -40,6 +40,7 @@ from modelexpress.p2p.nixl_engine import NixlEngine
 from modelexpress.p2p.pull import PullError, PullOptions, pull
 from modelexpress.p2p.source import SourceWorker
 from modelexpress.registry.base import RegistryUnavailableError, SourceRegistry
+from modelexpress.units import rate, size
 
 log = logging.getLogger(__name__)
 DiskLoader = Callable[[nn.Module], None]
@@ -63,15 +64,7 @@ class LoadReport:
 
     def summary(self, model: str, rank: int) -> str:
         origin = "peers " + ", ".join(self.sources) if self.mode == "p2p" else "disk"
-        return f"{model} rank {rank}: {_size(self.bytes)} from {origin} in {self.seconds:.2f}s ({self.reason})"
-
-
-def _rate(gbps: float) -> str:
-    return f"{gbps:.1f} GB/s" if gbps >= 1 else f"{gbps * 1000:.0f} MB/s"
-
-
-def _size(nbytes: int) -> str:
-    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+        return f"{model} rank {rank}: {size(self.bytes)} from {origin} in {self.seconds:.2f}s ({self.reason})"
 
 
 class WeightLoader:
@@ -85,7 +78,7 @@ class WeightLoader:
         serve: bool = True,
     ) -> None:
         self.identity = identity
-        self.settings = settings or WorkerSettings()
+        self.settings = settings or load_worker_settings()
         self.registry = registry
         self.serve = serve
         self.gate: str | None = None
@@ -163,7 +156,7 @@ class WeightLoader:
         self._capture(layout)
         return LoadReport(
             "p2p",
-            f"{len(result.sources)} Ready source(s); READs and checks {result.seconds:.2f}s, {_rate(result.gbps)}",
+            f"{len(result.sources)} Ready source(s); READs and checks {result.seconds:.2f}s, {rate(result.gbps * 1e9)}",
             result.bytes,
             time.perf_counter() - started,
             sources=list(result.sources),

@@ -60,16 +60,41 @@ class ReadHandle:
     nbytes: int
 
 
+def route_nixl_logs(environ: MutableMapping[str, str] | None = None) -> None:
+    """NIXL prints its own INFO lines ("Backend UCX was instantiated") to standard output in another
+    format, which breaks `--format json` and clutters every command: hand its logger to ours instead,
+    warnings and up unless `NIXL_LOG_LEVEL` asks for more."""
+    env = os.environ if environ is None else environ
+    nixl_logger = logging.getLogger("nixl")
+    for handler in list(nixl_logger.handlers):
+        nixl_logger.removeHandler(handler)
+    nixl_logger.propagate = True
+    if not env.get("NIXL_LOG_LEVEL"):
+        nixl_logger.setLevel(logging.WARNING)
+
+
 class NixlEngine:
     """One NIXL agent per worker. Thread-confined: call it from one thread at a time."""
 
     def __init__(self, name: str | None = None, backend: str = "UCX", progress_thread: bool = False) -> None:
         from nixl._api import nixl_agent, nixl_agent_config
 
-        ucx = configure_ucx_environment(show_transports=log.isEnabledFor(logging.DEBUG))
+        route_nixl_logs()
+        ucx = configure_ucx_environment()
         self.name = name or f"mx-{uuid.uuid4().hex[:12]}"
         self.backend = backend
-        self._agent = nixl_agent(self.name, nixl_agent_config(enable_prog_thread=progress_thread, backends=[backend]))
+        # UCX reads UCX_PROTO_INFO when the agent starts; set only for that moment, so that debugging
+        # one agent never leaks into the process's later agents and children (and their stdout).
+        show = log.isEnabledFor(logging.DEBUG) and "UCX_PROTO_INFO" not in os.environ
+        if show:
+            os.environ["UCX_PROTO_INFO"] = "y"
+            ucx["UCX_PROTO_INFO"] = "y"
+        try:
+            config = nixl_agent_config(enable_prog_thread=progress_thread, backends=[backend])
+            self._agent = nixl_agent(self.name, config)
+        finally:
+            if show:
+                os.environ.pop("UCX_PROTO_INFO", None)
         self._registrations: list[Any] = []
         self._remotes: dict[bytes, str] = {}
         self.regions: list[Region] = []

@@ -80,6 +80,8 @@ def read_header(path: Path) -> list[StoredTensor]:
 
 
 def model_files(directory: Path) -> list[Path]:
+    if not Path(directory).is_dir():
+        raise SafetensorsError(f"{directory}: no such directory")
     files = sorted(Path(directory).glob("*.safetensors"))
     if not files:
         raise SafetensorsError(f"no *.safetensors files in {directory}")

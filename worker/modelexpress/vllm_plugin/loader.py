@@ -23,7 +23,7 @@ from vllm.config import ModelConfig, VllmConfig
 from vllm.model_executor.model_loader.base_loader import BaseModelLoader
 from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
 
-from modelexpress.config.worker import WorkerSettings
+from modelexpress.config.worker import load_worker_settings
 from modelexpress.loader import LoadReport, WeightLoader
 from modelexpress.loader.naming import ModelNameError, name_model
 from modelexpress.loader.streamer import stream_tensors
@@ -54,7 +54,7 @@ def _weight_loader(vllm_config: VllmConfig, model_config: ModelConfig) -> tuple[
     import vllm
     from vllm.distributed import parallel_state
 
-    settings = WorkerSettings()
+    settings = load_worker_settings()
     try:
         named = name_model(
             model_config.model, model_config.revision, _hub_cache(), settings.model_name, settings.model_revision
