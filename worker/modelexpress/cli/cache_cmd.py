@@ -15,16 +15,18 @@ import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelexpress.cache.database import CachedModel
 from modelexpress.cache.errors import EXIT_CODES, DownloadError
-from modelexpress.cache.local import LocalCache, cache_directory, download_source
 from modelexpress.cache.sources import parse_source
 from modelexpress.cache.transfers import Progress
 from modelexpress.cli.options import ConfigError, config_from_args
 from modelexpress.config.logs import configure_logging
 from modelexpress.files import write_text_atomic
+
+if TYPE_CHECKING:
+    from modelexpress.cache.local import LocalCache
 
 FORMATS = ["human", "json", "json-pretty"]
 
@@ -134,6 +136,8 @@ def _download(args: argparse.Namespace) -> int:
 
         namespace, _, name = args.progress_to.partition("/")
         progress = CacheProgressReporter(namespace, name)
+    from modelexpress.cache.local import cache_directory, download_source  # hub clients: only when used
+
     directory = cache_directory(config, source.provider)
     try:
         result = download_source(config, source, args.revision, args.allow_pattern, args.ignore_pattern, progress)
@@ -168,6 +172,8 @@ def _open(args: argparse.Namespace) -> LocalCache | None:
         print(f"error: {exc}", file=sys.stderr)
         return None
     configure_logging(config.logging)
+    from modelexpress.cache.local import LocalCache
+
     return LocalCache(config)
 
 

@@ -27,7 +27,6 @@ from pydantic import ValidationError
 from modelexpress._proto.modelexpress.v1 import server_pb2, server_pb2_grpc
 from modelexpress.cache.database import CachedModel
 from modelexpress.cache.errors import EXIT_CODES, DownloadError, exit_code_for
-from modelexpress.cache.local import LocalCache, cache_directory
 from modelexpress.cache.sources import parse_source
 from modelexpress.client.receive import StreamError, receive_model
 from modelexpress.config import ModelExpressConfig, load_config
@@ -245,6 +244,8 @@ def _download(args: argparse.Namespace) -> int:
         if code != 3 or strategy == "server":
             return code
         print("the server cannot be reached: downloading directly on this machine", file=sys.stderr)
+    from modelexpress.cache.local import LocalCache  # hub clients: only when used
+
     cache = LocalCache(_local_config(args.settings))
     try:
         model = cache.pull(name, args.revision)
@@ -289,6 +290,8 @@ def _ensure_on_server(args: argparse.Namespace, name: str) -> tuple[int, server_
 def _receive(args: argparse.Namespace, name: str, update: server_pb2.ModelStatusUpdate) -> int:
     """Stream what the server cached into this machine's cache and record it there."""
     config = _local_config(args.settings)
+    from modelexpress.cache.local import cache_directory
+
     directory = cache_directory(config, parse_source(name).provider)
     retries = 2 if args.settings.max_retries is None else args.settings.max_retries
 
@@ -306,6 +309,8 @@ def _receive(args: argparse.Namespace, name: str, update: server_pb2.ModelStatus
         return 1
     except grpc.RpcError as exc:
         return _unreachable(args, exc)
+    from modelexpress.cache.local import LocalCache
+
     cache = LocalCache(config)
     try:
         now = time.time()
