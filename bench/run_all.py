@@ -14,6 +14,7 @@ BENCHMARKS = [
     "hf_download.py",
     "server_streaming.py",
     "vllm_start.py",
+    "cli_startup.py",
 ]
 
 
