@@ -22,7 +22,7 @@ HINTS = {
     FailureReason.NOT_FOUND: "check the model name and revision",
     FailureReason.NO_SPACE: "give the cache more storage or evict models",
     FailureReason.INTEGRITY: "the source served bytes that do not match its own metadata; retry or report it upstream",
-    FailureReason.NETWORK: "the source could not be reached; it is retried",
+    FailureReason.NETWORK: "the source could not be reached; trying again may help",
 }
 
 

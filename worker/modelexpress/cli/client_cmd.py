@@ -161,12 +161,14 @@ def _emit(args: argparse.Namespace, payload: Any, human: str) -> None:
         print(json.dumps(payload, indent=2 if args.output_format == "json-pretty" else None))
 
 
-def _unreachable(args: argparse.Namespace, exc: grpc.RpcError) -> int:
+def _unreachable(args: argparse.Namespace, exc: grpc.RpcError, fatal: bool = True) -> int:
+    """Report an RPC failure; an unreachable server is an `error:` only when the command stops on it."""
     code = exc.code() if isinstance(exc, grpc.Call) else None
     detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
     endpoint = args.settings.endpoint
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        print(f"error: the server at {endpoint} cannot be reached ({code.name}): {detail}", file=sys.stderr)
+        if fatal:
+            print(f"error: the server at {endpoint} cannot be reached ({code.name}): {detail}", file=sys.stderr)
         return 3
     print(f"error: {code.name if code else 'RPC'}: {detail}", file=sys.stderr)
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
@@ -232,7 +234,7 @@ def _download(args: argparse.Namespace) -> int:
     strategy = STRATEGIES[args.strategy]
     name = _model_name(args)
     if strategy != "direct":
-        code, update = _ensure_on_server(args, name)
+        code, update = _ensure_on_server(args, name, fatal=strategy == "server")
         if code == 0 and update is not None:
             if args.settings.no_shared_storage:
                 return _receive(args, name, update)
@@ -243,7 +245,8 @@ def _download(args: argparse.Namespace) -> int:
             return 0
         if code != 3 or strategy == "server":
             return code
-        print("the server cannot be reached: downloading directly on this machine", file=sys.stderr)
+        print(f"note: the server at {args.settings.endpoint} cannot be reached: downloading directly on this machine",
+              file=sys.stderr)  # fmt: skip
     from modelexpress.cache.local import LocalCache  # hub clients: only when used
 
     cache = LocalCache(_local_config(args.settings))
@@ -260,7 +263,10 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ensure_on_server(args: argparse.Namespace, name: str) -> tuple[int, server_pb2.ModelStatusUpdate | None]:
+def _ensure_on_server(
+    args: argparse.Namespace, name: str, fatal: bool = True
+) -> tuple[int, server_pb2.ModelStatusUpdate | None]:
+    """Have the server download the model; with `fatal=False` an unreachable server is left to the caller."""
     last: server_pb2.ModelStatusUpdate | None = None
     try:
         with _channel(args) as channel:
@@ -275,10 +281,11 @@ def _ensure_on_server(args: argparse.Namespace, name: str) -> tuple[int, server_
                         f"\r{STATUS_NAMES[update.status]} {update.bytes_done / 2**20:.1f}/{update.bytes_total / 2**20:.1f} MiB"
                     )
     except grpc.FutureTimeoutError:
-        print(f"error: the server at {args.settings.endpoint} cannot be reached (no connection)", file=sys.stderr)
+        if fatal:
+            print(f"error: the server at {args.settings.endpoint} cannot be reached (no connection)", file=sys.stderr)
         return 3, None
     except grpc.RpcError as exc:
-        return _unreachable(args, exc), None
+        return _unreachable(args, exc, fatal), None
     if last is None or last.status != server_pb2.MODEL_STATUS_DOWNLOADED:
         reason = last.reason if last else "no status"
         message = last.message if last else "the server ended the stream without a result"
