@@ -5,6 +5,9 @@ runs last (its name sorts last) and reads what the operator's ServiceAccounts di
 integration suite: each (group, resource, verb) of their rules must appear with a success,
 and no request of theirs may have been forbidden. Permissions that only a path the suite cannot
 take here exercises are listed in EXERCISED_ELSEWHERE, each with where it is used.
+
+It audits a whole run: in a run that leaves out (or deselects) any module that talks to the control
+plane, it is skipped with the reason, so a developer's `pytest -k ...` is green when the code is.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +47,26 @@ EXERCISED_ELSEWHERE = {
     # `get` serves reads of one named ModelMetadata (kubectl with the worker's identity).
     ("modelexpress.io", "modelmetadatas", "get"): "one-object reads under the workers' get/list/watch contract",
 }
+
+
+def _control_plane_modules() -> set[str]:
+    """Integration modules whose tests talk to the control plane (and so exercise the grants)."""
+    here = Path(__file__)
+    return {
+        path.name
+        for path in here.parent.glob("test_*.py")
+        if path != here and ("control_plane" in (text := path.read_text()) or "pytest.mark.k8s" in text)
+    }
+
+
+@pytest.fixture(autouse=True)
+def _whole_run_only(request: pytest.FixtureRequest) -> None:
+    session = request.session
+    ran = {Path(str(item.path)).name for item in session.items}
+    missing = sorted(_control_plane_modules() - ran)
+    if missing or getattr(session.config, "_mx_deselected", False):
+        left_out = ", ".join(missing) if missing else "tests deselected with -k/-m"
+        pytest.skip(f"audits a whole integration run; this run left out {left_out}")
 
 
 @pytest.mark.parametrize(
