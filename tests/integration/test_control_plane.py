@@ -78,8 +78,22 @@ def test_defaults_applied_by_the_api_server(custom_objects: client.CustomObjects
         (_cache("bad-source", source="ftp://x/y"), 422, "spec.source"),
         (_cache("both", storage={"claimName": "pvc", "size": "10Gi"}), 422, "storage.claimName (use an existing PVC)"),
         (_cache("bad-size", storage={"size": "lots"}), 422, "spec.storage.size"),
+        (_cache("negative-size", storage={"size": "-5Gi"}), 422, "storage.size must be a positive quantity"),
+        (_cache("zero-size", storage={"size": "0"}), 422, "storage.size must be a positive quantity"),
+        (_cache("zero-int-size", storage={"size": 0}), 422, "storage.size must be a positive quantity"),
     ],
-    ids=["tp0", "model-name", "dtype", "unknown-field", "source", "claim-and-size", "quantity"],
+    ids=[
+        "tp0",
+        "model-name",
+        "dtype",
+        "unknown-field",
+        "source",
+        "claim-and-size",
+        "quantity",
+        "negative-size",
+        "zero-size",
+        "zero-int-size",
+    ],
 )
 def test_invalid_resources_are_rejected_naming_the_field(
     custom_objects: client.CustomObjectsApi, namespace: str, body: dict[str, Any], status: int, fragment: str

@@ -116,3 +116,16 @@ def test_status_schema_keeps_conditions_as_map() -> None:
     conditions = status["properties"]["conditions"]
     assert conditions["x-kubernetes-list-type"] == "map"
     assert conditions["items"]["required"] == ["type", "status", "reason", "lastTransitionTime"]
+
+
+@pytest.mark.parametrize(("size", "ok"), [("200Gi", True), (1024, True), ("0.5Gi", True), ("-5Gi", False), ("0", False), (0, False), ("0Gi", False)])  # fmt: skip
+def test_a_new_pvc_needs_a_positive_size(size: int | str, ok: bool) -> None:
+    from pydantic import ValidationError
+
+    from modelexpress.api.modelcache import ModelCacheStorage
+
+    if ok:
+        assert ModelCacheStorage(size=size).size == size
+    else:
+        with pytest.raises(ValidationError, match=r"storage\.size must be a positive quantity"):
+            ModelCacheStorage(size=size)

@@ -44,7 +44,12 @@ class ModelCacheStorage(KubeModel):
                 {
                     "rule": "!(has(self.claimName) && has(self.size))",
                     "message": "set storage.claimName (use an existing PVC) or storage.size (create one), not both",
-                }
+                },
+                {
+                    "rule": "!has(self.size) || (type(self.size) == int ? self.size > 0 : "
+                    "(isQuantity(self.size) && quantity(self.size).isGreaterThan(quantity('0'))))",
+                    "message": "storage.size must be a positive quantity such as 200Gi",
+                },
             ]
         }
     )
@@ -64,7 +69,17 @@ class ModelCacheStorage(KubeModel):
     def _claim_or_size(self) -> ModelCacheStorage:
         if self.claim_name is not None and self.size is not None:
             raise ValueError("set storage.claimName (use an existing PVC) or storage.size (create one), not both")
+        if self.size is not None and not _positive(self.size):
+            raise ValueError("storage.size must be a positive quantity such as 200Gi")
         return self
+
+
+def _positive(quantity: int | str) -> bool:
+    """Whether a quantity is above zero: its sign, and a non-zero digit before any suffix."""
+    if isinstance(quantity, int):
+        return quantity > 0
+    text = quantity.strip()
+    return not text.startswith("-") and any(c in "123456789" for c in text.split("e")[0].split("E")[0])
 
 
 class ModelCacheEviction(KubeModel):
