@@ -31,6 +31,7 @@ from modelexpress_operator.cachejobs import (
     pvc_manifest,
     pvc_size,
 )
+from modelexpress_operator.events import post_event
 from modelexpress_operator.metrics import API_REQUESTS
 from modelexpress_operator.settings import OperatorSettings
 
@@ -48,6 +49,10 @@ def _job_name(cache: str, generation: int, attempt: int) -> str:
     return f"{cache[:40]}-dl-g{generation}-{attempt}"
 
 
+def _ready(status: dict[str, Any]) -> dict[str, Any] | None:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+
+
 def attempt_of(job: str | None, generation: int) -> int:
     match = re.search(rf"-dl-g{generation}-(\d+)$", job or "")
     return int(match.group(1)) if match else 0
@@ -60,6 +65,20 @@ class CacheController:
         self.batch = client.BatchV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.settings = settings
+
+    def announce(self, namespace: str, name: str, uid: str, before: dict[str, Any], after: dict[str, Any]) -> None:
+        """An Event when the Ready condition's reason changes (a phase change, a failure, a retry, an
+        eviction), with the condition's message; Warning when the cache failed. Level-triggered
+        reconciles that change nothing post nothing."""
+        old, new = _ready(before), _ready(after)
+        if new is None or (
+            old is not None and (old.get("reason"), old.get("message")) == (new.get("reason"), new.get("message"))
+        ):
+            return
+        involved = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "ModelCache", "name": name,
+                    "namespace": namespace, "uid": uid}  # fmt: skip
+        kind = "Warning" if after.get("phase") == "Failed" else "Normal"
+        post_event(self.api, involved, kind, str(new.get("reason") or "Unknown"), str(new.get("message") or ""))
 
     # --- spec -> PVC + Job ----------------------------------------------------------------------
 
@@ -198,7 +217,8 @@ class CacheController:
             if exc.status == 404:
                 return
             raise
-        status = ModelCacheStatus.model_validate(cache.get("status") or {})
+        before = dict(cache.get("status") or {})
+        status = ModelCacheStatus.model_validate(before)
         if status.job_name != job["metadata"]["name"]:
             return  # an older attempt's Job
         generation = int(cache["metadata"].get("generation") or 0)
@@ -215,6 +235,7 @@ class CacheController:
                     generation,
                 )
                 self._patch(namespace, cache_name, status)
+                self.announce(namespace, cache_name, cache["metadata"]["uid"], before, status.to_api())
             return
         pods = self._job_pods(namespace, job["metadata"]["name"])
         if outcome == "Complete":
@@ -245,6 +266,7 @@ class CacheController:
             status.phase = status.phase.FAILED
             status.conditions = set_condition(status.conditions, "Ready", "False", reason, text, generation)
         self._patch(namespace, cache_name, status)
+        self.announce(namespace, cache_name, cache["metadata"]["uid"], before, status.to_api())
 
     def _job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         import json

@@ -97,6 +97,14 @@ def status_where(
     return probe
 
 
+def cache_events(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, tuple[str, str]]:
+    """reason -> (type, message) of the Events about one ModelCache."""
+    events = core.list_namespaced_event(
+        namespace, field_selector=f"involvedObject.kind=ModelCache,involvedObject.name={name}"
+    ).items
+    return {e.reason: (e.type, e.message) for e in events}
+
+
 def test_modelcache_downloads_onto_its_pvc_and_turns_ready(
     kube_api: client.ApiClient,
     custom_objects: client.CustomObjectsApi,
@@ -143,6 +151,9 @@ def test_modelcache_downloads_onto_its_pvc_and_turns_ready(
     assert status["progress"]["percent"] == 100 and status["progress"]["filesTotal"] == 2  # written by the Job pod
     ready = condition({"status": status}, "Ready")
     assert ready is not None and ready["status"] == "True" and ready["reason"] == "Downloaded"
+    # What changed is told in Events too (kubectl describe): the download starting, then its result.
+    told = wait_for(lambda: (e := cache_events(core, namespace, "tiny")) and "Downloaded" in e and e, 30, what="Events")
+    assert told["Downloaded"] == ("Normal", ready["message"]) and told["Downloading"][0] == "Normal"
     # The files are on the volume in the hub layout.
     snapshot = node.claim_dir(namespace, "tiny-cache") / status["path"]
     assert (snapshot / "model.safetensors").read_bytes() == FILES["model.safetensors"]
@@ -180,6 +191,9 @@ def test_missing_model_fails_with_the_reason_and_no_retry(
     assert (
         ready is not None and ready["reason"] == "NotFound" and "check the model name and revision" in ready["message"]
     )
+    core = client.CoreV1Api(kube_api)
+    told = wait_for(lambda: (e := cache_events(core, namespace, "nope")) and "NotFound" in e and e, 30, what="Event")
+    assert told["NotFound"] == ("Warning", ready["message"])
     batch = client.BatchV1Api(kube_api)
     job = batch.read_namespaced_job("nope-dl-g1-1", namespace)
     assert any(c.type == "Failed" and c.reason == "PodFailurePolicy" for c in job.status.conditions)  # not retried

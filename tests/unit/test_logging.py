@@ -61,3 +61,15 @@ def test_secrets_never_reach_the_log(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     text = log_file.read_text()
     assert "hf_supersecretvalue" not in text
     assert "***" in text
+
+
+def test_http_clients_log_per_request_lines_only_in_debug_runs() -> None:
+    stream = io.StringIO()
+    configure_logging(LoggingSettings(format="compact", level="info"), stream=stream)
+    logging.getLogger("httpx2").info('HTTP Request: GET https://hub/api/models/org/x "HTTP/1.1 200 OK"')
+    logging.getLogger("modelexpress.test").info("downloaded")
+    assert stream.getvalue() == "I modelexpress.test: downloaded\n"
+    configure_logging(LoggingSettings(format="compact", level="debug"), stream=stream)
+    logging.getLogger("httpx2").info("HTTP Request: GET")
+    assert "HTTP Request: GET" in stream.getvalue()
+    configure_logging(LoggingSettings(format="compact", level="info"), stream=io.StringIO())

@@ -45,9 +45,12 @@ async def reconcile_cache(
         )
     except _Retry as waiting:
         patch.status.update(waiting.status)
+        await asyncio.to_thread(runtime.caches.announce, meta["namespace"], meta["name"], meta["uid"], dict(status),
+                                waiting.status)  # fmt: skip
         RECONCILES.labels("modelcaches", "waiting").inc()
         raise kopf.TemporaryError(str(waiting), delay=15) from None
     patch.status.update(update)
+    await asyncio.to_thread(runtime.caches.announce, meta["namespace"], meta["name"], meta["uid"], dict(status), update)
     RECONCILES.labels("modelcaches", "ok").inc()
 
 
@@ -71,6 +74,7 @@ async def retry_failed_download(
         runtime.caches.retry, meta["namespace"], meta["name"], meta["uid"], _spec(spec), generation, dict(status)
     )
     patch.status.update(update)
+    await asyncio.to_thread(runtime.caches.announce, meta["namespace"], meta["name"], meta["uid"], dict(status), update)
 
 
 @kopf.daemon(API_GROUP, API_VERSION, "modelcaches", cancellation_timeout=5)
@@ -116,6 +120,8 @@ async def evict_unused_cache(
                 _content_type="application/merge-patch+json",
             )
             logger.info("evicted: %s", next(c["message"] for c in update["conditions"] if c["type"] == "Ready"))
+            uid = current["metadata"]["uid"]
+            await asyncio.to_thread(runtime.caches.announce, namespace, name, uid, current.get("status") or {}, update)
 
 
 @kopf.on.delete(API_GROUP, API_VERSION, "modelcaches")

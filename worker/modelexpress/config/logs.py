@@ -124,4 +124,9 @@ def configure_logging(settings: LoggingSettings, stream: Any = None) -> logging.
     _installed = handler
     root.addHandler(handler)
     root.setLevel(LEVELS[settings.level])
+    # HTTP clients log one INFO line per request (hundreds in a download); keep them for debug runs.
+    for chatty in ("httpx", "httpx2", "httpcore", "httpcore2", "urllib3"):
+        logging.getLogger(chatty).setLevel(
+            logging.DEBUG if LEVELS[settings.level] <= logging.DEBUG else logging.WARNING
+        )
     return handler
