@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from modelexpress.api.common import KubeModel, Quantity, ResourceRequirements, Toleration
+from modelexpress.api.common import PATTERN_MESSAGE, KubeModel, Quantity, ResourceRequirements, Toleration
 
 AccessMode = Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"]
 
@@ -153,7 +153,7 @@ def values_schema() -> dict[str, Any]:
         if isinstance(node, dict):
             if "$ref" in node:
                 return inline(defs[node["$ref"].split("/")[-1]])
-            return {k: inline(v) for k, v in node.items() if k != "title"}
+            return {k: inline(v) for k, v in node.items() if k not in ("title", PATTERN_MESSAGE)}
         if isinstance(node, list):
             return [inline(v) for v in node]
         return node

@@ -104,6 +104,35 @@ def test_invalid_resources_are_rejected_naming_the_field(
     assert fragment in json.loads(info.value.body)["message"]
 
 
+@pytest.mark.parametrize(
+    ("body", "field", "fragment"),
+    [
+        (_cache("ftp", source="ftp://x/y"), "spec.source", "source must be hf://org/name, ngc://"),
+        (_cache("spaced", source="hf://org/my model"), "spec.source", "without spaces"),
+        (_cache("rev", revision="main branch"), "spec.revision", "revision must be a branch, tag or commit"),
+        (
+            _cache("threshold", eviction={"unusedThreshold": "a week"}),
+            "spec.eviction.unusedThreshold",
+            "eviction.unusedThreshold must be a duration such as 7d",
+        ),
+        (_cache("size-words", storage={"size": "lots"}), "spec.storage.size", "a positive quantity such as 200Gi"),
+        (_metadata("name", modelName="not a model name"), "spec.modelName", "modelName must be a model name such as"),
+        (_metadata("meta-rev", revision="v1 final"), "spec.revision", "revision must be a branch, tag or commit"),
+    ],
+    ids=["source-scheme", "source-space", "revision", "duration", "size", "model-name", "metadata-revision"],
+)
+def test_fields_users_get_wrong_are_refused_in_words_not_regexes(
+    custom_objects: client.CustomObjectsApi, namespace: str, body: dict[str, Any], field: str, fragment: str
+) -> None:
+    """The CEL rules generated from the pydantic types answer with the field and the accepted forms."""
+    with pytest.raises(client.ApiException) as info:
+        _create(custom_objects, namespace, body)
+    assert info.value.status == 422, info.value.body
+    message = json.loads(info.value.body)["message"]
+    assert field in message and fragment in message, message
+    assert "should match" not in message and "^" not in message, message  # no raw regular expression
+
+
 def test_stale_write_gets_409(custom_objects: client.CustomObjectsApi, namespace: str) -> None:
     created = _create(custom_objects, namespace, _metadata("conflict"))
     fresh = custom_objects.get_namespaced_custom_object(GROUP, VERSION, namespace, "modelmetadatas", "conflict")

@@ -28,7 +28,7 @@ def parse_duration(value: Any) -> timedelta:
         result = timedelta(seconds=value)
     elif isinstance(value, str):
         text = value.strip().lower()
-        if not _WHOLE.match(text):
+        if len(value) > 64 or not _WHOLE.match(text):
             raise ValueError(
                 f"invalid duration {value!r}: use a number with a unit (w, d, h, m, s) such as '7d', "
                 "'1h30m' or '45s', or a plain number of seconds"
@@ -62,6 +62,6 @@ Duration = Annotated[
     timedelta,
     BeforeValidator(parse_duration),
     PlainSerializer(format_duration, return_type=str, when_used="json-unless-none"),
-    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN}),
+    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "maxLength": 64}),
 ]
 """A `timedelta` that reads and writes the seeds' duration strings."""

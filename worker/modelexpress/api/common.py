@@ -19,6 +19,17 @@ QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 CONDITION_REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+REVISION_PATTERN = r"^[A-Za-z0-9._/-]+$"
+REVISION_MESSAGE = "revision must be a branch, tag or commit: letters, digits and . _ / - only (e.g. main or v1.0)"
+PATTERN_MESSAGE = "x-modelexpress-pattern-message"
+"""Schema key of a pattern's human message: the CRD generator turns the pattern into a CEL rule with it."""
+
+
+def pattern_message(message: str) -> JsonDict:
+    """`json_schema_extra` for a field users get wrong: the API server refuses a mismatch with `message`
+    (naming the field and the accepted forms) instead of printing the raw regular expression."""
+    return {PATTERN_MESSAGE: message}
+
 
 Quantity = Annotated[
     int | str,
@@ -26,7 +37,9 @@ Quantity = Annotated[
         {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
             "pattern": QUANTITY_PATTERN,
+            "maxLength": 64,
             "x-kubernetes-int-or-string": True,
+            PATTERN_MESSAGE: "must be a quantity such as 200Gi, 512Mi, 500m or 2",
         }
     ),
 ]
@@ -132,7 +145,8 @@ class Toleration(KubeModel):
 class ResourceRequirements(KubeModel):
     """Compute resources of a container, as in the core API."""
 
-    limits: dict[str, Quantity] | None = None
+    # Bounded so the API server can budget the per-value CEL rule of Quantity.
+    limits: dict[str, Quantity] | None = Field(default=None, max_length=32)
     """Most of each resource the container may use."""
-    requests: dict[str, Quantity] | None = None
+    requests: dict[str, Quantity] | None = Field(default=None, max_length=32)
     """Resources the scheduler reserves for the container."""

@@ -12,7 +12,7 @@ import copy
 from typing import Any
 
 from modelexpress import API_GROUP, API_VERSION
-from modelexpress.api.common import KubeModel
+from modelexpress.api.common import PATTERN_MESSAGE, KubeModel
 from modelexpress.api.modelcache import ModelCache
 from modelexpress.api.modelmetadata import ModelMetadata
 
@@ -36,6 +36,23 @@ def _is_null(node: Any) -> bool:
     return isinstance(node, dict) and node.get("type") == "null"
 
 
+def _explained_pattern(node: dict[str, Any]) -> dict[str, Any]:
+    """A pattern with a message becomes a CEL rule: the API server then answers a mismatch with the
+    message (`spec.source: Invalid value: ...: spec.source must be ...`) rather than the regex."""
+    message = node.pop(PATTERN_MESSAGE)
+    pattern = node.pop("pattern", None)
+    if pattern is None:
+        raise ValueError(f"{PATTERN_MESSAGE} {message!r} is set on a schema without a pattern")
+    if "'" in pattern:
+        raise ValueError(f"pattern {pattern!r} cannot be written as a CEL raw string (it holds a quote)")
+    matches = f"self.matches(r'{pattern}')"
+    # An int-or-string (a quantity) written as a number has nothing to match.
+    rule = {"rule": f"type(self) == int || {matches}" if node.get("x-kubernetes-int-or-string") else matches}
+    rule["message"] = message
+    node["x-kubernetes-validations"] = [*node.get("x-kubernetes-validations", []), rule]
+    return node
+
+
 def _structural(node: Any) -> Any:
     if isinstance(node, list):
         return [_structural(item) for item in node]
@@ -50,6 +67,8 @@ def _structural(node: Any) -> Any:
             merged = {**rest[0], **{k: v for k, v in node.items() if k != "default" or v is not None}}
             return _structural(merged)
         node["anyOf"] = rest
+    if PATTERN_MESSAGE in node:
+        node = _explained_pattern(node)
     if node.get("default", 0) is None or isinstance(node.get("default"), dict | list):
         node.pop("default")  # defaults for objects come from the nested fields' own defaults
     if node.get("additionalProperties") is False:

@@ -10,6 +10,8 @@ from pydantic import ConfigDict, Field, model_validator
 
 from modelexpress.api.common import (
     DNS1123_SUBDOMAIN,
+    REVISION_MESSAGE,
+    REVISION_PATTERN,
     Condition,
     KubeModel,
     LocalObjectReference,
@@ -17,6 +19,7 @@ from modelexpress.api.common import (
     ResourceRequirements,
     Toleration,
     conditions_field,
+    pattern_message,
 )
 from modelexpress.durations import Duration
 
@@ -85,7 +88,12 @@ def _positive(quantity: int | str) -> bool:
 class ModelCacheEviction(KubeModel):
     """When the cached model may be removed to free space."""
 
-    unused_threshold: Duration | None = None
+    unused_threshold: Duration | None = Field(
+        default=None,
+        json_schema_extra=pattern_message(
+            "eviction.unusedThreshold must be a duration such as 7d, 12h, 1h30m or 45s, or a number of seconds"
+        ),
+    )
     """Evict after this long without use (e.g. 7d); unset: never by age."""
     pinned: bool = False
     """Never evict this model."""
@@ -94,9 +102,23 @@ class ModelCacheEviction(KubeModel):
 class ModelCacheSpec(KubeModel):
     """What to download and where to keep it."""
 
-    source: str = Field(min_length=2, max_length=2048, pattern=SOURCE_PATTERN)
+    source: str = Field(
+        min_length=2,
+        max_length=2048,
+        pattern=SOURCE_PATTERN,
+        json_schema_extra=pattern_message(
+            "source must be hf://org/name, ngc://org/team/model:version, s3://bucket/prefix, gs://bucket/prefix, "
+            "az://container/prefix or an absolute path, without spaces"
+        ),
+    )
     """Model location: hf://org/name, ngc://org/team/model:version, s3://, gs://, az://, or an absolute path."""
-    revision: str | None = Field(default=None, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._/-]+$")
+    revision: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        pattern=REVISION_PATTERN,
+        json_schema_extra=pattern_message(REVISION_MESSAGE),
+    )
     """Branch, tag or commit to download (hf); the resolved commit is recorded in status.resolvedRevision."""
     allow_patterns: list[str] | None = None
     """Only files matching one of these glob patterns are downloaded."""

@@ -15,7 +15,15 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from modelexpress.api.common import Condition, KubeModel, LocalObjectReference, conditions_field
+from modelexpress.api.common import (
+    REVISION_MESSAGE,
+    REVISION_PATTERN,
+    Condition,
+    KubeModel,
+    LocalObjectReference,
+    conditions_field,
+    pattern_message,
+)
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$"
 Dtype = Literal["auto", "float16", "bfloat16", "float32"]
@@ -36,9 +44,23 @@ class SourceState(StrEnum):
 class ModelMetadataSpec(KubeModel):
     """The model identity: only workers with identical identities (and GPU architecture) exchange weights."""
 
-    model_name: str = Field(min_length=1, max_length=256, pattern=MODEL_NAME_PATTERN)
+    model_name: str = Field(
+        min_length=1,
+        max_length=256,
+        pattern=MODEL_NAME_PATTERN,
+        json_schema_extra=pattern_message(
+            "modelName must be a model name such as meta-llama/Llama-3.1-8B-Instruct: '/'-separated parts of "
+            "letters, digits, '.', '_' and '-', each starting with a letter or digit"
+        ),
+    )
     """Model name as the engine loads it, e.g. meta-llama/Llama-3.1-8B-Instruct."""
-    revision: str = Field(default="main", min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._/-]+$")
+    revision: str = Field(
+        default="main",
+        min_length=1,
+        max_length=255,
+        pattern=REVISION_PATTERN,
+        json_schema_extra=pattern_message(REVISION_MESSAGE),
+    )
     """Model revision (branch, tag or commit)."""
     engine: str = Field(default="vllm", min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$")
     """Inference engine whose post-processed weights are exchanged."""
