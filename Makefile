@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP_TORCH_FLAGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: setup test test-unit test-integration lint format generate bench demo e2e clean
+.PHONY: setup test test-unit test-integration lint format generate chart bench demo e2e clean
 
 setup: $(VENV)/.installed .cache/redis/redis-server
 
@@ -52,6 +52,10 @@ format: setup
 
 generate: setup
 	$(PY) hack/generate.py
+
+# Render the Helm chart and validate every object without a helm binary (VALUES=my-values.yaml to add a file).
+chart: setup
+	$(PY) hack/chart.py -f charts/modelexpress/values.yaml $(if $(VALUES),-f $(VALUES),) > /dev/null
 
 bench: setup
 	$(PY) bench/run_all.py

@@ -34,6 +34,7 @@ def rbac_yaml() -> str:
         "operator": rbac.OPERATOR_RULES,
         "operatorNamespaced": _split(rbac.OPERATOR_RULES, cluster=False),
         "operatorCluster": _split(rbac.OPERATOR_RULES, cluster=True),
+        "operatorOwnNamespace": rbac.OPERATOR_OWN_NAMESPACE_RULES,
         "worker": rbac.WORKER_RULES,
         "cacheJob": rbac.CACHE_JOB_RULES,
         "server": rbac.SERVER_RULES,

@@ -1,6 +1,9 @@
-"""Pure builders for a ModelCache: its PVC, its download Job, and reading the Job's outcome.
+"""Pure builders for a ModelCache: its PVC, its sizing and download Jobs, and reading a Job's outcome.
 
-The Job runs `modelexpress cache download` from the worker image with the PVC at `/cache` (the
+When the operator cannot read the source's size itself (a private or gated repository, an object
+store or NGC: anything that needs credentials), a sizing Job runs `modelexpress cache size` with the
+credentials Secret in its environment and reports the size in its termination message; the operator
+never reads the Secret. The download Job runs `modelexpress cache download` from the worker image with the PVC at `/cache` (the
 Hugging Face hub cache layout, so workers mount it read-only with `HF_HUB_CACHE=/cache`). Its
 container writes a JSON result to the termination log, which Kubernetes copies into the pod's
 status; the operator reads the resolved revision, size and path, or the failure reason, from there.
@@ -20,6 +23,8 @@ from modelexpress.cache.errors import EXIT_CODES, DownloadError
 from modelexpress_operator.settings import OperatorSettings
 
 CACHE_LABEL = f"{API_GROUP}/cache"
+STEP_LABEL = f"{API_GROUP}/cache-step"
+"""`size` or `download`: which of a ModelCache's Jobs this is."""
 MOUNT_PATH = "/cache"
 TERMINATION_LOG = "/dev/termination-log"
 PERMANENT_EXIT_CODES = sorted({code for reason, code in EXIT_CODES.items() if not DownloadError(reason, "").retryable})
@@ -74,33 +79,16 @@ def pvc_manifest(cache: str, uid: str, spec: ModelCacheSpec, size: str) -> dict[
     return body
 
 
-def job_manifest(
-    cache: str,
-    namespace: str,
-    uid: str,
-    spec: ModelCacheSpec,
-    settings: OperatorSettings,
-    job: str,
-    service_account: str | None,
-) -> dict[str, Any]:
-    """The download Job `job` (one attempt)."""
-    args = ["cache", "download", spec.source, "--revision", spec.revision or "main"]
-    for pattern in spec.allow_patterns or []:
-        args += ["--allow-pattern", pattern]
-    for pattern in spec.ignore_patterns or []:
-        args += ["--ignore-pattern", pattern]
-    args += ["--cache-directory", MOUNT_PATH, "--result-file", TERMINATION_LOG]
-    args += ["--progress-to", f"{namespace}/{cache}", "--format", "json"]
-    env = [{"name": "HF_HUB_CACHE", "value": MOUNT_PATH}, {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"}]
+def _container(name: str, spec: ModelCacheSpec, settings: OperatorSettings, args: list[str]) -> dict[str, Any]:
+    env = [{"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"}]
     if settings.hf_endpoint:
         env.append({"name": "HF_ENDPOINT", "value": settings.hf_endpoint})
     container: dict[str, Any] = {
-        "name": "download",
+        "name": name,
         "image": settings.worker_image,
         "command": [settings.downloader_command],
         "args": args,
         "env": env,
-        "volumeMounts": [{"name": "cache", "mountPath": MOUNT_PATH}],
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "File",
         "securityContext": {
@@ -111,24 +99,44 @@ def job_manifest(
         },
     }
     if spec.credentials_secret_ref is not None:
+        # A missing Secret keeps the pod from starting (CreateContainerConfigError): the operator reports
+        # that from the pod's status, so it needs no read access to Secrets.
         container["envFrom"] = [{"secretRef": {"name": spec.credentials_secret_ref.name}}]
     if spec.resources is not None:
         container["resources"] = spec.resources.to_api()
-    pod_spec: dict[str, Any] = {
+    return container
+
+
+def _source_args(spec: ModelCacheSpec) -> list[str]:
+    args = [spec.source, "--revision", spec.revision or "main"]
+    for pattern in spec.allow_patterns or []:
+        args += ["--allow-pattern", pattern]
+    for pattern in spec.ignore_patterns or []:
+        args += ["--ignore-pattern", pattern]
+    return args
+
+
+def _job(
+    cache: str,
+    uid: str,
+    spec: ModelCacheSpec,
+    settings: OperatorSettings,
+    job: str,
+    step: str,
+    container: dict[str, Any],
+    pod_spec: dict[str, Any],
+) -> dict[str, Any]:
+    pod_spec = {
         "restartPolicy": "Never",
         "containers": [container],
-        "volumes": [{"name": "cache", "persistentVolumeClaim": {"claimName": claim_name(cache, spec)}}],
         "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000},
+        **pod_spec,
     }
-    if service_account:
-        pod_spec["serviceAccountName"] = service_account
-    else:
-        pod_spec["automountServiceAccountToken"] = False
     if spec.node_selector:
         pod_spec["nodeSelector"] = spec.node_selector
     if spec.tolerations:
         pod_spec["tolerations"] = [t.to_api() for t in spec.tolerations]
-    labels = {CACHE_LABEL: cache}
+    labels = {CACHE_LABEL: cache, STEP_LABEL: step}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -139,7 +147,11 @@ def job_manifest(
                 "rules": [
                     {
                         "action": "FailJob",
-                        "onExitCodes": {"containerName": "download", "operator": "In", "values": PERMANENT_EXIT_CODES},
+                        "onExitCodes": {
+                            "containerName": container["name"],
+                            "operator": "In",
+                            "values": PERMANENT_EXIT_CODES,
+                        },
                     },
                     {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
                 ]
@@ -148,6 +160,48 @@ def job_manifest(
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
     }
+
+
+def job_manifest(
+    cache: str,
+    namespace: str,
+    uid: str,
+    spec: ModelCacheSpec,
+    settings: OperatorSettings,
+    job: str,
+    service_account: str | None,
+) -> dict[str, Any]:
+    """The download Job `job` (one attempt)."""
+    args = ["cache", "download", *_source_args(spec), "--cache-directory", MOUNT_PATH]
+    args += ["--result-file", TERMINATION_LOG, "--progress-to", f"{namespace}/{cache}", "--format", "json"]
+    container = _container("download", spec, settings, args)
+    container["env"].insert(0, {"name": "HF_HUB_CACHE", "value": MOUNT_PATH})
+    container["volumeMounts"] = [{"name": "cache", "mountPath": MOUNT_PATH}]
+    pod_spec: dict[str, Any] = {
+        "volumes": [{"name": "cache", "persistentVolumeClaim": {"claimName": claim_name(cache, spec)}}]
+    }
+    if service_account:
+        pod_spec["serviceAccountName"] = service_account
+    else:
+        pod_spec["automountServiceAccountToken"] = False
+    return _job(cache, uid, spec, settings, job, "download", container, pod_spec)
+
+
+def sizing_job_manifest(
+    cache: str, uid: str, spec: ModelCacheSpec, settings: OperatorSettings, job: str
+) -> dict[str, Any]:
+    """The sizing Job `job`: lists the source with the cache's credentials and reports its size in the
+    termination message. No volume and no API access: it only reads the source."""
+    args = ["cache", "size", *_source_args(spec), "--result-file", TERMINATION_LOG, "--format", "json"]
+    container = _container("size", spec, settings, args)
+    container["env"].append({"name": "HOME", "value": "/tmp"})  # hub clients may write ~/.cache
+    container["volumeMounts"] = [{"name": "tmp", "mountPath": "/tmp"}]
+    pod_spec = {"automountServiceAccountToken": False, "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]}
+    return _job(cache, uid, spec, settings, job, "size", container, pod_spec)
+
+
+def is_sizing_job(job: dict[str, Any]) -> bool:
+    return (job.get("metadata", {}).get("labels") or {}).get(STEP_LABEL) == "size"
 
 
 def job_outcome(job: dict[str, Any]) -> str | None:
@@ -159,10 +213,10 @@ def job_outcome(job: dict[str, Any]) -> str | None:
 
 
 def pod_result(pod: dict[str, Any]) -> tuple[int | None, dict[str, Any]]:
-    """Exit code and the parsed termination message of a finished download pod (empty dict if none)."""
+    """Exit code and the parsed termination message of a finished Job pod (empty dict if none)."""
     for status in (pod.get("status") or {}).get("containerStatuses") or []:
         terminated = (status.get("state") or {}).get("terminated")
-        if status.get("name") == "download" and terminated:
+        if terminated:  # one container per Job pod
             try:
                 message = json.loads(terminated.get("message") or "{}")
             except json.JSONDecodeError:

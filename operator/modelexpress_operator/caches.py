@@ -25,11 +25,13 @@ from modelexpress_operator.cachejobs import (
     CACHE_LABEL,
     claim_name,
     failure_of,
+    is_sizing_job,
     job_manifest,
     job_outcome,
     pod_result,
     pvc_manifest,
     pvc_size,
+    sizing_job_manifest,
 )
 from modelexpress_operator.events import post_event
 from modelexpress_operator.metrics import API_REQUESTS
@@ -45,8 +47,20 @@ class WaitingError(Exception):
     """Something the cache needs is missing; the status says what, and the handler retries later."""
 
 
+class SizingNeeded(Exception):  # noqa: N818 - a branch of the reconcile, not an error
+    """The operator cannot read the source's size without credentials: a sizing Job reads it."""
+
+
 def _job_name(cache: str, generation: int, attempt: int) -> str:
     return f"{cache[:40]}-dl-g{generation}-{attempt}"
+
+
+def _sizing_job_name(cache: str, generation: int, attempt: int) -> str:
+    return f"{cache[:40]}-size-g{generation}-{attempt}"
+
+
+def _is_sizing(job: str | None) -> bool:
+    return "-size-g" in (job or "")
 
 
 def _ready(status: dict[str, Any]) -> dict[str, Any] | None:
@@ -54,7 +68,7 @@ def _ready(status: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def attempt_of(job: str | None, generation: int) -> int:
-    match = re.search(rf"-dl-g{generation}-(\d+)$", job or "")
+    match = re.search(rf"-(?:dl|size)-g{generation}-(\d+)$", job or "")
     return int(match.group(1)) if match else 0
 
 
@@ -89,15 +103,24 @@ class CacheController:
         status = ModelCacheStatus.model_validate(current or {})
         if status.phase in ("Ready", "Failed", "Evicted") and status.observed_generation == generation:
             return {}  # this generation is settled; Job events, the retry timer and eviction take it from here
+        if status.observed_generation != generation:
+            status.source_bytes = None  # read for another spec
         status.observed_generation = generation
         try:
-            self._check_secret(namespace, spec)
-            claim = self._ensure_claim(namespace, name, uid, spec)
+            claim = self._ensure_claim(namespace, name, uid, spec, status.source_bytes)
         except WaitingError as exc:
             return self._waiting(status, generation, *exc.args)
         except DownloadError as exc:
             return self._failed(status, generation, exc.reason.value, str(exc))
-        attempt = max(1, attempt_of(status.job_name, generation))
+        except SizingNeeded as exc:
+            attempt = max(1, attempt_of(status.job_name, generation)) if _is_sizing(status.job_name) else 1
+            status.job_name = self._ensure_sizing_job(namespace, name, uid, spec, generation, attempt)
+            status.phase = status.phase.PENDING
+            status.conditions = set_condition(
+                status.conditions, "Ready", "False", "Sizing", f"{exc}: Job {status.job_name} reads it", generation
+            )
+            return status.to_api()
+        attempt = max(1, attempt_of(status.job_name, generation)) if not _is_sizing(status.job_name) else 1
         job = self._ensure_job(namespace, name, uid, spec, generation, attempt)
         status.claim_name, status.job_name = claim, job
         status.phase = status.phase.PENDING if status.phase != "Downloading" else status.phase
@@ -116,33 +139,31 @@ class CacheController:
         status.conditions = set_condition(status.conditions, "Ready", "False", reason, message, generation)
         return status.to_api()
 
-    def _check_secret(self, namespace: str, spec: ModelCacheSpec) -> None:
-        ref = spec.credentials_secret_ref
-        if ref is None:
-            return
-        try:
-            API_REQUESTS.labels("get", "secrets").inc()
-            self.core.read_namespaced_secret(ref.name, namespace, _preload_content=False).release_conn()
-        except client.ApiException as exc:
-            if exc.status == 404:
-                raise WaitingError(
-                    "SecretNotFound",
-                    f"spec.credentialsSecretRef: Secret {ref.name} does not exist in {namespace}; create it "
-                    "with the credentials as keys (e.g. HF_TOKEN)",
-                ) from None
-            raise
-
-    def _source_bytes(self, spec: ModelCacheSpec) -> int | None:
+    def _source_bytes(self, spec: ModelCacheSpec) -> int:
+        """The source's size as the operator can read it (anonymously, a public hub repository); else
+        SizingNeeded, or the failure with its own reason (NotFound, Unauthorized, NetworkError, ...)."""
         source = parse_source(spec.source)
         if source.provider != "hf":
-            return None
+            raise SizingNeeded(f"the size of {spec.source} needs the Job's credentials")
         endpoint = self.settings.hf_endpoint or os.environ.get("HF_ENDPOINT") or None
-        plan = plan_download(
-            source.name, spec.revision or "main", spec.allow_patterns, spec.ignore_patterns, None, endpoint
-        )
+        try:
+            plan = plan_download(
+                source.name, spec.revision or "main", spec.allow_patterns, spec.ignore_patterns, None, endpoint
+            )
+        except DownloadError as exc:
+            if exc.reason.value == "Unauthorized" and spec.credentials_secret_ref is not None:
+                raise SizingNeeded(
+                    f"{spec.source} is not public; its size is read with Secret {spec.credentials_secret_ref.name}"
+                ) from None
+            if exc.retryable:
+                raise WaitingError(
+                    exc.reason.value,
+                    f"reading the size of {spec.source} failed, retried: {exc}; or set spec.storage.size",
+                ) from None
+            raise
         return plan.total_bytes
 
-    def _ensure_claim(self, namespace: str, name: str, uid: str, spec: ModelCacheSpec) -> str:
+    def _ensure_claim(self, namespace: str, name: str, uid: str, spec: ModelCacheSpec, source_bytes: int | None) -> str:
         claim = claim_name(name, spec)
         try:
             API_REQUESTS.labels("get", "persistentvolumeclaims").inc()
@@ -155,19 +176,8 @@ class CacheController:
             raise WaitingError(
                 "ClaimNotFound", f"spec.storage.claimName: PersistentVolumeClaim {claim} does not exist in {namespace}"
             )
-        source_bytes = None
-        if spec.storage.size is None:
-            try:
-                source_bytes = self._source_bytes(spec)
-            except DownloadError as exc:
-                if exc.reason.value in ("NotFound", "InvalidSource"):
-                    raise
-                source_bytes = None  # private or unreachable from here: the Job (with credentials) will tell
-            if source_bytes is None:
-                raise WaitingError(
-                    "StorageSizeUnknown",
-                    "the source's size cannot be read by the operator; set spec.storage.size (e.g. 200Gi)",
-                )
+        if spec.storage.size is None and source_bytes is None:
+            source_bytes = self._source_bytes(spec)
         body = pvc_manifest(name, uid, spec, pvc_size(spec, source_bytes))
         try:
             API_REQUESTS.labels("create", "persistentvolumeclaims").inc()
@@ -201,6 +211,19 @@ class CacheController:
                 raise
         return job
 
+    def _ensure_sizing_job(
+        self, namespace: str, name: str, uid: str, spec: ModelCacheSpec, generation: int, attempt: int
+    ) -> str:
+        job = _sizing_job_name(name, generation, attempt)
+        try:
+            API_REQUESTS.labels("create", "jobs").inc()
+            self.batch.create_namespaced_job(namespace, sizing_job_manifest(name, uid, spec, self.settings, job))
+            log.info("created sizing Job %s/%s", namespace, job)
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise
+        return job
+
     # --- Job -> status --------------------------------------------------------------------------
 
     def job_changed(self, namespace: str, job: dict[str, Any]) -> None:
@@ -223,6 +246,10 @@ class CacheController:
             return  # an older attempt's Job
         generation = int(cache["metadata"].get("generation") or 0)
         outcome = job_outcome(job)
+        if is_sizing_job(job):
+            if outcome is not None:
+                self._sized(namespace, cache, status, job, outcome == "Complete", generation)
+            return
         if outcome is None:
             if (job.get("status") or {}).get("ready") and status.phase != "Downloading":
                 status.phase = status.phase.DOWNLOADING
@@ -268,6 +295,85 @@ class CacheController:
         self._patch(namespace, cache_name, status)
         self.announce(namespace, cache_name, cache["metadata"]["uid"], before, status.to_api())
 
+    def _sized(
+        self,
+        namespace: str,
+        cache: dict[str, Any],
+        status: ModelCacheStatus,
+        job: dict[str, Any],
+        complete: bool,
+        generation: int,
+    ) -> None:
+        """A sizing Job finished: create the PVC of that size and the download Job, or fail with the
+        reason the Job found (with the credentials: Unauthorized, NotFound, ...)."""
+        name, uid = cache["metadata"]["name"], cache["metadata"]["uid"]
+        before = status.to_api()
+        pods = self._job_pods(namespace, job["metadata"]["name"])
+        finished = [p for p in pods if (p.get("status") or {}).get("phase") == ("Succeeded" if complete else "Failed")]
+        exit_code, result = pod_result(finished[-1]) if finished else (None, {})
+        size = result.get("sizeBytes")
+        if complete and isinstance(size, int) and size >= 0:
+            status.source_bytes = size
+            spec = ModelCacheSpec.model_validate(cache.get("spec") or {})
+            try:
+                update = self.reconcile(namespace, name, uid, spec, generation, status.to_api())
+            except _Retry as waiting:
+                update = waiting.status
+            status = ModelCacheStatus.model_validate(update)
+        else:
+            reason, text = failure_of(exit_code, result, job) if not complete else ("SizingFailed", "")
+            text = text or f"sizing Job {job['metadata']['name']} reported no size; set spec.storage.size"
+            status.phase = status.phase.FAILED
+            status.conditions = set_condition(status.conditions, "Ready", "False", reason, text, generation)
+        self._patch(namespace, name, status)
+        self.announce(namespace, name, uid, before, status.to_api())
+
+    def pod_changed(self, namespace: str, pod: dict[str, Any]) -> None:
+        """A Job pod the kubelet cannot start for want of its configuration (the credentials Secret is
+        missing or lacks a key) says so on its ModelCache; the kubelet retries on its own once it exists."""
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        cache_name, job_name = labels.get(CACHE_LABEL), labels.get("batch.kubernetes.io/job-name")
+        waiting = next(
+            (
+                (s.get("state") or {}).get("waiting") or {}
+                for s in (pod.get("status") or {}).get("containerStatuses") or []
+                if ((s.get("state") or {}).get("waiting") or {}).get("reason") == "CreateContainerConfigError"
+            ),
+            None,
+        )
+        if not cache_name or not job_name or waiting is None:
+            return
+        try:
+            cache = cast(
+                dict[str, Any],
+                self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, cache_name),
+            )
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return
+            raise
+        before = dict(cache.get("status") or {})
+        status = ModelCacheStatus.model_validate(before)
+        if status.job_name != job_name or status.phase not in ("Pending", "Downloading"):
+            return
+        kubelet = str(waiting.get("message") or "the container's configuration is missing")
+        missing = re.search(r'secret "([^"]+)" not found', kubelet)
+        if missing:
+            reason = "SecretNotFound"
+            text = (
+                f"spec.credentialsSecretRef: Secret {missing.group(1)} does not exist in {namespace}; create it with "
+                f"the credentials as keys (e.g. HF_TOKEN); Job {job_name} starts once it exists"
+            )
+        else:
+            reason, text = "ContainerConfigError", f"Job {job_name} cannot start: {kubelet}"
+        generation = int(cache["metadata"].get("generation") or 0)
+        status.phase = status.phase.PENDING
+        status.conditions = set_condition(status.conditions, "Ready", "False", reason, text, generation)
+        if status.to_api() == ModelCacheStatus.model_validate(before).to_api():
+            return  # said already
+        self._patch(namespace, cache_name, status)
+        self.announce(namespace, cache_name, cache["metadata"]["uid"], before, status.to_api())
+
     def _job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         import json
 
@@ -302,7 +408,8 @@ class CacheController:
         """A new download Job after a retryable failure (the failed one stays for its logs)."""
         parsed = ModelCacheStatus.model_validate(status or {})
         attempt = attempt_of(parsed.job_name, generation) + 1
-        parsed.job_name = self._ensure_job(namespace, name, uid, spec, generation, attempt)
+        again = self._ensure_sizing_job if _is_sizing(parsed.job_name) else self._ensure_job
+        parsed.job_name = again(namespace, name, uid, spec, generation, attempt)
         parsed.phase = parsed.phase.PENDING
         parsed.conditions = set_condition(
             parsed.conditions, "Ready", "False", "Retrying", f"attempt {attempt}: Job {parsed.job_name}", generation
@@ -360,10 +467,16 @@ class CacheController:
         return users
 
     def _delete_jobs(self, namespace: str, name: str) -> None:
-        API_REQUESTS.labels("delete", "jobs").inc()
-        self.batch.delete_collection_namespaced_job(
-            namespace, label_selector=f"{CACHE_LABEL}={name}", propagation_policy="Background"
-        )
+        """Delete this cache's Jobs one by one (`delete` on Jobs the operator labelled and owns, rather
+        than `deletecollection`, which would let one request remove every Job of a namespace)."""
+        API_REQUESTS.labels("list", "jobs").inc()
+        for job in self.batch.list_namespaced_job(namespace, label_selector=f"{CACHE_LABEL}={name}").items:
+            API_REQUESTS.labels("delete", "jobs").inc()
+            try:
+                self.batch.delete_namespaced_job(job.metadata.name, namespace, propagation_policy="Background")
+            except client.ApiException as exc:
+                if exc.status != 404:
+                    raise
 
     def release(self, namespace: str, name: str, spec: ModelCacheSpec) -> str:
         """Apply the retention policy on delete; returns what was done."""

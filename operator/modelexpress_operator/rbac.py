@@ -3,7 +3,8 @@
 Workers only read ModelMetadata (the operator is the single writer of its status). The server in
 cluster mode creates, reads and deletes ModelCaches, and reviews callers' tokens when asked to. The operator
 follows pods (read-only), owns ModelMetadata/ModelCache status, posts Events, and takes part in
-kopf peering; it also reads CRDs and namespaces, which kopf uses to discover what to watch.
+kopf peering; it also reads CRDs and namespaces, which kopf uses to discover what to watch. It reads
+no Secret but its own webhook certificate's, and only in its own namespace (OPERATOR_OWN_NAMESPACE_RULES).
 tests/integration/test_zz_rbac_usage.py checks, from the API server's audit log, that the operator
 uses every verb granted here and is never refused.
 """
@@ -46,15 +47,13 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     {"apiGroups": [API_GROUP], "resources": ["modelcaches"], "verbs": [*READ, "patch"]},
     {"apiGroups": [API_GROUP], "resources": ["modelcaches/status"], "verbs": ["patch"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
-    # ModelCache: the PVC and the download Jobs it owns; the credentials Secret and the Jobs'
-    # ServiceAccount are only checked for existence (their contents are never read into logs or status).
+    # ModelCache: the PVC and the sizing and download Jobs it owns (deleted one by one on eviction);
+    # the Jobs' ServiceAccount is only checked for existence. No access to Secrets here: a missing
+    # credentials Secret is reported from the Job pod's status, and the Jobs read the credentials.
     {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "create", "delete"]},
-    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list", "watch", "create", "deletecollection"]},
-    {"apiGroups": [""], "resources": ["secrets", "serviceaccounts"], "verbs": ["get"]},
-    # The admission webhook: its self-managed CA and serving certificate live in one Secret that the
-    # operator creates and renews, and it keeps its own webhook configuration's caBundle current.
-    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
-    {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [WEBHOOK_SECRET], "verbs": ["update"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list", "watch", "create", "delete"]},
+    {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get"]},
+    # The admission webhook keeps its own webhook configuration's caBundle current.
     {
         "apiGroups": ["admissionregistration.k8s.io"],
         "resources": ["mutatingwebhookconfigurations"],
@@ -65,4 +64,12 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings", "clusterkopfpeerings"], "verbs": [*READ, "patch"]},
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+]
+
+OPERATOR_OWN_NAMESPACE_RULES: list[dict[str, Any]] = [
+    # A Role in the operator's own namespace only: the webhook's self-managed CA and serving certificate
+    # live in one Secret there, which the operator creates (create cannot be limited to a name), reads
+    # and renews.
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [WEBHOOK_SECRET], "verbs": ["get", "update"]},
 ]

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from modelexpress_operator.rbac import OPERATOR_RULES
+from modelexpress_operator.rbac import OPERATOR_OWN_NAMESPACE_RULES, OPERATOR_RULES
 from tests.harness.controlplane import (
     ROOT,
     ControlPlane,
@@ -145,6 +145,19 @@ def _bind_cluster_role(kube_api: client.ApiClient, namespace: str, name: str, ru
     )
 
 
+def _bind_role(kube_api: client.ApiClient, namespace: str, account: str, rules: list[dict[str, Any]]) -> None:
+    rbac = client.RbacAuthorizationV1Api(kube_api)
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": f"{account}-own"}, "rules": rules})
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": f"{account}-own"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": f"{account}-own"},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+        },
+    )
+
+
 def _unbind_cluster_role(kube_api: client.ApiClient, name: str) -> None:
     rbac = client.RbacAuthorizationV1Api(kube_api)
     with contextlib.suppress(client.ApiException):
@@ -157,10 +170,12 @@ def _unbind_cluster_role(kube_api: client.ApiClient, name: str) -> None:
 def operator_kubeconfig(
     control_plane: ControlPlane, kube_api: client.ApiClient, namespace: str, tmp_path: Path
 ) -> Iterator[Path]:
-    """A kubeconfig of the `modelexpress-operator` ServiceAccount bound to exactly OPERATOR_RULES."""
+    """A kubeconfig of the `modelexpress-operator` ServiceAccount bound to exactly OPERATOR_RULES (cluster-wide)
+    and OPERATOR_OWN_NAMESPACE_RULES (in the test namespace, the operator's own)."""
     token = service_account_token(kube_api, namespace, "modelexpress-operator")
     role = f"mx-operator-{namespace}"
     _bind_cluster_role(kube_api, namespace, role, OPERATOR_RULES)
+    _bind_role(kube_api, namespace, "modelexpress-operator", OPERATOR_OWN_NAMESPACE_RULES)
     yield write_kubeconfig(
         tmp_path / "operator.kubeconfig", control_plane.server, token, control_plane.ca_file, "operator"
     )

@@ -42,6 +42,10 @@ class PodRun:
     stderr: str
 
 
+class ContainerConfigError(RuntimeError):
+    """The kubelet cannot start the container: a Secret or ConfigMap it reads is missing (reported on the pod)."""
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -207,6 +211,51 @@ class NodeHelper:
             },
         )
 
+    def mark_config_error(self, namespace: str, pod: str, message: str) -> None:
+        """Report what a kubelet reports when a container's Secret or ConfigMap is missing: the pod stays
+        Pending, its container waiting with CreateContainerConfigError (retried once the object exists)."""
+        current = self.bind(namespace, pod)
+        now = _now()
+        statuses = [
+            {
+                "name": c.name,
+                "image": c.image,
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "started": False,
+                "state": {"waiting": {"reason": "CreateContainerConfigError", "message": message}},
+            }
+            for c in current.spec.containers
+        ]
+        self._patch_status(
+            namespace,
+            pod,
+            {
+                "phase": "Pending",
+                "conditions": self._conditions(scheduled=True, initialized=True, ready="False", now=now),
+                "containerStatuses": statuses,
+            },
+        )
+
+    def _missing_config(self, namespace: str, container: client.V1Container) -> str | None:
+        """The kubelet's message for the first non-optional Secret the container's environment names
+        that does not exist, else None."""
+        names = [s.secret_ref.name for s in container.env_from or [] if s.secret_ref and not s.secret_ref.optional]
+        names += [
+            v.value_from.secret_key_ref.name
+            for v in container.env or []
+            if v.value_from and v.value_from.secret_key_ref and not v.value_from.secret_key_ref.optional
+        ]
+        for name in names:
+            try:
+                self.core.read_namespaced_secret(name, namespace)
+            except client.ApiException as exc:
+                if exc.status == 404:
+                    return f'secret "{name}" not found'
+                raise
+        return None
+
     def _conditions(
         self, scheduled: bool, initialized: bool, ready: str, now: str, completed: bool = False
     ) -> list[dict[str, Any]]:
@@ -231,6 +280,10 @@ class NodeHelper:
             raise ValueError(
                 f"pod {namespace}/{pod}: container {spec.name} has no command; the node helper cannot run an image entrypoint"
             )
+        missing = self._missing_config(namespace, spec)
+        if missing:
+            self.mark_config_error(namespace, pod, missing)
+            raise ContainerConfigError(f"pod {namespace}/{pod}: {missing}")
         mounts = self._prepare_volumes(namespace, current)
         # The kubelet gives each container a file at terminationMessagePath and reports what it
         # holds on exit; here it is a file of the pod's directory, the path rewritten like a mount.
@@ -317,10 +370,14 @@ class NodeHelper:
 
     @staticmethod
     def _translate(value: str, mounts: dict[str, Path]) -> str:
-        for mount_path in sorted(mounts, key=len, reverse=True):
-            pattern = rf"(?<![\w.-]){re.escape(mount_path.rstrip('/'))}(?=/|$|[\s:=,;])"
-            value = re.sub(pattern, lambda _m, p=mount_path: str(mounts[p]), value)
-        return value
+        # One pass over every mount path (longest first): a local directory that itself lies under a
+        # mount path (the pod's files under /tmp, with an emptyDir at /tmp) is not rewritten twice.
+        if not mounts:
+            return value
+        local = {mount_path.rstrip("/"): str(path) for mount_path, path in mounts.items()}
+        choices = "|".join(re.escape(m) for m in sorted(local, key=len, reverse=True))
+        pattern = rf"(?<![\w.-])({choices})(?=/|$|[\s:=,;])"
+        return re.sub(pattern, lambda match: local[match.group(1)], value)
 
     def _field(self, pod: client.V1Pod, path: str) -> str:
         simple = {

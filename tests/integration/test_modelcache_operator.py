@@ -22,7 +22,7 @@ from kubernetes import client
 from modelexpress_operator.rbac import CACHE_JOB_RULES
 from tests.harness.fixtures import GROUP, VERSION
 from tests.harness.kube import condition, read_or_none, wait_for
-from tests.harness.node import NodeHelper
+from tests.harness.node import ContainerConfigError, NodeHelper
 from tests.helpers.fake_hub import FakeHub
 
 pytestmark = pytest.mark.k8s
@@ -245,24 +245,99 @@ def test_missing_secret_is_a_clear_condition_and_credentials_reach_the_job(
     node: NodeHelper,
     cache_operator: Any,
 ) -> None:
+    """The operator cannot read Secrets: a missing one is what the kubelet reports on the Job's pod."""
     apply_cache(
         custom_objects, namespace, "private", source="hf://org/private", storage={"size": "1Gi"},
         credentialsSecretRef={"name": "hf-token"},
     )  # fmt: skip
-    status = wait_for(status_where(custom_objects, namespace, "private", lambda s: bool(s.get("conditions"))), 30)
+    batch = client.BatchV1Api(kube_api)
+    wait_for(lambda: read_or_none(batch.read_namespaced_job, "private-dl-g1-1", namespace), 30, what="download Job")
+    with pytest.raises(ContainerConfigError, match='secret "hf-token" not found'):
+        node.run_job_pod(namespace, "private-dl-g1-1", timeout=120, wait=60)
+    status = wait_for(
+        status_where(
+            custom_objects, namespace, "private",
+            lambda s: (condition({"status": s}, "Ready") or {}).get("reason") == "SecretNotFound",
+        ),
+        30,
+    )  # fmt: skip
     ready = condition({"status": status}, "Ready")
-    assert ready is not None and ready["reason"] == "SecretNotFound" and "hf-token" in ready["message"]
+    assert ready is not None and status["phase"] == "Pending"
+    assert "Secret hf-token does not exist in" in ready["message"] and "HF_TOKEN" in ready["message"]
     core = client.CoreV1Api(kube_api)
+    told = wait_for(lambda: (e := cache_events(core, namespace, "private")) and "SecretNotFound" in e and e, 30)
+    assert told["SecretNotFound"] == ("Normal", ready["message"])
     core.create_namespaced_secret(
         namespace,
         {"metadata": {"name": "hf-token"}, "data": {"HF_TOKEN": base64.b64encode(b"hf_cache_secret").decode()}},
     )
-    run = node.run_job_pod(namespace, "private-dl-g1-1", timeout=120, wait=60)  # created on the handler's retry
+    run = node.run_job_pod(namespace, "private-dl-g1-1", timeout=120, wait=60)  # the kubelet's retry
     assert run.exit_code == 0, run.stderr[-2000:]
     status = wait_for(status_where(custom_objects, namespace, "private", lambda s: s.get("phase") == "Ready"), 60)
     assert "hf_cache_secret" not in str(status) + run.stdout + run.stderr
-    job = client.BatchV1Api(kube_api).read_namespaced_job("private-dl-g1-1", namespace)
+    job = batch.read_namespaced_job("private-dl-g1-1", namespace)
     assert job.spec.template.spec.containers[0].env_from[0].secret_ref.name == "hf-token"
+
+
+def test_private_model_is_sized_by_a_job_with_the_credentials_and_keeps_each_failures_reason(
+    kube_api: client.ApiClient,
+    custom_objects: client.CustomObjectsApi,
+    namespace: str,
+    node: NodeHelper,
+    cache_operator: Any,
+    hub: FakeHub,
+) -> None:
+    core, batch = client.CoreV1Api(kube_api), client.BatchV1Api(kube_api)
+    # No credentials: the hub refuses the operator, and the cache says so (not "size unknown").
+    apply_cache(custom_objects, namespace, "anon", source="hf://org/private")
+    status = wait_for(status_where(custom_objects, namespace, "anon", lambda s: s.get("phase") == "Failed"), 30)
+    ready = condition({"status": status}, "Ready") or {}
+    assert ready.get("reason") == "Unauthorized" and "credentialsSecretRef" in ready["message"], ready
+    assert read_or_none(core.read_namespaced_persistent_volume_claim, "anon-cache", namespace) is None
+
+    # With credentials and no size: a sizing Job reads the size with them; the operator never reads the Secret.
+    core.create_namespaced_secret(
+        namespace,
+        {"metadata": {"name": "hf-token"}, "data": {"HF_TOKEN": base64.b64encode(b"hf_cache_secret").decode()}},
+    )
+    apply_cache(
+        custom_objects, namespace, "sized", source="hf://org/private", credentialsSecretRef={"name": "hf-token"}
+    )
+    status = wait_for(status_where(custom_objects, namespace, "sized", lambda s: s.get("jobName")), 30)
+    assert (
+        status["jobName"] == "sized-size-g1-1" and (condition({"status": status}, "Ready") or {})["reason"] == "Sizing"
+    )
+    job = batch.read_namespaced_job("sized-size-g1-1", namespace)
+    pod_spec = job.spec.template.spec
+    assert pod_spec.containers[0].args[:2] == ["cache", "size"] and pod_spec.automount_service_account_token is False
+    assert not any(v.persistent_volume_claim for v in pod_spec.volumes or [])
+    assert read_or_none(core.read_namespaced_persistent_volume_claim, "sized-cache", namespace) is None
+    run = node.run_job_pod(namespace, "sized-size-g1-1", timeout=120)
+    assert run.exit_code == 0, run.stderr[-2000:]
+    pvc = wait_for(
+        lambda: read_or_none(core.read_namespaced_persistent_volume_claim, "sized-cache", namespace), 30, what="PVC"
+    )
+    assert pvc.spec.resources.requests["storage"] == "1Gi"  # 2 bytes + headroom -> the 1 GiB floor
+    status = wait_for(
+        status_where(custom_objects, namespace, "sized", lambda s: "-dl-" in (s.get("jobName") or "")), 30
+    )
+    assert status["sourceBytes"] == 2 and status["jobName"] == "sized-dl-g1-1"
+    run = node.run_job_pod(namespace, "sized-dl-g1-1", timeout=120)
+    assert run.exit_code == 0, run.stderr[-2000:]
+    wait_for(status_where(custom_objects, namespace, "sized", lambda s: s.get("phase") == "Ready"), 60)
+
+    # Wrong credentials: the sizing Job finds out, and the cache fails with that reason, at once.
+    core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "wrong"}, "data": {"HF_TOKEN": base64.b64encode(b"hf_wrong").decode()}}
+    )
+    apply_cache(custom_objects, namespace, "wrong", source="hf://org/private", credentialsSecretRef={"name": "wrong"})
+    run = node.run_job_pod(namespace, "wrong-size-g1-1", timeout=120, wait=30)
+    assert run.exit_code == 4
+    status = wait_for(status_where(custom_objects, namespace, "wrong", lambda s: s.get("phase") == "Failed"), 60)
+    ready = condition({"status": status}, "Ready") or {}
+    assert ready.get("reason") == "Unauthorized" and "hf://org/private" in ready["message"], ready
+    assert "hf_wrong" not in str(status) + run.stdout + run.stderr
+    assert read_or_none(core.read_namespaced_persistent_volume_claim, "wrong-cache", namespace) is None
 
 
 def test_unused_cache_is_evicted_and_pinned_one_stays(

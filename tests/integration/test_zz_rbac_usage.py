@@ -21,6 +21,7 @@ import pytest
 
 from modelexpress_operator.rbac import (
     CACHE_JOB_RULES,
+    OPERATOR_OWN_NAMESPACE_RULES,
     OPERATOR_RULES,
     SERVER_RULES,
     SERVER_TOKEN_REVIEW_RULES,
@@ -72,7 +73,7 @@ def _whole_run_only(request: pytest.FixtureRequest) -> None:
 @pytest.mark.parametrize(
     ("who", "user", "rules", "refusals_expected"),
     [
-        ("operator", OPERATOR_USER, OPERATOR_RULES, False),
+        ("operator", OPERATOR_USER, OPERATOR_RULES + OPERATOR_OWN_NAMESPACE_RULES, False),
         ("server", SERVER_USER, SERVER_RULES + SERVER_TOKEN_REVIEW_RULES, False),
         ("worker", WORKER_USER, WORKER_RULES, True),
         ("cache job", CACHE_JOB_USER, CACHE_JOB_RULES, False),

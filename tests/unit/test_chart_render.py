@@ -3,12 +3,16 @@ the Kubernetes 1.36 schemas, the RBAC is exactly rbac.py's, and bad values are r
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from modelexpress_operator import rbac
-from tests.helpers.chart import VALUES_FILES, render, validate, values_file
+from tests.helpers.chart import CHART, VALUES_FILES, ChartError, render, validate, values_file
 
 
 def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -48,6 +52,11 @@ def test_cluster_scope_grants_exactly_the_operator_rules_and_namespace_scope_spl
     docs = render({})
     (role,) = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"] == "modelexpress-operator"]
     assert role["rules"] == rbac.OPERATOR_RULES
+    assert not any("secrets" in rule["resources"] for rule in role["rules"])  # no cluster-wide Secret access
+    (own,) = [r for r in by_kind(docs, "Role") if r["metadata"]["name"] == "modelexpress-operator-own"]
+    assert own["rules"] == rbac.OPERATOR_OWN_NAMESPACE_RULES and own["metadata"]["namespace"] == "mx-system"
+    (bound,) = [b for b in by_kind(docs, "RoleBinding") if b["roleRef"]["name"] == "modelexpress-operator-own"]
+    assert bound["subjects"][0]["name"] == "modelexpress-operator"
     scoped = render({"operator": {"scope": "namespace", "watchNamespaces": ["team-a", "team-b"]}})
     for doc in scoped:
         validate(doc)
@@ -71,11 +80,30 @@ def test_cluster_scope_grants_exactly_the_operator_rules_and_namespace_scope_spl
     ],
 )
 def test_schema_refuses_bad_values(values: dict[str, Any], field: str) -> None:
-    import helm_python
-
-    with pytest.raises(helm_python.HelmError) as refused:
+    with pytest.raises(ChartError) as refused:
         render(values)
-    assert field in str(refused.value)
+    assert field in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_make_chart_renders_validates_and_refuses_in_one_line(tmp_path: Path) -> None:
+    """The user-facing way to check the chart without helm: hack/chart.py (`make chart`)."""
+    tool = [sys.executable, str(CHART.parents[1] / "hack" / "chart.py")]
+    good = subprocess.run(
+        [*tool, "-f", str(CHART / "values-production.yaml"), "--set", "operator.replicas=2", "-n", "inference-ops"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert good.returncode == 0, good.stderr
+    docs = [d for d in yaml.safe_load_all(good.stdout) if d]
+    operator = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "modelexpress-operator")
+    assert operator["spec"]["replicas"] == 2 and operator["metadata"]["namespace"] == "inference-ops"
+    assert "each valid for Kubernetes 1.36.0" in good.stderr
+    bad_values = tmp_path / "bad.yaml"
+    bad_values.write_text("webhook:\n  failurePolicy: Sometimes\n")
+    for extra in (["-f", str(bad_values)], ["--set", "operator.replicas=0"], ["--set", "nonsense"]):
+        bad = subprocess.run([*tool, *extra], capture_output=True, text=True, timeout=120, check=False)
+        lines = bad.stderr.strip().splitlines()
+        assert bad.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), bad.stderr
+        assert "Traceback" not in bad.stderr and not bad.stdout
 
 
 def test_kind_e2e_manifests_and_values_validate() -> None:

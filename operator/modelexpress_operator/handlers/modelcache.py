@@ -62,6 +62,15 @@ async def download_job_event(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, 
     await asyncio.to_thread(runtime.caches.job_changed, meta["namespace"], dict(body))
 
 
+@kopf.on.event("", "v1", "pods", labels={CACHE_LABEL: kopf.PRESENT})
+async def cache_job_pod_event(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, type: str | None, **_: Any) -> None:
+    """A Job pod stuck before its container starts (a missing credentials Secret) is reported on its cache."""
+    if type == "DELETED":
+        return
+    runtime: Runtime = memo.runtime
+    await asyncio.to_thread(runtime.caches.pod_changed, meta["namespace"], dict(body))
+
+
 @kopf.timer(API_GROUP, API_VERSION, "modelcaches", interval=30, initial_delay=30)
 async def retry_failed_download(
     spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo, **_: Any

@@ -172,7 +172,9 @@ class ModelCacheStatus(KubeModel):
     claim_name: str | None = None
     """PersistentVolumeClaim holding the model."""
     job_name: str | None = None
-    """Name of the current download Job."""
+    """Name of the current Job: the sizing Job while the source's size is read, then the download Job."""
+    source_bytes: int | None = Field(default=None, ge=0)
+    """Size of the source as the sizing Job read it (with the cache's credentials), for the PVC's size."""
     last_used_time: datetime | None = None
     """When a worker last loaded this model."""
 

@@ -89,7 +89,10 @@ def _translate(exc: Exception, what: str) -> DownloadError:
     if isinstance(exc, (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError)):
         status = getattr(getattr(exc, "response", None), "status_code", 404)
         if status in (401, 403) and not isinstance(exc, RevisionNotFoundError):
-            return DownloadError(FailureReason.UNAUTHORIZED, f"{what}: refused ({status}), or it does not exist")
+            return DownloadError(
+                FailureReason.UNAUTHORIZED,
+                f"{what}: the hub refused access ({status}): the repository is private, gated or missing",
+            )
         return DownloadError(FailureReason.NOT_FOUND, f"{what}: not found ({type(exc).__name__})")
     if isinstance(exc, HfHubHTTPError):
         status = getattr(exc.response, "status_code", None)

@@ -59,6 +59,27 @@ def download_source(
     raise DownloadError(FailureReason.INVALID_SOURCE, f"{source.uri}: a local path is used in place, not downloaded")
 
 
+def source_size(
+    source: ModelSource,
+    revision: str = "main",
+    allow_patterns: list[str] | None = None,
+    ignore_patterns: list[str] | None = None,
+) -> int:
+    """How many bytes `download_source` would fetch, from the source's listing, with the credentials of
+    this process's environment (what a ModelCache's sizing Job runs to size its PVC)."""
+    if source.provider == "hf":
+        endpoint = os.environ.get("HF_ENDPOINT") or None
+        token = os.environ.get("HF_TOKEN") or None
+        return huggingface.plan_download(
+            source.name, revision, allow_patterns, ignore_patterns, token, endpoint
+        ).total_bytes
+    if source.provider == "ngc":
+        return ngc.plan_ngc(source, ngc.api_key()).total_bytes
+    if source.provider in ("s3", "gs", "az"):
+        return objectstore.plan_objects(source, allow_patterns, ignore_patterns).total_bytes
+    raise DownloadError(FailureReason.INVALID_SOURCE, f"{source.uri}: a local path is used in place, not downloaded")
+
+
 def eviction_policy(config: ModelExpressConfig) -> EvictionPolicy:
     policy = config.cache.eviction.policy
     return EvictionPolicy(

@@ -24,6 +24,7 @@ from modelexpress.cache.transfers import Progress
 from modelexpress.cli.options import ConfigError, config_from_args
 from modelexpress.config.logs import configure_logging
 from modelexpress.files import write_text_atomic
+from modelexpress.units import size as format_bytes
 
 if TYPE_CHECKING:
     from modelexpress.cache.local import LocalCache
@@ -52,6 +53,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         )
         _common(cmd)
         cmd.set_defaults(handler=handler)
+
+    size = verbs.add_parser("size", help="the bytes a download would fetch, from the source's listing")
+    size.add_argument("source", help="hf://org/name, ngc://, s3://, gs:// or az://")
+    size.add_argument("--revision", default="main", help="branch, tag or commit (default main)")
+    size.add_argument("--allow-pattern", action="append", help="only files matching this glob (repeatable)")
+    size.add_argument("--ignore-pattern", action="append", help="skip files matching this glob (repeatable)")
+    size.add_argument("--result-file", type=Path, help="write the result as JSON here when done")
+    _common(size)
+    size.set_defaults(handler=_size)
 
     ls = verbs.add_parser("ls", help="list cached models")
     _common(ls)
@@ -162,6 +172,31 @@ def _download(args: argparse.Namespace) -> int:
         f"downloaded {result.uri}@{result.resolved_revision[:12]}: {result.files} files, "
         f"{result.size_bytes / 2**20:.1f} MiB in {result.seconds:.1f}s -> {result.path}",
     )
+    return 0
+
+
+def _size(args: argparse.Namespace) -> int:
+    """What a ModelCache's sizing Job runs: the source's size with the Job's credentials, as JSON in the
+    termination log (the operator never reads the credentials Secret itself)."""
+    try:
+        config = config_from_args(args)
+        source = parse_source(args.source)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except DownloadError as exc:
+        return _failure(args, exc)
+    configure_logging(config.logging)
+    from modelexpress.cache.local import source_size  # hub clients: only when used
+
+    try:
+        total = source_size(source, args.revision, args.allow_pattern, args.ignore_pattern)
+    except DownloadError as exc:
+        return _failure(args, exc)
+    payload = {"ok": True, "source": source.uri, "revision": args.revision, "sizeBytes": total}
+    if args.result_file:
+        _write_result(args.result_file, payload)
+    _emit(args, payload, f"{source.uri}@{args.revision}: {format_bytes(total)}")
     return 0
 
 
