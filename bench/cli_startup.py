@@ -2,7 +2,7 @@
 
 Each command runs 5 times (best kept): `python -c pass` (the floor), `modelexpress --version`,
 `config generate`, `health` against a port nothing listens on (fails at once), `sources ls` on an
-empty embedded registry, and `worker pull --help`. Light verbs must not import torch, NIXL or the
+empty embedded registry, `cache ls` on an empty cache, `model ls` against no server, and `worker pull --help`. Light verbs must not import torch, NIXL or the
 Kubernetes client; the goal is under 0.3 s on a quiet machine.
 
 Usage: python bench/cli_startup.py
@@ -22,6 +22,8 @@ COMMANDS = {
     "config generate": [sys.executable, "-m", "modelexpress", "config", "generate"],
     "health (no server)": [sys.executable, "-m", "modelexpress", "--endpoint", "127.0.0.1:9", "--timeout", "0.2", "health"],
     "sources ls": [sys.executable, "-m", "modelexpress", "sources", "ls", "--model-name", "a/b"],
+    "cache ls": [sys.executable, "-m", "modelexpress", "cache", "ls"],
+    "model ls (no server)": [sys.executable, "-m", "modelexpress", "--endpoint", "127.0.0.1:9", "--timeout", "0.2", "model", "ls"],
     "worker pull --help": [sys.executable, "-m", "modelexpress", "worker", "pull", "--help"],
 }  # fmt: skip
 
@@ -37,7 +39,7 @@ def best_of(argv: list[str], env: dict[str, str], runs: int = 5) -> float:
 
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mx-bench-cli-") as scratch:
-        env = {**os.environ, "MX_REGISTRY_PATH": os.path.join(scratch, "sources.db")}
+        env = {**os.environ, "MX_REGISTRY_PATH": os.path.join(scratch, "sources.db"), "HOME": scratch}
         results = {name: best_of(argv, env) for name, argv in COMMANDS.items()}
     floor = results["python -c pass (floor)"]
     print(f"{'command':<24} {'seconds':>8} {'/ floor':>8}")

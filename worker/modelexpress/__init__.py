@@ -4,14 +4,24 @@ The package holds the CRD API types, layered configuration, the gRPC contracts a
 the transfer engine, registries and downloaders. It never imports the operator package.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("modelexpress")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+from typing import Any
 
 API_GROUP = "modelexpress.io"
 API_VERSION = "v1alpha1"
+
+
+def __getattr__(name: str) -> Any:
+    """`__version__` on first use: importlib.metadata costs a tenth of a light command's start-up."""
+    if name != "__version__":
+        raise AttributeError(f"module 'modelexpress' has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("modelexpress")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        found = "0.0.0+unknown"
+    globals()["__version__"] = found
+    return found
+
 
 __all__ = ["API_GROUP", "API_VERSION", "__version__"]

@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelexpress.cache import huggingface, ngc, objectstore
 from modelexpress.cache.database import CacheDatabase, CachedModel
 from modelexpress.cache.errors import DownloadError, FailureReason
 from modelexpress.cache.eviction import Eviction, EvictionPolicy, plan_eviction
@@ -45,6 +44,8 @@ def download_source(
     what cache Jobs run), keeping `min_free_space_bytes` free."""
     reserve = config.cache.eviction.policy.min_free_space_bytes or 0
     directory = cache_directory(config, source.provider)
+    from modelexpress.cache import huggingface, ngc, objectstore  # each client is heavy: `cache ls` needs none
+
     if source.provider == "hf":
         endpoint = os.environ.get("HF_ENDPOINT") or None
         token = os.environ.get("HF_TOKEN") or None
@@ -67,6 +68,8 @@ def source_size(
 ) -> int:
     """How many bytes `download_source` would fetch, from the source's listing, with the credentials of
     this process's environment (what a ModelCache's sizing Job runs to size its PVC)."""
+    from modelexpress.cache import huggingface, ngc, objectstore
+
     if source.provider == "hf":
         endpoint = os.environ.get("HF_ENDPOINT") or None
         token = os.environ.get("HF_TOKEN") or None

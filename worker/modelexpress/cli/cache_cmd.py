@@ -21,6 +21,7 @@ from modelexpress.cache.database import CachedModel
 from modelexpress.cache.errors import EXIT_CODES, DownloadError
 from modelexpress.cache.sources import parse_source
 from modelexpress.cache.transfers import Progress
+from modelexpress.cli.commands import help_for
 from modelexpress.cli.options import ConfigError, config_from_args
 from modelexpress.config.logs import configure_logging
 from modelexpress.files import write_text_atomic
@@ -33,7 +34,7 @@ FORMATS = ["human", "json", "json-pretty"]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    cache = subparsers.add_parser("cache", help="download models and manage the local model cache")
+    cache = subparsers.add_parser("cache", help=help_for("cache"))
     verbs = cache.add_subparsers(dest="cache_verb", required=True, metavar="VERB")
 
     for verb, helptext, handler in (

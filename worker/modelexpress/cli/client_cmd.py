@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from pydantic import ValidationError
@@ -28,9 +28,11 @@ from modelexpress._proto.modelexpress.v1 import server_pb2, server_pb2_grpc
 from modelexpress.cache.database import CachedModel
 from modelexpress.cache.errors import EXIT_CODES, DownloadError, exit_code_for
 from modelexpress.cache.sources import parse_source
-from modelexpress.client.receive import StreamError, receive_model
-from modelexpress.config import ModelExpressConfig, load_config
+from modelexpress.cli.commands import help_for
 from modelexpress.config.client import ClientSettings
+
+if TYPE_CHECKING:
+    from modelexpress.config import ModelExpressConfig
 
 STRATEGIES = {
     "server": "server",
@@ -45,27 +47,6 @@ STATUS_NAMES = {
     server_pb2.MODEL_STATUS_DOWNLOADED: "downloaded",
     server_pb2.MODEL_STATUS_ERROR: "error",
 }
-
-
-def add_global_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--endpoint", "-e", default=None, help="server host:port (default $MODEL_EXPRESS_URL or localhost:8001)"
-    )
-    parser.add_argument("--timeout", "-t", type=float, default=None, help="seconds to wait for the server (default 30)")
-    parser.add_argument(
-        "--output-format", "--format", dest="output_format", default="human", choices=["human", "json", "json-pretty"]
-    )
-    parser.add_argument("--quiet", "-q", action="store_true", help="print only errors")
-    parser.add_argument(
-        "--no-shared-storage",
-        action="store_const",
-        const=True,
-        default=None,
-        help="stream the model's files from the server into this machine's cache",
-    )
-    parser.add_argument("--transfer-chunk-size", type=int, default=None, help="bytes per streamed chunk (32768)")
-    parser.add_argument("--cache-path", default=None, help="this machine's cache directory (direct/streamed downloads)")
-    parser.add_argument("--verbose", "-v", action="count", default=0, help="more logging (-vv for debug)")
 
 
 def client_settings(args: argparse.Namespace) -> ClientSettings:
@@ -86,10 +67,10 @@ def client_settings(args: argparse.Namespace) -> ClientSettings:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    health = subparsers.add_parser("health", help="the server's version, status and uptime")
+    health = subparsers.add_parser("health", help=help_for("health"))
     health.set_defaults(handler=_prepare(_health))
 
-    api = subparsers.add_parser("api", help="send a named action with a JSON payload")
+    api = subparsers.add_parser("api", help=help_for("api"))
     api_verbs = api.add_subparsers(dest="api_verb", required=True, metavar="VERB")
     send = api_verbs.add_parser("send", help="send ACTION (ping, models, status, stats, validate)")
     send.add_argument("action")
@@ -97,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     send.add_argument("--payload-file", help="file holding the JSON payload")
     send.set_defaults(handler=_prepare(_api_send))
 
-    model = subparsers.add_parser("model", help="models on the server (`cache` manages this machine's)")
+    model = subparsers.add_parser("model", help=help_for("model"))
     verbs = model.add_subparsers(dest="model_verb", required=True, metavar="VERB")
     download = verbs.add_parser("download", help="have the model cached (on the server, or here)")
     download.add_argument("name", help="hf://org/name, org/name, s3://..., ngc://...")
@@ -226,6 +207,8 @@ def _model_name(args: argparse.Namespace) -> str:
 
 
 def _local_config(settings: ClientSettings) -> ModelExpressConfig:
+    from modelexpress.config import load_config  # the full settings model: only for local downloads
+
     overrides = {"cache": {"directory": settings.cache_directory}} if settings.cache_directory else {}
     return load_config(None, overrides)
 
@@ -297,7 +280,8 @@ def _ensure_on_server(
 def _receive(args: argparse.Namespace, name: str, update: server_pb2.ModelStatusUpdate) -> int:
     """Stream what the server cached into this machine's cache and record it there."""
     config = _local_config(args.settings)
-    from modelexpress.cache.local import cache_directory
+    from modelexpress.cache.local import cache_directory  # hub clients: only when a model is received
+    from modelexpress.client.receive import StreamError, receive_model
 
     directory = cache_directory(config, parse_source(name).provider)
     retries = 2 if args.settings.max_retries is None else args.settings.max_retries

@@ -6,13 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from modelexpress.cli.commands import help_for
 from modelexpress.cli.options import add_config_flags, config_from_args
 from modelexpress.config import ConfigError, load_config, render_config_yaml
 from modelexpress.files import write_text_atomic
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    config = subparsers.add_parser("config", help="generate, validate and show configuration")
+    config = subparsers.add_parser("config", help=help_for("config"))
     verbs = config.add_subparsers(dest="config_verb", required=True, metavar="VERB")
 
     generate = verbs.add_parser("generate", help="write every option with its default value")

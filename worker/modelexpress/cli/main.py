@@ -1,32 +1,49 @@
-"""Entry point of the `modelexpress` console script: builds the parser and dispatches to a verb."""
+"""Entry point of the `modelexpress` console script: builds the parser and dispatches to a verb.
+
+Only the module of the command being run is imported (see cli/commands.py); the other commands get
+a parser with their help line, so `--help` still lists them all.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 
-from modelexpress import __version__
-from modelexpress.cli import cache_cmd, client_cmd, config_cmd, server_cmd, sources_cmd, worker_cmd
+import modelexpress
+from modelexpress.cli.commands import COMMANDS, add_global_options, invoked_command
 from modelexpress.errors import UserError
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Version(argparse.Action):
+    """`--version`, reading the installed version only when asked (importlib.metadata is slow to import)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **_: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        parser.exit(message=f"modelexpress {modelexpress.__version__}\n")
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of a command line: the invoked command in full (every command when `argv` is None)."""
     parser = argparse.ArgumentParser(
         prog="modelexpress",
         description="ModelExpress: model caches and peer-to-peer weight transfer for vLLM on Kubernetes.",
     )
-    parser.add_argument("--version", action="version", version=f"modelexpress {__version__}")
-    client_cmd.add_global_options(parser)
+    parser.add_argument("--version", action=_Version)
+    add_global_options(parser)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    config_cmd.register(subparsers)
-    server_cmd.register(subparsers)
-    worker_cmd.register(subparsers)
-    sources_cmd.register(subparsers)
-    cache_cmd.register(subparsers)
-    client_cmd.register(subparsers)
+    command = invoked_command(argv) if argv is not None else None
+    modules = dict.fromkeys(m for name, (m, _) in COMMANDS.items() if argv is None or name == command)
+    for module in modules:
+        importlib.import_module(module).register(subparsers)
+    for name, (_, helptext) in COMMANDS.items():
+        if name not in subparsers.choices:
+            subparsers.add_parser(name, help=helptext, add_help=False)  # listed in --help; never run
     _format_everywhere(parser)
     return parser
 
@@ -52,7 +69,8 @@ def _format_everywhere(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
     if getattr(args, "format", "human") == "human" and getattr(args, "output_format", "human") != "human":
         args.format = args.output_format  # verbs with their own --format honour the global one too
     handler: Handler = args.handler

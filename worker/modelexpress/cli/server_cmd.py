@@ -9,6 +9,7 @@ import threading
 
 from pydantic import ValidationError
 
+from modelexpress.cli.commands import help_for
 from modelexpress.cli.options import add_config_flags, config_from_args
 from modelexpress.config import ConfigError
 from modelexpress.config.client import ClientSettings
@@ -16,7 +17,7 @@ from modelexpress.config.cluster import ClusterServerSettings
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    server = subparsers.add_parser("server", help="run the ModelExpress gRPC server")
+    server = subparsers.add_parser("server", help=help_for("server"))
     add_config_flags(server)
     server.add_argument(
         "--mode", choices=["embedded", "cluster"], help="this machine's cache, or ModelCaches (MX_SERVER_MODE)"

@@ -7,13 +7,14 @@ import json
 import sys
 from datetime import UTC, datetime
 
+from modelexpress.cli.commands import help_for
 from modelexpress.config.worker import load_worker_settings
 from modelexpress.p2p.records import SourceRecord
 from modelexpress.registry import RegistryUnavailableError, open_registry
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    sources = subparsers.add_parser("sources", help="inspect the source workers recorded for P2P transfers")
+    sources = subparsers.add_parser("sources", help=help_for("sources"))
     verbs = sources.add_subparsers(dest="sources_verb", required=True, metavar="VERB")
     ls = verbs.add_parser("ls", help="list recorded sources (kubernetes: every ModelMetadata of the namespace)")
     ls.add_argument("--model-name", help="only this model")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from modelexpress.cli.commands import help_for
+
 
 def _serve(args: argparse.Namespace) -> int:
     from modelexpress.cli.worker_run import serve
@@ -20,7 +22,7 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    worker = subparsers.add_parser("worker", help="serve tensors to peers, or pull them from peers (NIXL)")
+    worker = subparsers.add_parser("worker", help=help_for("worker"))
     verbs = worker.add_subparsers(dest="worker_verb", required=True, metavar="VERB")
 
     serve = verbs.add_parser("serve", help="load a safetensors model directory into memory and serve it")
