@@ -166,8 +166,11 @@ def test_corrupted_only_source_without_fallback_loads_nothing(
 ) -> None:
     with sources(tmp_path, 1, "--model-dir", str(model_dir), "--corrupt") as (bad,):
         layout = _target(model_dir, engine)
-        with pytest.raises(NoSourceError, match="could not be pulled"):
+        with pytest.raises(NoSourceError, match="could not be pulled") as info:
             pull(layout, IDENTITY, [bad.endpoint], engine, FAST)
+    # The error names the source and what was wrong with it, not "none offered".
+    assert f"{bad.endpoint}: " in str(info.value) and "failed checksum verification (e.g. " in str(info.value)
+    assert "none offered" not in str(info.value)
 
 
 def test_shape_mismatch_names_the_tensors(model_dir: Path, engine: NixlEngine, tmp_path: Path) -> None:

@@ -162,6 +162,7 @@ class _Pull:
         self.local_kinds = {r.id: (r.kind, r.device_id) for r in layout.regions}
         self.sources: list[_Source] = []
         self.failed: dict[str, str] = {}
+        self.corrupt: dict[str, list[str]] = {}  # endpoint -> tensors it delivered that failed their checksum
         self.retried = 0
         self.mismatches: list[TensorMismatchError] = []
         self._dead: dict[str, str] = {}
@@ -285,7 +286,7 @@ class _Pull:
             bytes=pulled,
             seconds=time.perf_counter() - start,
             sources=[s.endpoint for s in self.sources if s.served],
-            failed_sources=dict(self.failed),
+            failed_sources=self._failure_reasons(),
             retried_chunks=self.retried,
             refetched_tensors=state.refetched,
             fell_back=missing,
@@ -431,6 +432,8 @@ class _Pull:
             metrics.CHECKSUM_MISMATCHES.inc()
             state.refetched += 1
             implicated = {state.delivered_by[i].endpoint for i in state.owners.get(name, ()) if i in state.delivered_by}
+            for endpoint in implicated:
+                self.corrupt.setdefault(endpoint, []).append(name)
             state.tried[name] |= implicated if len(implicated) == 1 else set()
             self._schedule_repair(state, name, implicated)
 
@@ -497,8 +500,17 @@ class _Pull:
                 )
         return missing
 
+    def _failure_reasons(self) -> dict[str, str]:
+        """Why each source did not deliver everything: its failure, and the tensors it served that failed
+        verification."""
+        reasons = dict(self.failed)
+        for endpoint, names in self.corrupt.items():
+            corrupt = f"{len(names)} tensor(s) failed checksum verification (e.g. {names[0]})"
+            reasons[endpoint] = f"{reasons[endpoint]}; {corrupt}" if endpoint in reasons else corrupt
+        return reasons
+
     def _describe_failures(self) -> str:
-        return "; ".join(f"{ep}: {why}" for ep, why in self.failed.items()) or "none offered"
+        return "; ".join(f"{ep}: {why}" for ep, why in self._failure_reasons().items()) or "none offered"
 
     def close(self) -> None:
         for source in self.sources:
