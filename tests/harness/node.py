@@ -400,12 +400,15 @@ class NodeHelper:
     def _environment(
         self, namespace: str, pod: client.V1Pod, container: client.V1Container, mounts: dict[str, Path]
     ) -> dict[str, str]:
-        env: dict[str, str] = {
+        # What the node itself provides is a path on this machine already: never rewritten as a mount
+        # (the checkout may live under a path that a pod mounts, such as /tmp).
+        base: dict[str, str] = {
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
             "HOME": str(self._pod_dir(pod)),
             "HOSTNAME": pod.metadata.name,
             "LANG": "C.UTF-8",
         }
+        env: dict[str, str] = {}
         for source in container.env_from or []:
             prefix = source.prefix or ""
             if source.config_map_ref:
@@ -416,7 +419,10 @@ class NodeHelper:
                 env.update({prefix + k: base64.b64decode(v).decode() for k, v in data.items()})
         for var in container.env or []:
             if var.value_from is None:
-                env[var.name] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), var.value or "")
+                known = {**base, **env}
+                env[var.name] = re.sub(
+                    r"\$\((\w+)\)", lambda m, known=known: known.get(m.group(1), m.group(0)), var.value or ""
+                )
             elif var.value_from.secret_key_ref:
                 ref = var.value_from.secret_key_ref
                 data = self.core.read_namespaced_secret(ref.name, namespace).data or {}
@@ -426,10 +432,11 @@ class NodeHelper:
                 env[var.name] = (self.core.read_namespaced_config_map(ref.name, namespace).data or {})[ref.key]
             elif var.value_from.field_ref:
                 env[var.name] = self._field(pod, var.value_from.field_ref.field_path)
+        translated = {**base, **{k: self._translate(v, mounts) for k, v in env.items()}}
         if pod.spec.automount_service_account_token is not False:
             sa = pod.spec.service_account_name or "default"
             token = service_account_token(self.api, namespace, sa)
             kubeconfig = write_kubeconfig(self._pod_dir(pod) / "kubeconfig", self.server, token, self.ca_file, user=sa)
-            env["KUBECONFIG"] = str(kubeconfig)
-            env["POD_NAMESPACE"] = env.get("POD_NAMESPACE", namespace)
-        return {k: self._translate(v, mounts) for k, v in env.items()}
+            translated["KUBECONFIG"] = str(kubeconfig)
+            translated["POD_NAMESPACE"] = translated.get("POD_NAMESPACE", namespace)
+        return translated

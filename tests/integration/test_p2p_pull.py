@@ -377,3 +377,63 @@ def test_cli_pull_takes_the_layout_from_any_source_that_answers(model_dir: Path,
     assert gone.returncode == 3 and "Traceback" not in gone.stderr
     assert gone.stderr.count("\n") == 1 and gone.stderr.startswith("error: no source answered with its tensor layout")
     assert f"{dead}: " in gone.stderr and f"{src.endpoint}: " in gone.stderr
+
+
+def test_row_sum_verification_reads_back_per_batch_not_per_tensor(tmp_path: Path, engine: NixlEngine) -> None:
+    """1500 small tensors from a row-sum-64 source: the device is read back once per arrived chunk that
+    completes tensors (a handful), not once per tensor; every tensor is still checked."""
+    from modelexpress.p2p import rowsums
+
+    many = {
+        f"layers.{i}.weight": torch.randn(1000 + i % 7, generator=torch.Generator().manual_seed(i)) for i in range(1500)
+    }
+    model = tmp_path / "many"
+    write(model, many, files=2)
+    with sources(tmp_path, 1, "--model-dir", str(model), env={"MX_CHECKSUM_ALGORITHM": "row-sum-64"}) as (src,):
+        layout = _target(model, engine)
+        before = rowsums.HOST_SYNCS[0]
+        result = pull(layout, IDENTITY, [src.endpoint], engine, FAST)
+    syncs = rowsums.HOST_SYNCS[0] - before
+    chunks = -(-layout.total_bytes // FAST.chunk_bytes) + 8  # READs (the last ones taper) bound the batches
+    assert 1 <= syncs <= chunks < len(many) // 20, (syncs, chunks)
+    assert result.verification == "full" and result.verified_bytes == result.bytes == layout.total_bytes
+    _assert_identical(layout.tensors, many)
+
+
+@pytest.mark.parametrize("algorithm", ["xxh3-64", "row-sum-64"])
+def test_sampled_verification_checks_a_fraction_and_escalates_on_a_corrupt_tensor(
+    model_dir: Path,
+    original: dict[str, torch.Tensor],
+    engine: NixlEngine,
+    tmp_path: Path,
+    algorithm: str,
+) -> None:
+    sampled = PullOptions(**{**FAST.__dict__, "verification": "sampled", "sample_fraction": 0.25})
+    env = {"MX_CHECKSUM_ALGORITHM": algorithm}
+    with sources(tmp_path, 1, "--model-dir", str(model_dir), env=env) as (good,):
+        layout = _target(model_dir, engine)
+        clean = pull(layout, IDENTITY, [good.endpoint], engine, sampled)
+    assert clean.verification == "sampled (25% of bytes)" or clean.verification.startswith("sampled (")
+    assert 0.25 * clean.bytes <= clean.verified_bytes < clean.bytes and clean.unchecked_tensors > 0
+    _assert_identical(layout.tensors, original)
+    # A source that corrupts every tensor is caught by the sample; then every tensor is checked and
+    # the bad ones come again from the healthy source.
+    with (
+        sources(tmp_path, 1, "--model-dir", str(model_dir), "--corrupt", env=env) as (bad,),
+        sources(tmp_path, 1, "--model-dir", str(model_dir), env=env) as (good,),
+    ):
+        layout = _target(model_dir, engine)
+        result = pull(layout, IDENTITY, [bad.endpoint, good.endpoint], engine, sampled)
+    assert result.verification == "full" and result.refetched_tensors >= 1 and not result.fell_back
+    _assert_identical(layout.tensors, original)
+
+
+def test_verification_off_trusts_the_bytes_and_says_so(model_dir: Path, engine: NixlEngine, tmp_path: Path) -> None:
+    off = PullOptions(**{**FAST.__dict__, "verification": "off"})
+    with sources(tmp_path, 1, "--model-dir", str(model_dir), "--corrupt") as (bad,):
+        layout = _target(model_dir, engine)
+        result = pull(layout, IDENTITY, [bad.endpoint], engine, off)
+    # nothing was checked, and the result says so: the corruption went through (the trade `off` makes)
+    assert result.verification == "off" and result.verified_bytes == 0 and result.unchecked_tensors == 39
+    with pytest.raises(ValueError, match="verification 'some'"):
+        PullOptions(verification="some")  # type: ignore[arg-type]

@@ -139,7 +139,7 @@ def test_match_lists_first_differences() -> None:
 
 
 def test_small_pooled_tensors_coalesce_into_one_descriptor() -> None:
-    specs = _specs(4096, numel=50)  # 100 bytes each, padded to 256
+    specs = _specs(4096, numel=50)  # 100 bytes each, padded to 256 (under 4 KiB)
     local, remote = allocate_pool(specs), allocate_pool(specs)
     manifest = Manifest.build(IDENTITY, remote, checksums={s.name: 0 for s in specs})
     entries = match(local, manifest)

@@ -7,6 +7,11 @@ import logging
 from prometheus_client import Counter, Histogram, start_http_server
 
 PULL_BYTES = Counter("modelexpress_pull_bytes_total", "Bytes received from peers over NIXL")
+PULL_VERIFIED_BYTES = Counter(
+    "modelexpress_pull_verified_bytes_total",
+    "Bytes received from peers whose checksums were checked, by the verification policy that held",
+    ["policy"],
+)
 PULLS = Counter("modelexpress_pulls_total", "Pulls by outcome", ["outcome"])
 PULL_SECONDS = Histogram(
     "modelexpress_pull_duration_seconds",

@@ -226,6 +226,8 @@ def pull_verb(args: argparse.Namespace) -> int:
         transfer_timeout=settings.transfer_timeout_secs,
         connect_timeout=settings.connect_timeout_secs,
         expected_pods=expected_pods,
+        verification=settings.verification,
+        sample_fraction=settings.verify_sample,
     )
     try:
         result = pull(layout, identity, endpoints, engine, options, fallback, progress=_ProgressBar())
@@ -255,17 +257,24 @@ def _print_summary(args: argparse.Namespace, layout: TensorLayout, result: PullR
             "sources": result.sources,
             "failed_sources": result.failed_sources,
             "tensors_from_disk": from_disk,
-            "verified_tensors": pulled,
+            "verified_tensors": pulled - result.unchecked_tensors,
+            "verification": result.verification,
+            "verified_bytes": result.verified_bytes,
         }
         print(json.dumps(summary, indent=2 if args.output_format == "json-pretty" else None), flush=True)
         return
     took = f"in {result.seconds:.2f} s ({rate(result.gbps * 1e9)})"
+    if result.verified_bytes >= result.bytes:
+        checked = "all checksums verified"
+    elif result.verified_bytes:
+        checked = f"checksums of {size(result.verified_bytes)} verified (verification {result.verification})"
+    else:
+        checked = "nothing verified (verification off)"
     if not from_disk:
-        line = (f"pulled {pulled} tensors ({size(result.bytes)}) {took} from {len(result.sources)} source(s); "
-                "all checksums verified")  # fmt: skip
+        line = f"pulled {pulled} tensors ({size(result.bytes)}) {took} from {len(result.sources)} source(s); {checked}"
     elif pulled:
         line = (f"pulled {pulled} of {len(layout.placements)} tensors ({size(result.bytes)}) {took} from "
-                f"{len(result.sources)} source(s), checksums verified; {from_disk} tensor(s) read from --model-dir "
+                f"{len(result.sources)} source(s), {checked}; {from_disk} tensor(s) read from --model-dir "
                 "(no source delivered them)")  # fmt: skip
     else:
         line = (f"loaded {from_disk} tensors ({size(layout.total_bytes)}) from --model-dir: no source delivered "

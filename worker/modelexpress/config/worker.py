@@ -47,6 +47,13 @@ class WorkerSettings(BaseSettings):
     checksum_algorithm: Literal["auto", "xxh3-64", "row-sum-64"] = "auto"
     """Checksum a source announces for its tensors: `auto` takes `row-sum-64` (one reduction on the GPU
     itself) when it serves GPU memory and `xxh3-64` for host memory."""
+    verification: Literal["full", "sampled", "off"] = "full"
+    """How much of a pull is checked against the sources' checksums: `full` (every tensor), `sampled`
+    (a random set of tensors holding `MX_VERIFY_SAMPLE` of the bytes, new for every pull; one failure
+    makes the pull check every tensor, so a source that corrupts many tensors is caught), or `off`
+    (nothing checked: the bytes are trusted as they arrive)."""
+    verify_sample: float = Field(default=0.1, gt=0, le=1)
+    """Fraction of a pull's bytes that `MX_VERIFICATION=sampled` checks."""
     nixl_progress_thread: bool = False
     """Run NIXL's own progress thread in each agent. It busy-polls a core for the agent's lifetime;
     off, targets progress their READs as they poll them and sources progress from a responder thread

@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from modelexpress.loader.rehome import module_tensors
-from modelexpress.p2p.checksum import checksum
+from modelexpress.p2p.checksum import checksums
 from modelexpress.p2p.memory import TensorLayout
 
 
@@ -60,9 +60,10 @@ def capture_gate(module: nn.Module) -> str | None:
 
 def state_checksums(layout: TensorLayout, algorithm: str) -> dict[str, int]:
     """The checksum of every tensor of the layout (the loaded state a source will serve)."""
-    return {name: checksum(tensor, algorithm) for name, tensor in layout.tensors.items()}
+    return checksums(layout, algorithm)
 
 
 def changed_in_place(layout: TensorLayout, before: Mapping[str, int], algorithm: str) -> list[str]:
     """Tensors of the layout whose bytes no longer match the checksums taken before post-processing."""
-    return [name for name, tensor in layout.tensors.items() if checksum(tensor, algorithm) != before[name]]
+    now = checksums(layout, algorithm)
+    return [name for name in layout.tensors if now[name] != before[name]]

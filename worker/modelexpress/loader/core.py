@@ -142,6 +142,8 @@ class WeightLoader:
             transfer_timeout=self.settings.transfer_timeout_secs,
             connect_timeout=self.settings.connect_timeout_secs,
             expected_pods=self._pods or {},
+            verification=self.settings.verification,
+            sample_fraction=self.settings.verify_sample,
         )
         try:
             result = pull(layout, self.identity, self.sources(), self.engine, options)
@@ -156,7 +158,8 @@ class WeightLoader:
         self._capture(layout)
         return LoadReport(
             "p2p",
-            f"{len(result.sources)} Ready source(s); READs and checks {result.seconds:.2f}s, {rate(result.gbps * 1e9)}",
+            f"{len(result.sources)} Ready source(s); READs and checks {result.seconds:.2f}s, {rate(result.gbps * 1e9)}, "
+            f"verification {result.verification}",
             result.bytes,
             time.perf_counter() - started,
             sources=list(result.sources),

@@ -3,7 +3,8 @@
 Two algorithms, named in the manifest by the source:
 - `xxh3-64` over the raw bytes: strong and fast on host memory (the default for DRAM sources);
   GPU bytes would have to be staged through the host at a few GB/s.
-- `row-sum-64`, for VRAM sources: the bytes as little-endian 64-bit words (the last one zero-padded),
+- `row-sum-64`, for VRAM sources (`rowsums` computes it for many tensors at once; `row_sum64` here
+  is the per-tensor reference): the bytes as little-endian 64-bit words (the last one zero-padded),
   each multiplied by an odd weight that grows with its 4 KiB row, summed modulo 2**64, then mixed
   with the length. One pass of a reduction kernel on the tensor's own device (no host copy), so a
   GPU target verifies at memory bandwidth. It catches any single corrupted word, and rows swapped or
@@ -14,6 +15,7 @@ Two algorithms, named in the manifest by the source:
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 import torch
 import xxhash
@@ -49,6 +51,16 @@ def checksum(tensor: torch.Tensor, algorithm: str = XXH3_64) -> int:
     hasher = xxhash.xxh3_64()
     _update(hasher, data)
     return int(hasher.intdigest())
+
+
+def checksums(layout: TensorLayout, algorithm: str, names: Sequence[str] | None = None) -> dict[str, int]:
+    """The checksums of the named tensors of `layout` (all by default): `row-sum-64` batched on each
+    device with one host sync (`rowsums`), `xxh3-64` tensor by tensor."""
+    if algorithm == ROW_SUM_64:
+        from modelexpress.p2p.rowsums import row_sums
+
+        return row_sums(layout, names)
+    return {name: checksum(layout.tensors[name], algorithm) for name in (names or list(layout.tensors))}
 
 
 def row_sum64(tensor: torch.Tensor) -> int:

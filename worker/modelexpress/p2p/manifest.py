@@ -18,7 +18,8 @@ import xxhash
 
 from modelexpress._proto.worker.v1 import worker_pb2
 from modelexpress.bulk import without_gc
-from modelexpress.p2p.checksum import ROW_SUM_64, XXH3_64, checksum
+from modelexpress.p2p.checksum import ROW_SUM_64, XXH3_64
+from modelexpress.p2p.checksum import checksums as compute_checksums
 from modelexpress.p2p.dtypes import NAME_TO_WIRE, WIRE_TO_NAME
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.memory import Region, TensorLayout
@@ -78,6 +79,7 @@ class Manifest:
     ) -> Manifest:
         """The manifest of a layout; checksums are computed (with `checksum_algorithm`) unless given."""
         algorithm = checksum_algorithm(layout, algorithm)
+        checksums = checksums or compute_checksums(layout, algorithm)
         entries = tuple(
             TensorEntry(
                 name=p.spec.name,
@@ -86,7 +88,7 @@ class Manifest:
                 nbytes=p.spec.nbytes,
                 region_id=p.region_id,
                 offset=p.offset,
-                checksum=checksums[p.spec.name] if checksums else checksum(layout.tensors[p.spec.name], algorithm),
+                checksum=checksums[p.spec.name],
                 is_parameter=p.spec.is_parameter,
             )
             for p in layout.placements

@@ -20,6 +20,9 @@ import torch
 from modelexpress.p2p.dtypes import dtype_name, torch_dtype
 
 ALIGNMENT = 256
+ROW_ALIGNMENT = 4096
+"""Tensors of 4 KiB or more start on a 4 KiB boundary of their pool: their `row-sum-64` rows are then
+rows of the pool, which lets a target checksum many tensors in one reduction (`rowsums`)."""
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,9 @@ def _memory_kind(device: torch.device) -> tuple[str, int]:
     raise ValueError(f"device {device} is neither host memory nor a CUDA GPU")
 
 
-def _align(value: int) -> int:
-    return (value + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
+def _align(value: int, nbytes: int = 0) -> int:
+    alignment = ROW_ALIGNMENT if nbytes >= ROW_ALIGNMENT else ALIGNMENT
+    return (value + alignment - 1) // alignment * alignment
 
 
 def allocate_pool(specs: Sequence[TensorSpec], device: torch.device | str = "cpu", region_id: int = 0) -> TensorLayout:
@@ -105,10 +109,11 @@ def allocate_pool(specs: Sequence[TensorSpec], device: torch.device | str = "cpu
     offsets = []
     cursor = 0
     for spec in specs:
-        cursor = _align(cursor)
+        cursor = _align(cursor, spec.nbytes)
         offsets.append(cursor)
         cursor += spec.nbytes
-    buffer = torch.empty(max(cursor, 1), dtype=torch.uint8, device=device)
+    # whole 64-bit words to the end, so a checksum can read the word holding the last trailing bytes
+    buffer = torch.empty(max(-(-cursor // 8) * 8, 8), dtype=torch.uint8, device=device)
     region = Region(region_id, kind, device_id, buffer.data_ptr(), buffer.numel())
     tensors: dict[str, torch.Tensor] = {}
     placements = []

@@ -18,17 +18,19 @@ import collections
 import functools
 import logging
 import queue
+import random
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
 from modelexpress import metrics
 from modelexpress.bulk import gc_paused
-from modelexpress.p2p.checksum import XXH3_64, StreamingChecksums, checksum
+from modelexpress.p2p.checksum import ROW_SUM_64, XXH3_64, StreamingChecksums, checksums
 from modelexpress.p2p.client import STATE_NAMES, SourceUnavailableError, WorkerClient
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.manifest import TensorEntry
@@ -45,6 +47,7 @@ from modelexpress.p2p.plan import (
     match,
     tensors_of_chunks,
 )
+from modelexpress.p2p.rowsums import RowSums
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,10 @@ _MIN_IDLE, _MAX_IDLE = 0.0002, 0.004
 Fallback = Callable[[dict[str, torch.Tensor], list[str]], None]
 """Fills the named tensors of the dict in place (e.g. from disk)."""
 Progress = Callable[[int, int], None]
+
+
+Verification = Literal["full", "sampled", "off"]
+VERIFICATIONS: tuple[str, ...] = ("full", "sampled", "off")
 
 
 class PullError(RuntimeError):
@@ -72,6 +79,16 @@ class PullOptions:
     expected_pods: dict[str, str] = field(default_factory=dict)
     """endpoint -> pod UID the registry recorded there: a source answering for another pod (its pod
     was replaced and the address reused) is refused, never taken for its previous incarnation."""
+    verification: Verification = "full"
+    """full: every tensor's checksum; sampled: a random `sample_fraction` of the bytes, and every tensor
+    once one sampled tensor fails; off: none (the bytes are trusted as they arrive)."""
+    sample_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.verification not in VERIFICATIONS:
+            raise ValueError(f"verification {self.verification!r}: expected one of {', '.join(VERIFICATIONS)}")
+        if not 0 < self.sample_fraction <= 1:
+            raise ValueError(f"sample_fraction {self.sample_fraction}: expected a fraction in (0, 1]")
 
 
 @dataclass
@@ -83,6 +100,12 @@ class PullResult:
     retried_chunks: int = 0
     refetched_tensors: int = 0
     fell_back: list[str] = field(default_factory=list)
+    verification: str = "full"
+    """The policy that held at the end (a sampled pull that met a corrupt tensor ends `full`)."""
+    verified_bytes: int = 0
+    """Bytes of the pulled tensors whose checksums were checked."""
+    unchecked_tensors: int = 0
+    """Pulled tensors the policy accepted without a check."""
 
     @property
     def gbps(self) -> float:
@@ -128,11 +151,21 @@ class _State:
     hashes: StreamingChecksums = field(init=False)
     # xxh3 is fed piece by piece as bytes land; other algorithms reduce whole tensors where they live
     streaming: bool = True
-    # verification results arrive here from the checksum thread: (tensor, checksum matched)
-    results: queue.SimpleQueue[tuple[str, bool]] = field(default_factory=queue.SimpleQueue)
+    # row-sum-64 sources: block sums accumulated per arrived chunk, one host sync per batch of verdicts
+    rowsums: RowSums | None = None
+    # tensors to check (None: all); the rest are accepted as they arrive, into `unchecked`
+    sample: set[str] | None = None
+    unchecked: set[str] = field(default_factory=set)
+    late: set[str] = field(default_factory=set)
+    policy: str = "full"
+    # verification results arrive here from the checksum thread: (tensor, matched; None: not checked)
+    results: queue.SimpleQueue[tuple[str, bool | None]] = field(default_factory=queue.SimpleQueue)
     outstanding: int = 0
     refetched: int = 0
     done_bytes: int = 0
+
+    def checks(self, name: str) -> bool:
+        return self.policy != "off" and (self.sample is None or name in self.sample)
 
     def __post_init__(self) -> None:
         self.hashes = StreamingChecksums(self.layout)
@@ -252,12 +285,17 @@ class _Pull:
 
     def run(self, fallback: Fallback | None) -> PullResult:
         start = time.perf_counter()
+        policy = self.options.verification
         with gc_paused():  # thousands of small book-keeping objects, no cycles among them
             state = _State(
                 make_chunks(self.layout, self.chunk_bytes),
                 self.layout,
                 streaming=all(s.algorithm == XXH3_64 for s in self.sources),
+                policy=policy,
+                sample=self._sample() if policy == "sampled" else None,
             )
+            if policy != "off" and self.sources and all(s.algorithm == ROW_SUM_64 for s in self.sources):
+                state.rowsums = RowSums(self.layout, list(state.owners))
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mx-verify")
         try:
             # zero-byte tensors have no chunk: verify them at once
@@ -269,7 +307,7 @@ class _Pull:
                 self._reap_dead(state)
                 progressed = self._post_reads(state)
                 progressed |= self._poll_reads(state, pool)
-                self._collect_verifications(state)
+                self._collect_verifications(state, pool)
                 if self._finished(state):
                     break
                 # Back off while READs are in flight: on small hosts a spinning poller takes the CPU
@@ -281,7 +319,9 @@ class _Pull:
             pool.shutdown(wait=True)
         missing = self._complete_with_fallback(state, fallback)
         pulled = sum(self.local[n].spec.nbytes for n in state.verified)
+        checked = pulled - sum(self.local[n].spec.nbytes for n in state.unchecked)
         metrics.PULL_BYTES.inc(pulled)
+        metrics.PULL_VERIFIED_BYTES.labels(state.policy).inc(checked)
         return PullResult(
             bytes=pulled,
             seconds=time.perf_counter() - start,
@@ -290,12 +330,36 @@ class _Pull:
             retried_chunks=self.retried,
             refetched_tensors=state.refetched,
             fell_back=missing,
+            verification=state.policy
+            if state.policy != "sampled"
+            else f"sampled ({self._coverage(state):.0%} of bytes)",
+            verified_bytes=checked,
+            unchecked_tensors=len(state.unchecked),
         )
 
-    def _verify(self, name: str, source: _Source | None) -> bool:
-        """Does the tensor's content match the checksum of the source that delivered it?"""
+    def _sample(self) -> set[str]:
+        """A random set of tensors holding at least `sample_fraction` of the bytes (new for every pull)."""
+        names = [p.spec.name for p in self.layout.placements]
+        random.SystemRandom().shuffle(names)
+        goal = self.options.sample_fraction * self.layout.total_bytes
+        chosen: set[str] = set()
+        covered = 0
+        for name in names:
+            if covered >= goal and chosen:
+                break
+            chosen.add(name)
+            covered += self.local[name].spec.nbytes
+        return chosen
+
+    def _coverage(self, state: _State) -> float:
+        sampled = sum(self.local[n].spec.nbytes for n in state.sample or ())
+        return sampled / self.layout.total_bytes if self.layout.total_bytes else 1.0
+
+    def _verify_many(self, names: list[str], source: _Source | None) -> dict[str, bool]:
+        """Do the tensors' contents match the checksums of the source that delivered them (batched)?"""
         source = source or self.sources[0]
-        return checksum(self.layout.tensors[name], source.algorithm) == source.entries[name].checksum
+        sums = checksums(self.layout, source.algorithm, names)
+        return {name: sums[name] == source.entries[name].checksum for name in names}
 
     def _submit_verification(
         self, state: _State, pool: ThreadPoolExecutor, names: list[str], source: _Source | None
@@ -306,13 +370,13 @@ class _Pull:
         state.outstanding += len(names)
 
         def job() -> None:
+            try:
+                verdicts = self._verify_many(names, source)
+            except Exception:  # a failed checksum must be reported, never lost
+                log.exception("verifying %d tensor(s) failed", len(names))
+                verdicts = {}
             for name in names:
-                try:
-                    ok = self._verify(name, source)
-                except Exception:  # a failed checksum must be reported, never lost
-                    log.exception("verifying %s failed", name)
-                    ok = False
-                state.results.put((name, ok))
+                state.results.put((name, verdicts.get(name, False)))
 
         pool.submit(job)
 
@@ -395,7 +459,21 @@ class _Pull:
         self, state: _State, pool: ThreadPoolExecutor, pieces: list[Piece], complete: list[str], source: _Source
     ) -> None:
         """Hash the arrived pieces in the background; `complete` tensors (their last piece is among
-        them) get their verdict through the results queue."""
+        them) get their verdict through the results queue. Tensors the policy does not check are
+        accepted as they complete."""
+        for name in complete:
+            if not state.checks(name):
+                state.outstanding += 1
+                state.results.put((name, None))
+        late = [n for n in complete if n in state.late]
+        self._submit_verification(state, pool, late, source)
+        pieces = [p for p in pieces if state.checks(p.name) and p.name not in state.late]
+        complete = [n for n in complete if state.checks(n) and n not in state.late]
+        if not pieces and not complete:
+            return
+        if state.rowsums is not None:
+            self._submit_row_sums(state, pool, pieces, complete, source)
+            return
         if not state.streaming:
             self._submit_verification(state, pool, complete, source)
             return
@@ -419,16 +497,46 @@ class _Pull:
 
         pool.submit(job)
 
-    def _collect_verifications(self, state: _State) -> None:
+    def _submit_row_sums(
+        self, state: _State, pool: ThreadPoolExecutor, pieces: list[Piece], complete: list[str], source: _Source
+    ) -> None:
+        """row-sum-64: the chunk's blocks are reduced on the target's device as it lands (no wait), and
+        the tensors it completed are read back together: one host sync per chunk, not per tensor."""
+        rowsums = state.rowsums
+        assert rowsums is not None
+        state.outstanding += len(complete)
+
+        def job() -> None:
+            try:
+                rowsums.add_pieces([(p.name, p.start, p.length) for p in pieces])
+                sums = rowsums.totals(complete) if complete else {}
+            except Exception:  # a failed checksum must be reported, never lost
+                log.exception("checksumming %d tensor(s) failed", len(complete))
+                sums = {}
+            for name in complete:
+                state.results.put((name, sums.get(name) == source.entries[name].checksum))
+
+        pool.submit(job)
+
+    def _collect_verifications(self, state: _State, pool: ThreadPoolExecutor) -> None:
         while True:
             try:
                 name, ok = state.results.get_nowait()
             except queue.Empty:
                 return
             state.outstanding -= 1
+            if ok is None:
+                if state.checks(name):  # accepted unchecked before an escalation that it now falls under
+                    self._submit_verification(state, pool, [name], self._deliverer(state, name))
+                    continue
+                state.verified.add(name)
+                state.unchecked.add(name)
+                continue
             if ok:
                 state.verified.add(name)
                 continue
+            if state.policy == "sampled":
+                self._escalate(state, pool)
             metrics.CHECKSUM_MISMATCHES.inc()
             state.refetched += 1
             implicated = {state.delivered_by[i].endpoint for i in state.owners.get(name, ()) if i in state.delivered_by}
@@ -436,6 +544,30 @@ class _Pull:
                 self.corrupt.setdefault(endpoint, []).append(name)
             state.tried[name] |= implicated if len(implicated) == 1 else set()
             self._schedule_repair(state, name, implicated)
+
+    def _escalate(self, state: _State, pool: ThreadPoolExecutor) -> None:
+        """A sampled tensor failed: its source cannot be trusted with the rest, so every tensor is now
+        checked, those accepted unchecked included (any that fails is fetched again)."""
+        log.warning("a sampled tensor failed its checksum; verifying every tensor of this pull")
+        # unsampled tensors part of which has arrived unhashed: checked whole once complete
+        state.late = {
+            name for name, waiting in state.remaining.items()
+            if waiting and waiting != state.owners.get(name) and not state.checks(name)
+        }  # fmt: skip
+        state.policy, state.sample = "full", None
+        accepted, state.unchecked = sorted(state.unchecked), set()
+        state.verified -= set(accepted)
+        by_source: dict[str, tuple[_Source | None, list[str]]] = {}
+        for name in accepted:
+            deliverer = self._deliverer(state, name)
+            by_source.setdefault(deliverer.endpoint if deliverer else "", (deliverer, []))[1].append(name)
+        for deliverer, names in by_source.values():
+            self._submit_verification(state, pool, names, deliverer)
+
+    def _deliverer(self, state: _State, name: str) -> _Source | None:
+        """The source that delivered the tensor's first chunk (whose checksum it is checked against)."""
+        first = min(state.owners.get(name) or {-1})
+        return state.delivered_by.get(first)
 
     def _schedule_repair(self, state: _State, name: str, implicated: set[str]) -> None:
         """Fetch the whole tensor again from one source, unimplicated sources first; give up when none is left.
@@ -491,8 +623,8 @@ class _Pull:
             )
         log.warning("pulling %d tensor(s) failed; loading them with the fallback loader", len(missing))
         fallback(self.layout.tensors, missing)
-        if self.sources:
-            bad = [n for n in missing if not self._verify(n, None)]
+        if self.sources and self.options.verification != "off":
+            bad = [n for n, ok in self._verify_many(missing, None).items() if not ok]
             if bad:
                 raise PullError(
                     f"{len(bad)} tensor(s) loaded by the fallback loader differ from the sources' checksums, "
