@@ -9,6 +9,7 @@ from pathlib import Path
 BENCHMARKS = [
     "nixl_host_read.py",
     "p2p_pull.py",
+    "rowsums.py",
     "control_plane.py",
     "source_recording.py",
     "hf_download.py",

@@ -7,6 +7,7 @@ Blocking `kubernetes` calls; handlers run them in a thread.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -67,6 +68,21 @@ def _ready(status: dict[str, Any]) -> dict[str, Any] | None:
     return next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
 
 
+def api_refusal(exc: client.ApiException, what: str) -> tuple[str, str]:
+    """(reason, message) of a request the API server refused: its own Status reason (Forbidden,
+    Invalid, ...) and message, e.g. an exceeded ResourceQuota or a policy that rejects the object."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except ValueError:
+        body = {}
+    body = body if isinstance(body, dict) else {}
+    reason = re.sub(r"[^A-Za-z0-9]", "", str(body.get("reason") or exc.reason or "")) or "ApiError"
+    if not reason[0].isalpha():
+        reason = "ApiError"
+    message = str(body.get("message") or exc.reason or "no message")
+    return reason, f"{what} was refused by the API server (HTTP {exc.status}): {message}; retried"
+
+
 def attempt_of(job: str | None, generation: int) -> int:
     match = re.search(rf"-(?:dl|size)-g{generation}-(\d+)$", job or "")
     return int(match.group(1)) if match else 0
@@ -108,20 +124,23 @@ class CacheController:
         status.observed_generation = generation
         try:
             claim = self._ensure_claim(namespace, name, uid, spec, status.source_bytes)
+            attempt = max(1, attempt_of(status.job_name, generation)) if not _is_sizing(status.job_name) else 1
+            job = self._ensure_job(namespace, name, uid, spec, generation, attempt)
         except WaitingError as exc:
             return self._waiting(status, generation, *exc.args)
         except DownloadError as exc:
             return self._failed(status, generation, exc.reason.value, str(exc))
         except SizingNeeded as exc:
             attempt = max(1, attempt_of(status.job_name, generation)) if _is_sizing(status.job_name) else 1
-            status.job_name = self._ensure_sizing_job(namespace, name, uid, spec, generation, attempt)
+            try:
+                status.job_name = self._ensure_sizing_job(namespace, name, uid, spec, generation, attempt)
+            except WaitingError as refused:
+                return self._waiting(status, generation, *refused.args)
             status.phase = status.phase.PENDING
             status.conditions = set_condition(
                 status.conditions, "Ready", "False", "Sizing", f"{exc}: Job {status.job_name} reads it", generation
             )
             return status.to_api()
-        attempt = max(1, attempt_of(status.job_name, generation)) if not _is_sizing(status.job_name) else 1
-        job = self._ensure_job(namespace, name, uid, spec, generation, attempt)
         status.claim_name, status.job_name = claim, job
         status.phase = status.phase.PENDING if status.phase != "Downloading" else status.phase
         status.conditions = set_condition(
@@ -171,7 +190,7 @@ class CacheController:
             return claim
         except client.ApiException as exc:
             if exc.status != 404:
-                raise
+                raise WaitingError(*api_refusal(exc, f"reading PersistentVolumeClaim {claim}")) from None
         if spec.storage.claim_name:
             raise WaitingError(
                 "ClaimNotFound", f"spec.storage.claimName: PersistentVolumeClaim {claim} does not exist in {namespace}"
@@ -184,7 +203,7 @@ class CacheController:
             self.core.create_namespaced_persistent_volume_claim(namespace, body)
         except client.ApiException as exc:
             if exc.status != 409:
-                raise
+                raise WaitingError(*api_refusal(exc, f"creating PersistentVolumeClaim {claim}")) from None
         return claim
 
     def _service_account(self, namespace: str) -> str | None:
@@ -208,7 +227,7 @@ class CacheController:
             log.info("created download Job %s/%s", namespace, job)
         except client.ApiException as exc:
             if exc.status != 409:
-                raise
+                raise WaitingError(*api_refusal(exc, f"creating download Job {job}")) from None
         return job
 
     def _ensure_sizing_job(
@@ -221,7 +240,7 @@ class CacheController:
             log.info("created sizing Job %s/%s", namespace, job)
         except client.ApiException as exc:
             if exc.status != 409:
-                raise
+                raise WaitingError(*api_refusal(exc, f"creating sizing Job {job}")) from None
         return job
 
     # --- Job -> status --------------------------------------------------------------------------
@@ -375,8 +394,6 @@ class CacheController:
         self.announce(namespace, cache_name, cache["metadata"]["uid"], before, status.to_api())
 
     def _job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
-        import json
-
         API_REQUESTS.labels("list", "pods").inc()
         reply = self.core.list_namespaced_pod(
             namespace, label_selector=f"batch.kubernetes.io/job-name={job}", _preload_content=False

@@ -88,3 +88,33 @@ def test_seal_finds_a_loaded_tensor_rewritten_in_place(tmp_path: Path, algorithm
     assert not loader.seal()
     assert loader.gate is not None and "rewrote 1 loaded tensor(s) in place (e.g. table)" in loader.gate
     assert loader.publish() is None
+
+
+def test_links_made_while_the_model_is_built_serve_the_pull(tmp_path: Path) -> None:
+    """`prepare()` before the module exists (as the vLLM adapter does while vLLM builds the model): the
+    NIXL agent, the registry lookup and the link to the source are made in the background; `receive`
+    then only matches and READs, and a dead record among the sources is reported once, then skipped."""
+    registry = EmbeddedRegistry(tmp_path / "sources.db", ttl_seconds=600)
+    settings = WorkerSettings(worker_host="127.0.0.1", connect_timeout_secs=2)
+    source_module = WithTable()
+    with torch.no_grad():
+        source_module.proj.weight.normal_()
+    a = WeightLoader(IDENTITY, settings, registry)
+    a.publish(a.adopt(source_module))
+    dead = f"127.0.0.1:{free_port()}"
+    registry.publish(SourceRecord(worker_id="gone", identity=IDENTITY, endpoint=dead, agent_name="gone", state="Ready"))
+    b = WeightLoader(IDENTITY, settings, registry)
+    b.prepare()
+    assert b._ahead is not None
+    prepared = b._ahead.result(timeout=30)  # done before the module is even built
+    assert prepared is not None and b.engine is not None
+    assert set(prepared.links) | set(prepared.failures) == {a.source.endpoint, dead}  # type: ignore[union-attr]
+    assert dead in prepared.failures and a.source.endpoint in prepared.links  # type: ignore[union-attr]
+    target = WithTable()
+    report = b.receive(target)
+    assert report is not None and report.mode == "p2p" and report.sources == [a.source.endpoint]  # type: ignore[union-attr]
+    assert torch.equal(target.proj.weight, source_module.proj.weight) and prepared.links == {}
+    assert b.publish(report) is not None  # serves with the agent made in the background
+    for loader in (b, a):
+        loader.close()
+    registry.close()

@@ -381,3 +381,36 @@ def test_unused_cache_is_evicted_and_pinned_one_stays(
     assert read_or_none(core.read_namespaced_persistent_volume_claim, "keep-cache", namespace)
     assert cache_status(custom_objects, namespace, "busy")["phase"] == "Ready"  # in use: never evicted
     assert read_or_none(core.read_namespaced_persistent_volume_claim, "busy-cache", namespace)
+
+
+def test_a_refused_child_object_is_a_condition_with_the_api_servers_reason(
+    kube_api: client.ApiClient,
+    custom_objects: client.CustomObjectsApi,
+    namespace: str,
+    cache_operator: Any,
+) -> None:
+    """A ResourceQuota that allows no PVC: the API server's 403 becomes the cache's condition and Event
+    (not a traceback in the operator's log); once the quota is gone, the retry creates the PVC."""
+    core = client.CoreV1Api(kube_api)
+    core.create_namespaced_resource_quota(
+        namespace, {"metadata": {"name": "no-claims"}, "spec": {"hard": {"persistentvolumeclaims": "0"}}}
+    )
+    wait_for(
+        lambda: (
+            (core.read_namespaced_resource_quota("no-claims", namespace).status or client.V1ResourceQuotaStatus()).hard
+        ),
+        30,
+        what="quota status",
+    )
+    apply_cache(custom_objects, namespace, "quota", source="hf://org/tiny", storage={"size": "1Gi"})
+    status = wait_for(status_where(custom_objects, namespace, "quota", lambda s: bool(s.get("conditions"))), 30)
+    ready = condition({"status": status}, "Ready") or {}
+    assert status["phase"] == "Pending" and ready.get("reason") == "Forbidden", ready
+    assert "creating PersistentVolumeClaim quota-cache was refused" in ready["message"]
+    assert "exceeded quota" in ready["message"] and "no-claims" in ready["message"]
+    told = wait_for(lambda: (e := cache_events(core, namespace, "quota")) and "Forbidden" in e and e, 30, what="Event")
+    assert told["Forbidden"][1] == ready["message"]
+    core.delete_namespaced_resource_quota("no-claims", namespace)
+    wait_for(
+        lambda: read_or_none(core.read_namespaced_persistent_volume_claim, "quota-cache", namespace), 60, what="PVC"
+    )

@@ -22,8 +22,10 @@ post-processing use `load(module, load_from_disk)`, which runs the steps in orde
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -34,6 +36,7 @@ from modelexpress.config.worker import WorkerSettings, load_worker_settings
 from modelexpress.loader.capture import capture_gate, changed_in_place, state_checksums
 from modelexpress.loader.rehome import attach, module_tensors, plan_pool, rehome
 from modelexpress.p2p.identity import WorkerIdentity
+from modelexpress.p2p.links import PreparedSources, prepare_sources
 from modelexpress.p2p.manifest import checksum_algorithm
 from modelexpress.p2p.memory import TensorLayout
 from modelexpress.p2p.nixl_engine import NixlEngine
@@ -89,6 +92,59 @@ class WeightLoader:
         self._checksums: dict[str, int] | None = None
         self._endpoints: list[str] | None = None
         self._pods: dict[str, str] | None = None
+        self._ahead: Future[PreparedSources | None] | None = None
+        self._registered: TensorLayout | None = None
+
+    def prepare(self, pull: bool = True) -> None:
+        """Start, in the background, what needs no built model: the NIXL agent and, with `pull`, the
+        registry lookup and each Ready source's link (status, manifest, agent metadata, connection).
+        An engine calls this before it builds its model, so the two overlap; `receive` and `publish`
+        wait for it."""
+        if self._ahead is not None or self.engine is not None:
+            return
+        future: Future[PreparedSources | None] = Future()
+
+        def work() -> None:
+            try:
+                future.set_result(self._prepare(pull))
+            except BaseException as exc:  # handed to whoever waits; never lost in the thread
+                future.set_exception(exc)
+
+        self._ahead = future
+        threading.Thread(target=work, name="mx-prepare", daemon=True).start()
+
+    def _prepare(self, pull: bool) -> PreparedSources | None:
+        self.engine = NixlEngine(progress_thread=self.settings.nixl_progress_thread)
+        endpoints = self.sources() if pull else []
+        if not endpoints:
+            return None
+        return prepare_sources(
+            endpoints, self.identity, self.engine, self.settings.connect_timeout_secs, self._pods or {}
+        )
+
+    def _wait_ahead(self) -> PreparedSources | None:
+        """What `prepare` linked (None if it did not run or failed: then it is done now, in line)."""
+        future, self._ahead = self._ahead, None
+        if future is None:
+            return None
+        try:
+            return future.result()
+        except Exception as exc:
+            log.warning("preparing the pull in the background failed (%s); doing it now", exc)
+            return None
+
+    def _engine(self) -> NixlEngine:
+        if self.engine is None:
+            self.engine = NixlEngine(progress_thread=self.settings.nixl_progress_thread)
+        return self.engine
+
+    def _register(self, layout: TensorLayout) -> None:
+        engine = self._engine()
+        if self._registered is not None and self._registered is not layout:
+            engine.deregister_all()
+        if self._registered is not layout:
+            engine.register(layout)
+            self._registered = layout
 
     def check(self, module: nn.Module) -> str | None:
         """Apply the capture rule to the freshly built module; the reason it cannot take part, if any."""
@@ -130,12 +186,13 @@ class WeightLoader:
         None when no source could deliver everything; the module is then exactly as it was built.
         """
         started = time.perf_counter()
+        prepared = self._wait_ahead()
         if self.check(module) or not self.sources():
+            if prepared is not None:
+                prepared.close()
             return None
-        self._release()
         layout = plan_pool(module, device)
-        self.engine = NixlEngine(progress_thread=self.settings.nixl_progress_thread)
-        self.engine.register(layout)
+        self._register(layout)
         options = PullOptions(
             chunk_bytes=self.settings.chunk_bytes,
             max_inflight=self.settings.max_inflight,
@@ -146,13 +203,14 @@ class WeightLoader:
             sample_fraction=self.settings.verify_sample,
         )
         try:
-            result = pull(layout, self.identity, self.sources(), self.engine, options)
+            result = pull(layout, self.identity, self.sources(), self._engine(), options, prepared=prepared)
         except PullError as exc:
             # Each source's failure was logged where it happened; one line says what follows.
             log.warning("%s rank %d: none of %d source(s) delivered the weights; loading from disk",
                         self.identity.model_name, self.identity.rank, len(self.sources()))  # fmt: skip
             log.debug("pull failed: %s", exc)
-            self._release()
+            self._engine().deregister_all()  # the agent stays: the disk-loaded replica serves with it
+            self._registered = None
             return None
         attach(module, layout, copy=False)
         self._capture(layout)
@@ -216,10 +274,9 @@ class WeightLoader:
                          self.gate)  # fmt: skip
             self._release()
             return None
-        if self.engine is None:
-            self.engine = NixlEngine(progress_thread=self.settings.nixl_progress_thread)
-            self.engine.register(self.layout)
-        self.source = SourceWorker(self.identity, self.layout, self.settings, self.engine, self._checksums)
+        self._wait_ahead()
+        self._register(self.layout)
+        self.source = SourceWorker(self.identity, self.layout, self.settings, self._engine(), self._checksums)
         try:
             self.source.start(self.registry)
         except RegistryUnavailableError as exc:
@@ -230,9 +287,13 @@ class WeightLoader:
         return self.source.endpoint
 
     def _release(self) -> None:
+        prepared = self._wait_ahead()
+        if prepared is not None:
+            prepared.close()
         if self.engine is not None:
             self.engine.deregister_all()
             self.engine = None
+        self._registered = None
 
     def close(self) -> None:
         """Stop serving and leave the registry; the module keeps its weights."""

@@ -15,11 +15,9 @@ Nothing is reported loaded unless every tensor is verified.
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import queue
 import random
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,8 +29,9 @@ import torch
 from modelexpress import metrics
 from modelexpress.bulk import gc_paused
 from modelexpress.p2p.checksum import ROW_SUM_64, XXH3_64, StreamingChecksums, checksums
-from modelexpress.p2p.client import STATE_NAMES, SourceUnavailableError, WorkerClient
+from modelexpress.p2p.client import WorkerClient
 from modelexpress.p2p.identity import WorkerIdentity
+from modelexpress.p2p.links import LINK_ERRORS, Deaths, PreparedSources, SourceLink, link_source
 from modelexpress.p2p.manifest import TensorEntry
 from modelexpress.p2p.memory import TensorLayout
 from modelexpress.p2p.nixl_engine import NixlEngine, ReadHandle, TransferError
@@ -47,7 +46,7 @@ from modelexpress.p2p.plan import (
     match,
     tensors_of_chunks,
 )
-from modelexpress.p2p.rowsums import RowSums
+from modelexpress.p2p.rowsums import RowSums, side_stream
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +182,7 @@ class _Pull:
         engine: NixlEngine,
         options: PullOptions,
         progress: Progress | None,
+        deaths: Deaths | None = None,
     ) -> None:
         self.layout = layout
         self.identity = identity
@@ -198,18 +198,26 @@ class _Pull:
         self.corrupt: dict[str, list[str]] = {}  # endpoint -> tensors it delivered that failed their checksum
         self.retried = 0
         self.mismatches: list[TensorMismatchError] = []
-        self._dead: dict[str, str] = {}
-        self._dead_lock = threading.Lock()
+        self.deaths = deaths or Deaths()
 
     # --- sources --------------------------------------------------------------------------------
 
-    def connect(self, endpoints: list[str]) -> None:
+    def connect(self, endpoints: list[str], prepared: PreparedSources | None = None) -> None:
+        """Link each source (or take the link made ahead of time) and match its tensors to ours."""
         for endpoint in endpoints:
-            client = WorkerClient(endpoint, timeout=self.options.connect_timeout)
             try:
-                source = self._connect_one(endpoint, client)
-            except (SourceUnavailableError, TransferError, TensorMismatchError, ValueError) as exc:
-                client.close()
+                link = prepared.take(endpoint) if prepared is not None else None
+                if link is None:
+                    link = link_source(
+                        endpoint,
+                        self.identity,
+                        self.engine,
+                        self.deaths,
+                        self.options.connect_timeout,
+                        self.options.expected_pods.get(endpoint),
+                    )
+                source = self._matched(link)
+            except (*LINK_ERRORS, TensorMismatchError) as exc:
                 if isinstance(exc, TensorMismatchError):
                     self.mismatches.append(exc)
                 self.failed[endpoint] = str(exc)
@@ -218,38 +226,24 @@ class _Pull:
                 continue
             self.sources.append(source)
 
-    def _connect_one(self, endpoint: str, client: WorkerClient) -> _Source:
-        status = client.attach(functools.partial(self._mark_dead, endpoint))
-        state = STATE_NAMES.get(status.state, "Unknown")
-        if state != "Ready":
-            raise SourceUnavailableError(f"source {endpoint} is {state}, not Ready")
-        expected_uid = self.options.expected_pods.get(endpoint)
-        if expected_uid and status.pod_uid != expected_uid:
-            raise SourceUnavailableError(
-                f"source {endpoint} now answers for pod UID {status.pod_uid or '(none)'}, not the recorded "
-                f"{expected_uid}: the pod was replaced"
-            )
-        manifest = client.manifest()
-        differences = self.identity.differences(manifest.identity)
-        if differences:
-            raise ValueError(f"source {endpoint} has another identity: {'; '.join(differences)}")
-        entries = match(self.layout, manifest)
-        meta = client.agent_metadata()
-        remote_agent = self.engine.add_remote(meta.metadata)
-        source = _Source(
-            endpoint,
-            client,
+    def _matched(self, link: SourceLink) -> _Source:
+        """The linked source with its tensors matched to ours; its link is dropped if they differ."""
+        try:
+            entries = match(self.layout, link.manifest)
+        except TensorMismatchError:
+            self.engine.remove_remote(link.remote_agent)
+            link.client.close()
+            raise
+        regions = link.manifest.regions
+        return _Source(
+            link.endpoint,
+            link.client,
             entries,
-            remote_agent,
-            {r.id: r.address for r in manifest.regions},
-            {r.id: (r.kind, r.device_id) for r in manifest.regions},
-            manifest.checksum_algorithm,
+            link.remote_agent,
+            {r.id: r.address for r in regions},
+            {r.id: (r.kind, r.device_id) for r in regions},
+            link.manifest.checksum_algorithm,
         )
-        return source
-
-    def _mark_dead(self, endpoint: str, reason: str) -> None:
-        with self._dead_lock:
-            self._dead.setdefault(endpoint, reason)
 
     def _alive(self) -> list[_Source]:
         return [s for s in self.sources if s.failure is None]
@@ -381,8 +375,7 @@ class _Pull:
         pool.submit(job)
 
     def _reap_dead(self, state: _State) -> None:
-        with self._dead_lock:
-            dead = dict(self._dead)
+        dead = self.deaths.snapshot()
         for source in self._alive():
             if source.endpoint in dead:
                 self._fail_source(source, dead[source.endpoint], state.pending)
@@ -500,16 +493,18 @@ class _Pull:
     def _submit_row_sums(
         self, state: _State, pool: ThreadPoolExecutor, pieces: list[Piece], complete: list[str], source: _Source
     ) -> None:
-        """row-sum-64: the chunk's blocks are reduced on the target's device as it lands (no wait), and
-        the tensors it completed are read back together: one host sync per chunk, not per tensor."""
+        """row-sum-64: the chunk's rows are reduced on the target's device as it lands, on a stream of
+        the verify thread's own (the READs still in flight do not wait for it), and the tensors it
+        completed are read back together: one host sync per chunk, not per tensor."""
         rowsums = state.rowsums
         assert rowsums is not None
         state.outstanding += len(complete)
 
         def job() -> None:
             try:
-                rowsums.add_pieces([(p.name, p.start, p.length) for p in pieces])
-                sums = rowsums.totals(complete) if complete else {}
+                with side_stream(self.layout):
+                    rowsums.add_pieces([(p.name, p.start, p.length) for p in pieces])
+                    sums = rowsums.totals(complete) if complete else {}
             except Exception:  # a failed checksum must be reported, never lost
                 log.exception("checksumming %d tensor(s) failed", len(complete))
                 sums = {}
@@ -663,15 +658,20 @@ def pull(
     options: PullOptions | None = None,
     fallback: Fallback | None = None,
     progress: Progress | None = None,
+    prepared: PreparedSources | None = None,
 ) -> PullResult:
     """Fill `layout`'s tensors from the sources at `endpoints` (or the fallback); verified or an exception.
 
-    `engine` must already have `layout` registered.
+    `engine` must already have `layout` registered. `prepared`: the sources linked ahead of time with
+    the same engine (`links.prepare_sources`), taken instead of linking them now.
     """
+    if prepared is not None and prepared.engine is not engine:
+        raise ValueError("the prepared sources were linked with another NIXL engine")
     started = time.perf_counter()
-    job = _Pull(layout, identity, engine, options or PullOptions(), progress)
+    deaths = prepared.deaths if prepared is not None else None
+    job = _Pull(layout, identity, engine, options or PullOptions(), progress, deaths)
     try:
-        job.connect(endpoints)
+        job.connect(endpoints, prepared)
         if not job.sources:
             if job.mismatches and fallback is None:
                 raise job.mismatches[0]
@@ -685,6 +685,8 @@ def pull(
         raise
     finally:
         job.close()
+        if prepared is not None:
+            prepared.close()
         metrics.PULL_SECONDS.observe(time.perf_counter() - started)
     metrics.PULLS.labels("fallback" if result.fell_back else "ok").inc()
     return result

@@ -20,8 +20,10 @@ of their own.
 
 from __future__ import annotations
 
+import contextlib
 import struct
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -245,6 +247,26 @@ class RowSums:
             shifts = torch.arange(tail, dtype=torch.int64, device=data.device).mul_(8)
             value = torch.bitwise_left_shift(data[span.size - tail :].to(torch.int64), shifts).sum()
             slot += value.view(1) * weight
+
+
+_streams = threading.local()
+
+
+@contextlib.contextmanager
+def side_stream(layout: TensorLayout) -> Iterator[None]:
+    """Run the block in a CUDA stream of this thread's own when the layout is in GPU memory (one per
+    thread and device, reused), so checksum kernels queue beside the transfers, not behind them."""
+    devices = {t.device for t in layout.tensors.values() if t.device.type == "cuda"}
+    if len(devices) != 1:
+        yield
+        return
+    (device,) = devices
+    streams: dict[torch.device, torch.cuda.Stream] = _streams.__dict__.setdefault("by_device", {})
+    stream = streams.get(device)
+    if stream is None:
+        stream = streams[device] = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
+    with torch.cuda.stream(stream):
+        yield
 
 
 def _bytes_of(tensor: torch.Tensor) -> torch.Tensor:

@@ -106,6 +106,8 @@ def loader_class(load_format: str) -> type[BaseModelLoader]:
             device = vllm_config.device_config.device if self.load_config.device is None else self.load_config.device
             self._device = torch.device(device)
             self._weights, self._why_not = _weight_loader(vllm_config, model_config)
+            if self._weights is not None:  # the NIXL agent and the sources' links, while vLLM builds the model
+                self._weights.prepare(pull=load_format != "mx-source")
             self._loading = True
             try:
                 model: nn.Module = super().load_model(vllm_config, model_config, prefix)
