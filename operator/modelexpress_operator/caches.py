@@ -250,15 +250,9 @@ class CacheController:
         cache_name = (job["metadata"].get("labels") or {}).get(CACHE_LABEL)
         if not cache_name:
             return
-        try:
-            cache = cast(
-                dict[str, Any],
-                self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, cache_name),
-            )
-        except client.ApiException as exc:
-            if exc.status == 404:
-                return
-            raise
+        cache = self._read_cache(namespace, cache_name)
+        if cache is None:
+            return
         before = dict(cache.get("status") or {})
         status = ModelCacheStatus.model_validate(before)
         if status.job_name != job["metadata"]["name"]:
@@ -362,15 +356,9 @@ class CacheController:
         )
         if not cache_name or not job_name or waiting is None:
             return
-        try:
-            cache = cast(
-                dict[str, Any],
-                self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, cache_name),
-            )
-        except client.ApiException as exc:
-            if exc.status == 404:
-                return
-            raise
+        cache = self._read_cache(namespace, cache_name)
+        if cache is None:
+            return
         before = dict(cache.get("status") or {})
         status = ModelCacheStatus.model_validate(before)
         if status.job_name != job_name or status.phase not in ("Pending", "Downloading"):
@@ -392,6 +380,18 @@ class CacheController:
             return  # said already
         self._patch(namespace, cache_name, status)
         self.announce(namespace, cache_name, cache["metadata"]["uid"], before, status.to_api())
+
+    def _read_cache(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The ModelCache as it is now (None once deleted)."""
+        try:
+            return cast(
+                dict[str, Any],
+                self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name),
+            )
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     def _job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         API_REQUESTS.labels("list", "pods").inc()

@@ -46,6 +46,15 @@ class ContainerConfigError(RuntimeError):
     """The kubelet cannot start the container: a Secret or ConfigMap it reads is missing (reported on the pod)."""
 
 
+def _stopped_containers(pod: client.V1Pod, state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The container statuses a kubelet reports for containers not running (waiting or terminated)."""
+    return [
+        {"name": c.name, "image": c.image, "imageID": "", "ready": False, "restartCount": 0, "started": False,
+         "state": state}
+        for c in pod.spec.containers
+    ]  # fmt: skip
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -179,26 +188,9 @@ class NodeHelper:
         for status in (current.status.container_statuses or []) if current.status else []:
             if status.state and status.state.running and status.state.running.started_at:
                 started = status.state.running.started_at.strftime("%Y-%m-%dT%H:%M:%SZ")
-        statuses = [
-            {
-                "name": c.name,
-                "image": c.image,
-                "imageID": "",
-                "ready": False,
-                "restartCount": 0,
-                "started": False,
-                "state": {
-                    "terminated": {
-                        "exitCode": exit_code,
-                        "reason": reason,
-                        "message": message[-4096:],
-                        "startedAt": started,
-                        "finishedAt": now,
-                    }
-                },
-            }
-            for c in current.spec.containers
-        ]
+        terminated = {"exitCode": exit_code, "reason": reason, "message": message[-4096:], "startedAt": started,
+                      "finishedAt": now}  # fmt: skip
+        statuses = _stopped_containers(current, {"terminated": terminated})
         self._patch_status(
             namespace,
             pod,
@@ -216,18 +208,9 @@ class NodeHelper:
         Pending, its container waiting with CreateContainerConfigError (retried once the object exists)."""
         current = self.bind(namespace, pod)
         now = _now()
-        statuses = [
-            {
-                "name": c.name,
-                "image": c.image,
-                "imageID": "",
-                "ready": False,
-                "restartCount": 0,
-                "started": False,
-                "state": {"waiting": {"reason": "CreateContainerConfigError", "message": message}},
-            }
-            for c in current.spec.containers
-        ]
+        statuses = _stopped_containers(
+            current, {"waiting": {"reason": "CreateContainerConfigError", "message": message}}
+        )
         self._patch_status(
             namespace,
             pod,

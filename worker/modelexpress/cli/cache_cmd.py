@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelexpress.cache.database import CachedModel
 from modelexpress.cache.errors import EXIT_CODES, DownloadError
-from modelexpress.cache.sources import parse_source
+from modelexpress.cache.sources import ModelSource, parse_source
 from modelexpress.cache.transfers import Progress
 from modelexpress.cli.commands import help_for
 from modelexpress.cli.options import ConfigError, config_from_args
@@ -29,6 +29,7 @@ from modelexpress.units import size as format_bytes
 
 if TYPE_CHECKING:
     from modelexpress.cache.local import LocalCache
+    from modelexpress.config import ModelExpressConfig
 
 FORMATS = ["human", "json", "json-pretty"]
 
@@ -131,7 +132,8 @@ def _failure(args: argparse.Namespace, exc: DownloadError) -> int:
     return EXIT_CODES[exc.reason]
 
 
-def _download(args: argparse.Namespace) -> int:
+def _configured(args: argparse.Namespace) -> tuple[ModelExpressConfig, ModelSource] | int:
+    """The configuration (logging set up) and the parsed source of a download-like verb, or its exit code."""
     try:
         config = config_from_args(args)
         source = parse_source(args.source)
@@ -141,6 +143,14 @@ def _download(args: argparse.Namespace) -> int:
     except DownloadError as exc:
         return _failure(args, exc)
     configure_logging(config.logging)
+    return config, source
+
+
+def _download(args: argparse.Namespace) -> int:
+    configured = _configured(args)
+    if isinstance(configured, int):
+        return configured
+    config, source = configured
     progress: Progress = _Bar()
     if args.progress_to:
         from modelexpress.cache.progress_report import CacheProgressReporter
@@ -179,15 +189,10 @@ def _download(args: argparse.Namespace) -> int:
 def _size(args: argparse.Namespace) -> int:
     """What a ModelCache's sizing Job runs: the source's size with the Job's credentials, as JSON in the
     termination log (the operator never reads the credentials Secret itself)."""
-    try:
-        config = config_from_args(args)
-        source = parse_source(args.source)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except DownloadError as exc:
-        return _failure(args, exc)
-    configure_logging(config.logging)
+    configured = _configured(args)
+    if isinstance(configured, int):
+        return configured
+    _, source = configured
     from modelexpress.cache.local import source_size  # hub clients: only when used
 
     try:
