@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole GPU check of issue 22 in one run on a lent GPU machine (see ../shared/gpu/README.md).
+# Before the run, on the development machine:
+#   echo /.gpu/ >> .git/info/exclude
+#   mkdir -p .gpu && cp ../shared/gpu/site-py312-nixl.tar.xz ../shared/gpu/gpu_checks.py .gpu/
+# then run `bash hack/gpu-check.sh` there with carry [".gpu"] and a timeout that leaves time to rerun.
+# It prints: batched row-sum-64 against the per-tensor reference on the GPU (values must be equal),
+# the pull benchmark on GPU memory (ours verified / unverified / raw NIXL / copy / set-up per layout),
+# and gpu_checks.py's correctness checks (bit-identical pulls, corruption repaired and refused).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+site="${MX_GPU_SITE:-/tmp/mx-site}"
+mkdir -p "$site"
+tar -xJf .gpu/site-py312-nixl.tar.xz -C "$site"
+export PYTHONPATH="$site:$PWD/worker" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+python3 bench/rowsums.py --device cuda --mib 2048 --reps 3
+python3 bench/p2p_pull.py --device cuda --layouts llama8b,large --mib 8192 --reps 3
+python3 bench/p2p_pull.py --device cuda --layouts large,small --mib 1024 --reps 3
+python3 .gpu/gpu_checks.py
