@@ -25,7 +25,8 @@ from modelexpress.p2p.memory import TensorLayout
 XXH3_64 = "xxh3-64"
 ROW_SUM_64 = "row-sum-64"
 ALGORITHMS = (XXH3_64, ROW_SUM_64)
-_ROW_WORDS = 512
+ROW_WORDS = 512
+"""`row-sum-64` weighs words by their row of 512 (4 KiB) from the tensor's start."""
 _MASK = (1 << 64) - 1
 
 # GPU tensors are hashed through a bounded host staging buffer, never a full host copy.
@@ -60,31 +61,42 @@ def checksums(layout: TensorLayout, algorithm: str, names: Sequence[str] | None 
         from modelexpress.p2p.rowsums import row_sums
 
         return row_sums(layout, names)
-    return {name: checksum(layout.tensors[name], algorithm) for name in (names or list(layout.tensors))}
+    return {name: checksum(layout.tensors[name], algorithm) for name in (layout.tensors if names is None else names)}
 
 
-def row_sum64(tensor: torch.Tensor) -> int:
-    """The `row-sum-64` checksum, reduced on the tensor's device."""
+def row_sum_total(tensor: torch.Tensor) -> torch.Tensor:
+    """The weighted word sum of `row-sum-64` (before it is mixed with the length), as a one-element int64
+    tensor on the tensor's device: queued kernels, no wait for the device."""
     data = tensor_bytes(tensor)
     size = data.numel()
     words = size // 8
-    total = 0
+    total = torch.zeros(1, dtype=torch.int64, device=data.device)
+    rows = words // ROW_WORDS
     if words:
         body = data[: words * 8]
         if body.storage_offset() % 8:  # a word view needs 8-byte alignment
             body = body.clone()
         values = body.view(torch.int64)
-        rows = words // _ROW_WORDS
         if rows:
-            sums = values[: rows * _ROW_WORDS].view(rows, _ROW_WORDS).sum(dim=1)  # wraps modulo 2**64
+            sums = values[: rows * ROW_WORDS].view(rows, ROW_WORDS).sum(dim=1)  # wraps modulo 2**64
             weights = torch.arange(rows, dtype=torch.int64, device=values.device).mul_(2).add_(1)
-            total += int(sums.mul_(weights).sum().item())
-        if words % _ROW_WORDS:
-            total += int(values[rows * _ROW_WORDS :].sum().item()) * (2 * rows + 1)
-    if size % 8:
-        last = int.from_bytes(bytes(data[words * 8 :].cpu().tolist()), "little")
-        total += last * (2 * (words // _ROW_WORDS) + 1)
+            total += sums.mul_(weights).sum()
+        if words % ROW_WORDS:
+            total += values[rows * ROW_WORDS :].sum() * (2 * rows + 1)
+    if size % 8:  # the trailing bytes as one zero-padded little-endian word
+        shifts = torch.arange(size % 8, dtype=torch.int64, device=data.device).mul_(8)
+        total += torch.bitwise_left_shift(data[words * 8 :].to(torch.int64), shifts).sum() * (2 * rows + 1)
+    return total
+
+
+def row_sum_digest(total: int, size: int) -> int:
+    """The published `row-sum-64` value of a weighted word sum and the tensor's byte size."""
     return int(xxhash.xxh3_64_intdigest(struct.pack("<QQ", total & _MASK, size)))
+
+
+def row_sum64(tensor: torch.Tensor) -> int:
+    """The `row-sum-64` checksum, reduced on the tensor's device (one wait; `rowsums` batches many)."""
+    return row_sum_digest(int(row_sum_total(tensor).item()), tensor_bytes(tensor).numel())
 
 
 def _update(hasher: xxhash.xxh3_64, data: torch.Tensor) -> None:

@@ -79,7 +79,8 @@ class Manifest:
     ) -> Manifest:
         """The manifest of a layout; checksums are computed (with `checksum_algorithm`) unless given."""
         algorithm = checksum_algorithm(layout, algorithm)
-        checksums = checksums or compute_checksums(layout, algorithm)
+        if checksums is None:
+            checksums = compute_checksums(layout, algorithm)
         entries = tuple(
             TensorEntry(
                 name=p.spec.name,

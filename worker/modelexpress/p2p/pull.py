@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -57,7 +57,7 @@ Progress = Callable[[int, int], None]
 
 
 Verification = Literal["full", "sampled", "off"]
-VERIFICATIONS: tuple[str, ...] = ("full", "sampled", "off")
+VERIFICATIONS: tuple[str, ...] = get_args(Verification)
 
 
 class PullError(RuntimeError):

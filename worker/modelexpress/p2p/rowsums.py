@@ -21,28 +21,20 @@ of their own.
 from __future__ import annotations
 
 import contextlib
-import struct
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-import xxhash
 
+from modelexpress.p2p.checksum import ROW_WORDS, row_sum_digest, row_sum_total
 from modelexpress.p2p.memory import ROW_ALIGNMENT, TensorLayout
 
-ROW_WORDS = 512
 ROW_BYTES = ROW_WORDS * 8
 assert ROW_BYTES == ROW_ALIGNMENT
-_MASK = (1 << 64) - 1
 
 HOST_SYNCS = [0]
 """How many times a batch's totals were read back to the host (a test counts them)."""
-
-
-def digest(total: int, size: int) -> int:
-    """The published `row-sum-64` value of a weighted word sum and the tensor's byte size."""
-    return int(xxhash.xxh3_64_intdigest(struct.pack("<QQ", total & _MASK, size)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -197,7 +189,7 @@ class RowSums:
             self._off_grid.difference_update(whole)
             HOST_SYNCS[0] += 1
             for name, total in zip(group, picked.tolist(), strict=True):
-                out[name] = digest(total, self._spans[name].size)
+                out[name] = row_sum_digest(total, self._spans[name].size)
         return out
 
     def _add_tails(self, spans: list[_Span], acc: torch.Tensor) -> None:
@@ -224,29 +216,9 @@ class RowSums:
         acc.index_add_(0, _device_index([s.index for s in spans], device), values)
 
     def _add_whole(self, name: str, acc: torch.Tensor) -> None:
-        """A tensor off the row grid: its own words, reduced on its device into its accumulator."""
-        span = self._spans[name]
-        tensor = self._tensors[name]
-        data = _bytes_of(tensor)
-        body = data[: span.size // 8 * 8]
-        if body.numel() and body.storage_offset() % 8:  # a word view needs 8-byte alignment
-            body = body.clone()
-        words = body.view(torch.int64) if body.numel() else torch.empty(0, dtype=torch.int64, device=data.device)
-        slot = acc[span.index : span.index + 1]
-        slot.zero_()
-        full_rows = words.numel() // ROW_WORDS
-        if full_rows:
-            sums = words[: full_rows * ROW_WORDS].view(full_rows, ROW_WORDS).sum(dim=1)
-            weights = torch.arange(full_rows, dtype=torch.int64, device=words.device).mul_(2).add_(1)
-            slot += sums.mul_(weights).sum().view(1)
-        weight = 2 * full_rows + 1
-        if words.numel() % ROW_WORDS:
-            slot += words[full_rows * ROW_WORDS :].sum().view(1) * weight
-        tail = span.size % 8
-        if tail:
-            shifts = torch.arange(tail, dtype=torch.int64, device=data.device).mul_(8)
-            value = torch.bitwise_left_shift(data[span.size - tail :].to(torch.int64), shifts).sum()
-            slot += value.view(1) * weight
+        """A tensor off the row grid: the reference reduction of its own words, into its accumulator."""
+        index = self._spans[name].index
+        acc[index : index + 1] = row_sum_total(self._tensors[name])
 
 
 _streams = threading.local()
@@ -267,10 +239,6 @@ def side_stream(layout: TensorLayout) -> Iterator[None]:
         stream = streams[device] = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
     with torch.cuda.stream(stream):
         yield
-
-
-def _bytes_of(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.reshape(-1).view(torch.uint8) if tensor.numel() else torch.empty(0, dtype=torch.uint8)
 
 
 def row_sums(layout: TensorLayout, names: Sequence[str] | None = None) -> dict[str, int]:
