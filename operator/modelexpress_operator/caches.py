@@ -221,26 +221,24 @@ class CacheController:
     ) -> str:
         job = _job_name(name, generation, attempt)
         body = job_manifest(name, namespace, uid, spec, self.settings, job, self._service_account(namespace))
-        try:
-            API_REQUESTS.labels("create", "jobs").inc()
-            self.batch.create_namespaced_job(namespace, body)
-            log.info("created download Job %s/%s", namespace, job)
-        except client.ApiException as exc:
-            if exc.status != 409:
-                raise WaitingError(*api_refusal(exc, f"creating download Job {job}")) from None
-        return job
+        return self._create_job(namespace, body, "download")
 
     def _ensure_sizing_job(
         self, namespace: str, name: str, uid: str, spec: ModelCacheSpec, generation: int, attempt: int
     ) -> str:
         job = _sizing_job_name(name, generation, attempt)
+        return self._create_job(namespace, sizing_job_manifest(name, uid, spec, self.settings, job), "sizing")
+
+    def _create_job(self, namespace: str, body: dict[str, Any], step: str) -> str:
+        """Create the Job (it may exist already: names are deterministic); its name."""
+        job = str(body["metadata"]["name"])
         try:
             API_REQUESTS.labels("create", "jobs").inc()
-            self.batch.create_namespaced_job(namespace, sizing_job_manifest(name, uid, spec, self.settings, job))
-            log.info("created sizing Job %s/%s", namespace, job)
+            self.batch.create_namespaced_job(namespace, body)
+            log.info("created %s Job %s/%s", step, namespace, job)
         except client.ApiException as exc:
             if exc.status != 409:
-                raise WaitingError(*api_refusal(exc, f"creating sizing Job {job}")) from None
+                raise WaitingError(*api_refusal(exc, f"creating {step} Job {job}")) from None
         return job
 
     # --- Job -> status --------------------------------------------------------------------------
@@ -250,13 +248,10 @@ class CacheController:
         cache_name = (job["metadata"].get("labels") or {}).get(CACHE_LABEL)
         if not cache_name:
             return
-        cache = self._read_cache(namespace, cache_name)
-        if cache is None:
+        found = self._cache_of_job(namespace, cache_name, job["metadata"]["name"])
+        if found is None:
             return
-        before = dict(cache.get("status") or {})
-        status = ModelCacheStatus.model_validate(before)
-        if status.job_name != job["metadata"]["name"]:
-            return  # an older attempt's Job
+        cache, before, status = found
         generation = int(cache["metadata"].get("generation") or 0)
         outcome = job_outcome(job)
         if is_sizing_job(job):
@@ -356,13 +351,10 @@ class CacheController:
         )
         if not cache_name or not job_name or waiting is None:
             return
-        cache = self._read_cache(namespace, cache_name)
-        if cache is None:
+        found = self._cache_of_job(namespace, cache_name, job_name)
+        if found is None or found[2].phase not in ("Pending", "Downloading"):
             return
-        before = dict(cache.get("status") or {})
-        status = ModelCacheStatus.model_validate(before)
-        if status.job_name != job_name or status.phase not in ("Pending", "Downloading"):
-            return
+        cache, before, status = found
         kubelet = str(waiting.get("message") or "the container's configuration is missing")
         missing = re.search(r'secret "([^"]+)" not found', kubelet)
         if missing:
@@ -381,10 +373,13 @@ class CacheController:
         self._patch(namespace, cache_name, status)
         self.announce(namespace, cache_name, cache["metadata"]["uid"], before, status.to_api())
 
-    def _read_cache(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """The ModelCache as it is now (None once deleted)."""
+    def _cache_of_job(
+        self, namespace: str, name: str, job: str
+    ) -> tuple[dict[str, Any], dict[str, Any], ModelCacheStatus] | None:
+        """The ModelCache, its status as read and parsed, when `job` is its current Job (None when the
+        cache is gone or the Job is an older attempt's)."""
         try:
-            return cast(
+            cache = cast(
                 dict[str, Any],
                 self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name),
             )
@@ -392,6 +387,9 @@ class CacheController:
             if exc.status == 404:
                 return None
             raise
+        before = dict(cache.get("status") or {})
+        status = ModelCacheStatus.model_validate(before)
+        return (cache, before, status) if status.job_name == job else None
 
     def _job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         API_REQUESTS.labels("list", "pods").inc()

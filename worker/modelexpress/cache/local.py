@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,38 @@ def cache_directory(config: ModelExpressConfig, provider: str = "hf") -> Path:
     return Path.home() / ".cache" / "huggingface" / "hub"
 
 
+Fetch = Callable[[Path, Progress | None, int], DownloadResult]
+"""Downloads a planned source: (directory, progress, bytes to keep free) -> result."""
+
+
+def _planned(
+    source: ModelSource, revision: str, allow_patterns: list[str] | None, ignore_patterns: list[str] | None
+) -> tuple[int, Fetch]:
+    """The source's listing with the credentials of this process's environment: the bytes it holds, and
+    how to fetch them. Each scheme's client loads here only: `cache ls` needs none of them."""
+    from modelexpress.cache import huggingface, ngc, objectstore
+
+    if source.provider == "hf":
+        endpoint = os.environ.get("HF_ENDPOINT") or None
+        token = os.environ.get("HF_TOKEN") or None
+        plan = huggingface.plan_download(source.name, revision, allow_patterns, ignore_patterns, token, endpoint)
+        return plan.total_bytes, lambda directory, progress, reserve: huggingface.download(
+            plan, directory, token, endpoint, progress, reserve_bytes=reserve
+        )
+    if source.provider == "ngc":
+        key = ngc.api_key()
+        listing = ngc.plan_ngc(source, key)
+        return listing.total_bytes, lambda directory, progress, reserve: ngc.download_ngc(
+            listing, directory, key, progress, reserve_bytes=reserve
+        )
+    if source.provider in ("s3", "gs", "az"):
+        objects = objectstore.plan_objects(source, allow_patterns, ignore_patterns)
+        return objects.total_bytes, lambda directory, progress, reserve: objectstore.download_objects(
+            objects, directory, progress, reserve_bytes=reserve
+        )
+    raise DownloadError(FailureReason.INVALID_SOURCE, f"{source.uri}: a local path is used in place, not downloaded")
+
+
 def download_source(
     config: ModelExpressConfig,
     source: ModelSource,
@@ -44,20 +77,8 @@ def download_source(
     what cache Jobs run), keeping `min_free_space_bytes` free."""
     reserve = config.cache.eviction.policy.min_free_space_bytes or 0
     directory = cache_directory(config, source.provider)
-    from modelexpress.cache import huggingface, ngc, objectstore  # each client is heavy: `cache ls` needs none
-
-    if source.provider == "hf":
-        endpoint = os.environ.get("HF_ENDPOINT") or None
-        token = os.environ.get("HF_TOKEN") or None
-        plan = huggingface.plan_download(source.name, revision, allow_patterns, ignore_patterns, token, endpoint)
-        return huggingface.download(plan, directory, token, endpoint, progress, reserve_bytes=reserve)
-    if source.provider == "ngc":
-        key = ngc.api_key()
-        return ngc.download_ngc(ngc.plan_ngc(source, key), directory, key, progress, reserve_bytes=reserve)
-    if source.provider in ("s3", "gs", "az"):
-        objects = objectstore.plan_objects(source, allow_patterns, ignore_patterns)
-        return objectstore.download_objects(objects, directory, progress, reserve_bytes=reserve)
-    raise DownloadError(FailureReason.INVALID_SOURCE, f"{source.uri}: a local path is used in place, not downloaded")
+    _, fetch = _planned(source, revision, allow_patterns, ignore_patterns)
+    return fetch(directory, progress, reserve)
 
 
 def source_size(
@@ -66,21 +87,8 @@ def source_size(
     allow_patterns: list[str] | None = None,
     ignore_patterns: list[str] | None = None,
 ) -> int:
-    """How many bytes `download_source` would fetch, from the source's listing, with the credentials of
-    this process's environment (what a ModelCache's sizing Job runs to size its PVC)."""
-    from modelexpress.cache import huggingface, ngc, objectstore
-
-    if source.provider == "hf":
-        endpoint = os.environ.get("HF_ENDPOINT") or None
-        token = os.environ.get("HF_TOKEN") or None
-        return huggingface.plan_download(
-            source.name, revision, allow_patterns, ignore_patterns, token, endpoint
-        ).total_bytes
-    if source.provider == "ngc":
-        return ngc.plan_ngc(source, ngc.api_key()).total_bytes
-    if source.provider in ("s3", "gs", "az"):
-        return objectstore.plan_objects(source, allow_patterns, ignore_patterns).total_bytes
-    raise DownloadError(FailureReason.INVALID_SOURCE, f"{source.uri}: a local path is used in place, not downloaded")
+    """How many bytes `download_source` would fetch (what a ModelCache's sizing Job runs to size its PVC)."""
+    return _planned(source, revision, allow_patterns, ignore_patterns)[0]
 
 
 def eviction_policy(config: ModelExpressConfig) -> EvictionPolicy:
