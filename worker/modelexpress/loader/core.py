@@ -94,6 +94,7 @@ class WeightLoader:
         self._pods: dict[str, str] | None = None
         self._ahead: Future[PreparedSources | None] | None = None
         self._registered: TensorLayout | None = None
+        self._lookup = threading.Lock()
 
     def prepare(self, pull: bool = True) -> None:
         """Start, in the background, what needs no built model: the NIXL agent and, with `pull`, the
@@ -153,7 +154,12 @@ class WeightLoader:
         return self.gate
 
     def sources(self) -> list[str]:
-        """Endpoints of Ready sources of this identity and rank (empty when gated or none)."""
+        """Endpoints of Ready sources of this identity and rank (empty when gated or none); one lookup,
+        whichever thread asks first."""
+        with self._lookup:
+            return self._sources()
+
+    def _sources(self) -> list[str]:
         if self._endpoints is None:
             self._endpoints, self._pods = [], {}
             if self.registry is not None and not self.gate:

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field, replace
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from modelexpress import metrics
 from modelexpress._proto.worker.v1 import worker_pb2, worker_pb2_grpc
+from modelexpress.artifacts.store import ArtifactStore
 from modelexpress.p2p.manifest import DEFAULT_PAGE_SIZE, Manifest
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,30 @@ class _Servicer(worker_pb2_grpc.WorkerServiceServicer):  # type: ignore[misc]
         w.last_metadata_request = time.monotonic()
         return worker_pb2.AgentMetadata(agent_name=w.info.agent_name, metadata=w.agent_metadata, backend=w.backend)
 
+    def GetArtifacts(  # noqa: N802
+        self, request: worker_pb2.GetArtifactsRequest, context: grpc.ServicerContext
+    ) -> worker_pb2.ArtifactManifest:
+        store = self._worker.artifacts
+        if store is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, self._worker.artifacts_pending)
+        return store.manifest.to_proto()
+
+    def ReadArtifact(  # noqa: N802
+        self, request: worker_pb2.ReadArtifactRequest, context: grpc.ServicerContext
+    ) -> Iterator[worker_pb2.ArtifactChunk]:
+        store = self._worker.artifacts
+        if store is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, self._worker.artifacts_pending)
+        try:
+            chunks = store.read(request.root, request.path, request.offset, request.length)
+            for offset, data in chunks:
+                metrics.SERVED_ARTIFACT_BYTES.inc(len(data))
+                yield worker_pb2.ArtifactChunk(offset=offset, data=data)
+        except KeyError as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
+        except OSError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{request.path} cannot be read here: {exc.strerror}")
+
     def WatchStatus(  # noqa: N802
         self, request: worker_pb2.WatchStatusRequest, context: grpc.ServicerContext
     ) -> Iterator[worker_pb2.WorkerStatus]:
@@ -105,6 +131,9 @@ class WorkerServer:
         self.manifest: Manifest | None = None
         self.encoded_manifest: list[worker_pb2.ManifestChunk] = []
         self.agent_metadata: bytes | None = None
+        self.artifacts: ArtifactStore | None = None
+        self.artifacts_pending = "this worker serves no compiled artifacts"
+        """Why `artifacts` is None, as targets are told (e.g. its engine is still compiling)."""
         self.stopping = False
         self.active_transfers = 0
         self.last_metadata_request = float("-inf")
@@ -134,6 +163,12 @@ class WorkerServer:
     def publish(self, manifest: Manifest, agent_metadata: bytes) -> None:
         self.encoded_manifest = list(manifest.to_chunks(DEFAULT_PAGE_SIZE))
         self.manifest, self.agent_metadata = manifest, agent_metadata
+
+    def publish_artifacts(self, store: ArtifactStore) -> None:
+        self.artifacts = store
+        log.info(
+            "serving %d compiled artifact file(s), %d bytes", len(store.manifest.files), store.manifest.total_bytes
+        )
 
     def set_state(self, state: str, message: str = "") -> None:
         if state not in STATES:

@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import time
+from concurrent.futures import Future
 from typing import Any
 
 import torch
@@ -23,12 +24,14 @@ from vllm.config import ModelConfig, VllmConfig
 from vllm.model_executor.model_loader.base_loader import BaseModelLoader
 from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
 
+from modelexpress.artifacts import FetchResult
 from modelexpress.config.worker import load_worker_settings
 from modelexpress.loader import LoadReport, WeightLoader
 from modelexpress.loader.naming import ModelNameError, name_model
 from modelexpress.loader.streamer import stream_tensors
 from modelexpress.metrics import serve_metrics
 from modelexpress.registry import open_registry
+from modelexpress.vllm_plugin.artifacts import compile_key, fetch_in_background, serve_when_compiled
 from modelexpress.vllm_plugin.identity import vllm_identity
 
 log = logging.getLogger("modelexpress.vllm")
@@ -106,18 +109,26 @@ def loader_class(load_format: str) -> type[BaseModelLoader]:
             device = vllm_config.device_config.device if self.load_config.device is None else self.load_config.device
             self._device = torch.device(device)
             self._weights, self._why_not = _weight_loader(vllm_config, model_config)
+            key = _artifact_key(vllm_config, self._weights)
             if self._weights is not None:  # the NIXL agent and the sources' links, while vLLM builds the model
                 self._weights.prepare(pull=load_format != "mx-source")
+            fetching = None
+            if self._weights is not None and key is not None and load_format != "mx-source":
+                fetching = fetch_in_background(self._weights.sources, key, self._weights.settings)
             self._loading = True
             try:
                 model: nn.Module = super().load_model(vllm_config, model_config, prefix)
             finally:
                 self._loading = False
+                if fetching is not None:  # in place, or not at all, before vLLM's first forward pass compiles
+                    _report_artifacts(fetching)
             weights, report = self._weights, self._report
             if weights is not None and report is not None:
                 weights.seal()
                 weights.publish(report)
                 model.__dict__[_ATTRIBUTE] = weights  # serves as long as the model lives
+                if key is not None and weights.source is not None:
+                    serve_when_compiled(weights.source.server, key, vllm_config)
             elif report is not None:
                 log.info("%s; not exchanged peer to peer", report.summary(model_config.model, 0))
             return model
@@ -154,6 +165,22 @@ def loader_class(load_format: str) -> type[BaseModelLoader]:
 
     MxModelLoader.__name__ = f"MxModelLoader_{load_format.replace('-', '_')}"
     return MxModelLoader
+
+
+def _artifact_key(vllm_config: VllmConfig, weights: WeightLoader | None) -> dict[str, str] | None:
+    """The compile key, when artifacts travel for this rank (MX_ARTIFACT_TRANSFER and vLLM compiles)."""
+    if weights is None or not weights.settings.artifact_transfer:
+        return None
+    return compile_key(vllm_config, weights.identity)
+
+
+def _report_artifacts(fetching: Future[FetchResult]) -> None:
+    try:
+        result = fetching.result()
+    except Exception as exc:
+        log.warning("compiled artifacts not used (failed): %s; vLLM compiles", exc)
+        return
+    (log.warning if result.outcome in ("refused", "failed") else log.info)("%s", result.summary())
 
 
 def _target_failure(weights: WeightLoader | None, reason: str | None) -> str:

@@ -232,3 +232,54 @@ class WorkerStatus(_message.Message):
     active_transfers: int
     pod_namespace: str
     def __init__(self, state: _Optional[_Union[WorkerState, str]] = ..., identity: _Optional[_Union[WorkerIdentity, _Mapping]] = ..., agent_name: _Optional[str] = ..., tensor_count: _Optional[int] = ..., total_bytes: _Optional[int] = ..., message: _Optional[str] = ..., updated_unix_ms: _Optional[int] = ..., pod_name: _Optional[str] = ..., pod_uid: _Optional[str] = ..., node_name: _Optional[str] = ..., instance: _Optional[str] = ..., endpoint: _Optional[str] = ..., active_transfers: _Optional[int] = ..., pod_namespace: _Optional[str] = ...) -> None: ...
+
+class GetArtifactsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ArtifactFile(_message.Message):
+    __slots__ = ("root", "path", "size", "sha256")
+    ROOT_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    root: str
+    path: str
+    size: int
+    sha256: str
+    def __init__(self, root: _Optional[str] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class ArtifactManifest(_message.Message):
+    __slots__ = ("key", "files")
+    class KeyEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    key: _containers.ScalarMap[str, str]
+    files: _containers.RepeatedCompositeFieldContainer[ArtifactFile]
+    def __init__(self, key: _Optional[_Mapping[str, str]] = ..., files: _Optional[_Iterable[_Union[ArtifactFile, _Mapping]]] = ...) -> None: ...
+
+class ReadArtifactRequest(_message.Message):
+    __slots__ = ("root", "path", "offset", "length")
+    ROOT_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    root: str
+    path: str
+    offset: int
+    length: int
+    def __init__(self, root: _Optional[str] = ..., path: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+
+class ArtifactChunk(_message.Message):
+    __slots__ = ("offset", "data")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    data: bytes
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...

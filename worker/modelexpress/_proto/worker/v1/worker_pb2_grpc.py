@@ -49,6 +49,16 @@ class WorkerServiceStub:
                 request_serializer=worker_dot_v1_dot_worker__pb2.WatchStatusRequest.SerializeToString,
                 response_deserializer=worker_dot_v1_dot_worker__pb2.WorkerStatus.FromString,
                 _registered_method=True)
+        self.GetArtifacts = channel.unary_unary(
+                '/modelexpress.worker.v1.WorkerService/GetArtifacts',
+                request_serializer=worker_dot_v1_dot_worker__pb2.GetArtifactsRequest.SerializeToString,
+                response_deserializer=worker_dot_v1_dot_worker__pb2.ArtifactManifest.FromString,
+                _registered_method=True)
+        self.ReadArtifact = channel.unary_stream(
+                '/modelexpress.worker.v1.WorkerService/ReadArtifact',
+                request_serializer=worker_dot_v1_dot_worker__pb2.ReadArtifactRequest.SerializeToString,
+                response_deserializer=worker_dot_v1_dot_worker__pb2.ArtifactChunk.FromString,
+                _registered_method=True)
 
 
 class WorkerServiceServicer:
@@ -75,6 +85,20 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetArtifacts(self, request, context):
+        """The compiled artifacts this worker serves (UNAVAILABLE until its engine finished compiling).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadArtifact(self, request, context):
+        """Bytes of one file of that manifest, in bounded chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +116,16 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.WatchStatus,
                     request_deserializer=worker_dot_v1_dot_worker__pb2.WatchStatusRequest.FromString,
                     response_serializer=worker_dot_v1_dot_worker__pb2.WorkerStatus.SerializeToString,
+            ),
+            'GetArtifacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetArtifacts,
+                    request_deserializer=worker_dot_v1_dot_worker__pb2.GetArtifactsRequest.FromString,
+                    response_serializer=worker_dot_v1_dot_worker__pb2.ArtifactManifest.SerializeToString,
+            ),
+            'ReadArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadArtifact,
+                    request_deserializer=worker_dot_v1_dot_worker__pb2.ReadArtifactRequest.FromString,
+                    response_serializer=worker_dot_v1_dot_worker__pb2.ArtifactChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +209,60 @@ class WorkerService:
             '/modelexpress.worker.v1.WorkerService/WatchStatus',
             worker_dot_v1_dot_worker__pb2.WatchStatusRequest.SerializeToString,
             worker_dot_v1_dot_worker__pb2.WorkerStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetArtifacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelexpress.worker.v1.WorkerService/GetArtifacts',
+            worker_dot_v1_dot_worker__pb2.GetArtifactsRequest.SerializeToString,
+            worker_dot_v1_dot_worker__pb2.ArtifactManifest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/modelexpress.worker.v1.WorkerService/ReadArtifact',
+            worker_dot_v1_dot_worker__pb2.ReadArtifactRequest.SerializeToString,
+            worker_dot_v1_dot_worker__pb2.ArtifactChunk.FromString,
             options,
             channel_credentials,
             insecure,
