@@ -12,9 +12,12 @@ BENCHMARKS = [
     "rowsums.py",
     "control_plane.py",
     "source_recording.py",
+    "source_choice.py",
+    "fanout.py",
     "hf_download.py",
     "server_streaming.py",
     "vllm_start.py",
+    "vllm_artifacts.py",
     "cli_startup.py",
 ]
 

@@ -37,6 +37,13 @@ class Metrics(KubeModel):
     """Prometheus Operator scraping."""
 
 
+class TopologyValues(KubeModel):
+    zone_label: str = Field(default="topology.kubernetes.io/zone", min_length=1, max_length=317)
+    """Node label naming a node's zone; targets prefer sources in their own zone."""
+    domain_label: str = Field(default="nvidia.com/gpu.clique", max_length=317)
+    """Node label naming a node's rack or NVLink domain, nearer than the zone (empty: no domain tier)."""
+
+
 class OperatorValues(KubeModel):
     replicas: int = Field(default=1, ge=1, le=9)
     """Operator replicas; more than one run with kopf peering (one active, the others standing by)."""
@@ -62,6 +69,8 @@ class OperatorValues(KubeModel):
     """kopf's verbose logging."""
     metrics: Metrics = Field(default_factory=Metrics)
     """Prometheus metrics."""
+    topology: TopologyValues = Field(default_factory=TopologyValues)
+    """Where sources are, for targets to pull from the nearest (node labels the operator reads)."""
 
 
 class CertManager(KubeModel):

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from modelexpress import API_GROUP
+from modelexpress.api.modelmetadata import TOPOLOGY_CONFIGMAP
 
 READ = ["get", "list", "watch"]
 WEBHOOK_SECRET = "modelexpress-webhook-tls"
@@ -21,6 +22,8 @@ WEBHOOK_CONFIG = "modelexpress-webhook"
 
 WORKER_RULES: list[dict[str, Any]] = [
     {"apiGroups": [API_GROUP], "resources": ["modelmetadatas"], "verbs": READ},
+    # Its own node's zone and domain, from the one ConfigMap the operator keeps (no Node access).
+    {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [TOPOLOGY_CONFIGMAP], "verbs": ["get"]},
 ]
 
 CACHE_JOB_RULES: list[dict[str, Any]] = [
@@ -47,6 +50,11 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     {"apiGroups": [API_GROUP], "resources": ["modelcaches"], "verbs": [*READ, "patch"]},
     {"apiGroups": [API_GROUP], "resources": ["modelcaches/status"], "verbs": ["patch"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+    # Node topology: the labels of nodes running opted-in pods, kept in one ConfigMap per namespace
+    # (create cannot be limited by name; patch is).
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [TOPOLOGY_CONFIGMAP], "verbs": ["patch"]},
     # ModelCache: the PVC and the sizing and download Jobs it owns (deleted one by one on eviction);
     # the Jobs' ServiceAccount is only checked for existence. No access to Secrets here: a missing
     # credentials Secret is reported from the Job pod's status, and the Jobs read the credentials.

@@ -32,6 +32,7 @@ from modelexpress_operator.events import post_event
 from modelexpress_operator.metrics import API_REQUESTS, ERRORS, RECONCILE_SECONDS, RECONCILES, SOURCES
 from modelexpress_operator.settings import OperatorSettings
 from modelexpress_operator.status import metadata_status
+from modelexpress_operator.topology import Topology
 from modelexpress_operator.workers import WorkerTarget, pod_targets, same_entry, source_entry
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,15 @@ def _port_of(endpoint: str) -> str:
 class Recorder:
     """Applies worker observations to ModelMetadata status; one writer task per resource."""
 
-    def __init__(self, api: client.ApiClient, settings: OperatorSettings, leadership: Leadership) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        settings: OperatorSettings,
+        leadership: Leadership,
+        topology: Topology | None = None,
+    ) -> None:
         self.api = api
+        self.topology = topology or Topology(api, settings)
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.settings = settings
@@ -94,7 +102,8 @@ class Recorder:
         name = await self.resolve(target, identity)
         if name is None:
             return
-        self._put(self._book(target.namespace, name), target, source_entry(target, status))
+        place = await asyncio.to_thread(self.topology.of, target.node)  # cached: a read per node every few minutes
+        self._put(self._book(target.namespace, name), target, source_entry(target, status, place=place))
 
     def stale(self, target: WorkerTarget) -> None:
         """The worker has not been heard from for the TTL: keep its entry but never as Ready."""

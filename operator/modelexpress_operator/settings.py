@@ -51,6 +51,11 @@ class OperatorSettings(BaseSettings):
     ServiceAccount's namespace file, else `default`)."""
     server_url: str | None = None
     """MODEL_EXPRESS_URL injected into opted-in pods (default: modelexpress-server.<namespace>.svc:8001)."""
+    topology_zone_label: str = "topology.kubernetes.io/zone"
+    """Node label naming a node's zone: targets prefer sources in their own zone."""
+    topology_domain_label: str | None = "nvidia.com/gpu.clique"
+    """Node label naming a node's rack or NVLink domain, nearer than the zone (default: the NVLink
+    clique NVIDIA's GPU feature discovery sets; unset: no domain tier)."""
     webhook_enabled: bool = False
     """Serve the admission webhook that injects settings into opted-in pods."""
     webhook_port: int = Field(default=9443, ge=1, le=65535)

@@ -31,6 +31,7 @@ def metadata_status(spec: ModelMetadataSpec, current: dict[str, Any] | None, gen
     status.layout = spec.layout
     status.ready_sources = sum(1 for s in status.sources if s.state == SourceState.READY)
     status.ready_replicas = replicas
+    status.nodes = sorted({s.node for s in status.sources if s.state == SourceState.READY and s.node})
     status.observed_generation = generation
     if replicas:
         status.phase = status.phase.READY

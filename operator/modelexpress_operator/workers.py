@@ -18,6 +18,7 @@ from typing import Any
 from modelexpress import API_GROUP
 from modelexpress._proto.worker.v1 import worker_pb2
 from modelexpress.api import SourceState, WorkerSource
+from modelexpress.api.modelmetadata import NodeTopology
 
 OPT_IN = f"{API_GROUP}/p2p"
 WORKER_PORT = f"{API_GROUP}/worker-port"
@@ -111,9 +112,13 @@ def pod_targets(pod: Mapping[str, Any], default_port: int) -> list[WorkerTarget]
 
 
 def source_entry(
-    target: WorkerTarget, status: worker_pb2.WorkerStatus, state: SourceState | None = None
+    target: WorkerTarget,
+    status: worker_pb2.WorkerStatus,
+    state: SourceState | None = None,
+    place: NodeTopology | None = None,
 ) -> WorkerSource:
-    """The `status.sources` entry of a worker from its latest status message (`state` overrides, e.g. Stale)."""
+    """The `status.sources` entry of a worker from its latest status message (`state` overrides, e.g.
+    Stale; `place`: its node's zone and domain)."""
     return WorkerSource(
         pod=target.pod,
         pod_uid=target.uid,
@@ -126,6 +131,8 @@ def source_entry(
         state=state or _STATES.get(status.state, SourceState.INITIALIZING),
         tensor_count=status.tensor_count,
         bytes=status.total_bytes,
+        zone=place.zone if place else None,
+        domain=place.domain if place else None,
         active_transfers=status.active_transfers,
         updated_at=datetime.now(UTC).replace(microsecond=0),
     )

@@ -71,6 +71,40 @@ def _env(container: client.V1Container) -> dict[str, Any]:
     return {e.name: e.value if e.value_from is None else e.value_from.field_ref.field_path for e in container.env or []}
 
 
+def _pods_near_their_model_get_a_preferred_affinity(
+    core: client.CoreV1Api, custom_objects: client.CustomObjectsApi, namespace: str
+) -> None:
+    """`prefer-model-nodes`: a preferred (not required) affinity to the nodes holding the model."""
+    custom_objects.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "modelmetadatas",
+        {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelMetadata", "metadata": {"name": "llama-meta"},
+         "spec": {"modelName": "org/llama"}},
+    )  # fmt: skip
+
+    def reconciled() -> bool:
+        obj = custom_objects.get_namespaced_custom_object(GROUP, VERSION, namespace, "modelmetadatas", "llama-meta")
+        return (obj.get("status") or {}).get("observedGeneration") == 1
+
+    wait_for(reconciled, 30, what="the operator's first status")  # then it has no source to write about
+    custom_objects.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, "modelmetadatas", "llama-meta", {"status": {"nodes": ["gpu-b", "gpu-a"]}}
+    )
+    near = core.create_namespaced_pod(
+        namespace,
+        _pod("near", {"modelexpress.io/p2p": "enabled", "modelexpress.io/prefer-model-nodes": "llama-meta"}),
+    )
+    (term,) = near.spec.affinity.node_affinity.preferred_during_scheduling_ignored_during_execution
+    assert near.spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution is None
+    (expression,) = term.preference.match_expressions
+    assert (expression.key, expression.operator, expression.values) == ("kubernetes.io/hostname", "In",
+                                                                         ["gpu-a", "gpu-b"])  # fmt: skip
+    nowhere = core.create_namespaced_pod(
+        namespace,
+        _pod("nowhere", {"modelexpress.io/p2p": "enabled", "modelexpress.io/prefer-model-nodes": "absent"}),
+    )
+    assert nowhere.spec.affinity is None  # no such ModelMetadata yet: admitted without a preference
+
+
 def test_webhook_injects_refuses_and_fails_open(
     kube_api: client.ApiClient,
     custom_objects: client.CustomObjectsApi,
@@ -131,6 +165,11 @@ def test_webhook_injects_refuses_and_fails_open(
         volume = next(v for v in pod.spec.volumes if v.name == VOLUME)
         assert volume.persistent_volume_claim.claim_name == "models" and volume.persistent_volume_claim.read_only
         assert not sidecar.env and all(m.name != VOLUME for m in sidecar.volume_mounts or [])
+
+        assert env["MX_ZONE"] == "metadata.labels['topology.kubernetes.io/zone']"
+        assert pod.spec.affinity is None  # no node preference unless asked for
+
+        _pods_near_their_model_get_a_preferred_affinity(core, custom_objects, namespace)
 
         # Not opted in: untouched.
         plain = core.create_namespaced_pod(namespace, _pod("plain"))

@@ -611,3 +611,83 @@ def _try_metric(port: int, name: str) -> float | None:
         return _metric(port, name)
     except OSError:
         return None
+
+
+# --- topology ---------------------------------------------------------------------------------
+
+
+def test_sources_carry_their_node_topology_and_a_target_ranks_them_nearest_first(
+    kube_api: client.ApiClient,
+    custom_objects: client.CustomObjectsApi,
+    namespace: str,
+    node: NodeHelper,
+    service_account_client: ServiceAccountClient,
+    operator_kubeconfig: Path,
+    run_operator: Callable[..., contextlib.AbstractContextManager[Any]],
+) -> None:
+    """Nodes labelled with a zone and an NVLink clique; sources on three of them, a target scheduled on a
+    fourth that holds none. The operator (as its own ServiceAccount) records each source's zone and
+    domain, and its node map in the namespace's ConfigMap; the target (ModelMetadata and that one
+    ConfigMap readable, no Node access) ranks same domain, then same zone, then elsewhere."""
+    core = client.CoreV1Api(kube_api)
+    zone, clique = "topology.kubernetes.io/zone", "nvidia.com/gpu.clique"
+    places = {
+        "target": {zone: "z1", clique: "c1"},
+        "rack": {zone: "z1", clique: "c1"},
+        "zone": {zone: "z1", clique: "c2"},
+        "far": {zone: "z2", clique: "c1"},
+    }
+    nodes = {role: f"{namespace}-{role}" for role in places}
+    for role, labels in places.items():
+        core.create_node({"metadata": {"name": nodes[role], "labels": labels}})
+    identity = WorkerIdentity(model_name="test/topology")
+    name = identity.resource_name()
+    try:
+        with fleet() as workers, run_operator(kubeconfig=operator_kubeconfig):
+            roles = ["far", "zone", "rack"]
+            uids = {}
+            for role in roles:
+                pod = {**worker_pod(f"src-{role}"), "spec": {**worker_pod("x")["spec"], "nodeName": nodes[role]}}
+                uids[role] = core.create_namespaced_pod(namespace, pod).metadata.uid
+            ports = workers.start([{"model": "test/topology", "pod": f"src-{r}", "uid": uids[r]} for r in roles])
+            for role, port in zip(roles, ports, strict=True):
+                core.patch_namespaced_pod(
+                    f"src-{role}", namespace, {"metadata": {"annotations": {"modelexpress.io/worker-port": str(port)}}}
+                )
+                node.mark_running(namespace, f"src-{role}", ip="127.0.0.1")
+            # The target is scheduled but not started: its node's place is published all the same.
+            target = {**worker_pod("target"), "spec": {**worker_pod("x")["spec"], "nodeName": nodes["target"]}}
+            core.create_namespaced_pod(namespace, target)
+
+            recorded = wait_for(
+                sources_when(custom_objects, namespace, name, lambda s: len(s) == 3 and all("zone" in x for x in s)),
+                30,
+                what="3 sources with their zones",
+            )
+            by_pod = {s["pod"]: (s["zone"], s.get("domain")) for s in recorded}
+            assert by_pod == {"src-far": ("z2", "c1"), "src-zone": ("z1", "c2"), "src-rack": ("z1", "c1")}
+            held = wait_for(lambda: status_of(custom_objects, namespace, name).get("nodes"), 30, what="status.nodes")
+            assert held == sorted(nodes[r] for r in roles)  # where the model is: `kubectl get mm -o wide`
+
+            def topology_map() -> dict[str, str] | None:
+                try:
+                    data = core.read_namespaced_config_map("modelexpress-topology", namespace).data or {}
+                except client.ApiException:
+                    return None
+                return data if set(nodes.values()) <= set(data) else None
+
+            published = wait_for(topology_map, 30, what="every node in the topology ConfigMap")
+            assert json.loads(published[nodes["target"]]) == {"zone": "z1", "domain": "c1"}
+
+            worker_api, _ = service_account_client(namespace, "mx-worker", WORKER_RULES)
+            registry = KubernetesRegistry(namespace, api=worker_api)
+            from modelexpress.registry.ranking import Placement
+
+            for _ in range(5):  # equal loads, so only the tiers order them
+                ranked = registry.find_ready(identity, Placement(node=nodes["target"]))
+                assert [r.worker_id for r in ranked] == ["src-rack/0", "src-zone/0", "src-far/0"]
+            registry.close()
+    finally:
+        for role in places:
+            with contextlib.suppress(client.ApiException):
+                core.delete_node(nodes[role])

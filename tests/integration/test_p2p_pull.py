@@ -6,6 +6,7 @@ closed ports, mismatched layouts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -109,6 +110,38 @@ def test_source_killed_mid_transfer_completes_from_another(
     assert killed, "the source was never killed: the transfer finished in one step"
     assert a.endpoint in result.failed_sources
     assert not result.fell_back
+    _assert_identical(layout.tensors, original)
+
+
+def test_a_reserve_source_takes_over_when_the_striped_one_dies(
+    model_dir: Path, original: dict[str, torch.Tensor], engine: NixlEngine, tmp_path: Path
+) -> None:
+    """max_sources=1: the pull stripes over the first source only; the second, in reserve, is linked
+    the moment the first dies, and the pull completes from it without the disk."""
+    with sources(tmp_path, 2, "--model-dir", str(model_dir)) as (a, b):
+        layout = _target(model_dir, engine)
+        killed: list[int] = []
+
+        def kill_first_source(done: int, total: int) -> None:
+            if not killed and done < total:
+                killed.append(done)
+                a.kill()
+
+        options = dataclasses.replace(FAST, max_sources=1)
+        result = pull(layout, IDENTITY, [a.endpoint, b.endpoint], engine, options, progress=kill_first_source)
+    assert killed, "the source was never killed: the transfer finished in one step"
+    assert a.endpoint in result.failed_sources and b.endpoint in result.sources
+    assert not result.fell_back
+    _assert_identical(layout.tensors, original)
+
+
+def test_only_one_of_several_sources_is_striped_with_max_sources_1(
+    model_dir: Path, original: dict[str, torch.Tensor], engine: NixlEngine, tmp_path: Path
+) -> None:
+    with sources(tmp_path, 2, "--model-dir", str(model_dir)) as (a, b):
+        layout = _target(model_dir, engine)
+        result = pull(layout, IDENTITY, [a.endpoint, b.endpoint], engine, dataclasses.replace(FAST, max_sources=1))
+    assert result.sources == [a.endpoint] and not result.failed_sources
     _assert_identical(layout.tensors, original)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.registry import EmbeddedRegistry, SourceRecord
+from modelexpress.registry.ranking import Placement
 
 ID0 = WorkerIdentity(model_name="org/m", tensor_parallel_size=2, rank=0)
 ID1 = ID0.model_copy(update={"rank": 1})
@@ -38,7 +39,7 @@ def test_same_node_first(tmp_path: Path) -> None:
     reg.publish(_record("far", ID0, node="n2"))
     reg.publish(_record("near", ID0, node="n1"))
     reg.publish(_record("far2", ID0, node="n3"))
-    assert reg.find_ready(ID0, node="n1")[0].worker_id == "near"
+    assert reg.find_ready(ID0, Placement(node="n1"))[0].worker_id == "near"
 
 
 def test_stale_records_are_never_handed_out(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from modelexpress.api import ModelMetadata
 from modelexpress.api.modelmetadata import ModelIdentity
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.registry.kubernetes import sources_for
+from modelexpress.registry.ranking import Placement
 from modelexpress_operator.leadership import is_leader
 from modelexpress_operator.workers import AnnotationError, pod_targets
 
@@ -103,11 +104,13 @@ def test_sources_for_filters_identity_rank_state_and_architecture_and_orders_by_
         ),
         _resource("other-identity", {"modelName": "org/m", "tensorParallelSize": 4}, [_source("tp4", node="n1")]),
     ]
-    found = sources_for(resources, WorkerIdentity(model_name="org/m", tensor_parallel_size=2, rank=0), node="n1")
+    found = sources_for(
+        resources, WorkerIdentity(model_name="org/m", tensor_parallel_size=2, rank=0), Placement(node="n1")
+    )
     assert [r.worker_id for r in found] == ["loaded-local/0", "idle-remote/0", "loaded-remote/0"]
     assert found[0].pod_uid == "uid-loaded-local"
     sm80 = sources_for(
-        resources, WorkerIdentity(model_name="org/m", tensor_parallel_size=2, gpu_architecture="sm_80"), node=None
+        resources, WorkerIdentity(model_name="org/m", tensor_parallel_size=2, gpu_architecture="sm_80"), None
     )
     assert [r.worker_id for r in sm80] == ["other-arch/0"]
 

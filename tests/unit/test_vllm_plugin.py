@@ -140,3 +140,21 @@ def test_an_explicit_name_wins_and_a_bad_one_names_the_variable(tmp_path: Path) 
         name_model(str(model), None, explicit_name="/models/x")
     with pytest.raises(ModelNameError, match="no such directory"):
         name_model(str(tmp_path / "absent"), None)
+
+
+def test_a_rank_serves_its_own_part_of_a_shared_aot_cache_and_the_shared_kernels(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from modelexpress.artifacts import collect
+    from modelexpress.vllm_plugin.artifacts import other_ranks
+
+    tree = tmp_path / "torch_compile_cache" / "torch_aot_compile" / "h"
+    for part in ("rank_0_0", "rank_1_0", "rank_10_0", "inductor_cache/ab"):
+        (tree / part).mkdir(parents=True)
+        (tree / part / "model").write_bytes(part.encode())
+    skip = other_ranks(SimpleNamespace(parallel_config=SimpleNamespace(rank=1, data_parallel_index=0)))
+    served = {f.path for f in collect({}, [("vllm", tmp_path, "torch_compile_cache")], skip=skip).files}
+    assert served == {
+        "torch_compile_cache/torch_aot_compile/h/rank_1_0/model",
+        "torch_compile_cache/torch_aot_compile/h/inductor_cache/ab/model",
+    }

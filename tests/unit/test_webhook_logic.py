@@ -103,3 +103,20 @@ def test_certificates_are_issued_kept_and_renewed_under_the_same_ca(monkeypatch:
     renewed, why = certs.ensure(bundle, names, ["127.0.0.1"])
     assert why is not None and why.startswith("it expires on") and renewed.ca_cert == bundle.ca_cert
     assert renewed.cert != bundle.cert
+
+
+def test_node_preference_is_added_once_beside_the_pods_own_affinity() -> None:
+    own = {"weight": 10, "preference": {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["h200"]}]}}
+    body = pod({"modelexpress.io/p2p": "enabled"})
+    body["spec"]["affinity"] = {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [own]}}
+    mutate(body, None, SETTINGS, ["n2", "n1"])
+    mutate(body, None, SETTINGS, ["n2", "n1"])
+    preferred = body["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert preferred[0] == own and len(preferred) == 2
+    assert preferred[1]["preference"]["matchExpressions"] == [
+        {"key": "kubernetes.io/hostname", "operator": "In", "values": ["n1", "n2"]}
+    ]
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in body["spec"]["affinity"]["nodeAffinity"]
+    untouched = pod({"modelexpress.io/p2p": "enabled"})
+    mutate(untouched, None, SETTINGS, [])
+    assert "affinity" not in untouched["spec"]

@@ -30,6 +30,9 @@ ARTIFACT_BYTES = Counter("modelexpress_artifact_bytes_total", "Bytes of compiled
 SERVED_ARTIFACT_BYTES = Counter(
     "modelexpress_served_artifact_bytes_total", "Bytes of compiled artifacts served to peers"
 )
+REFUSED_PULLERS = Counter(
+    "modelexpress_refused_pullers_total", "Targets this source refused as busy (MX_MAX_PULLERS reached)"
+)
 SERVED_PULLS = Counter("modelexpress_served_pulls_total", "Pulls peers reported complete against this worker")
 SERVED_BYTES = Counter("modelexpress_served_bytes_total", "Bytes peers reported pulling from this worker")
 

@@ -23,6 +23,7 @@ from modelexpress_operator.kube import api_client
 from modelexpress_operator.settings import OperatorSettings
 from modelexpress_operator.webhook.mutation import (
     MODEL_CACHE,
+    PREFER_MODEL_NODES,
     InjectionSettings,
     RefusedError,
     check,
@@ -91,6 +92,20 @@ def _model_cache(api: client.ApiClient, namespace: str, name: str) -> dict[str, 
         raise
 
 
+def _model_nodes(api: client.ApiClient, namespace: str, name: str) -> list[str]:
+    """The nodes holding the model of ModelMetadata `name` (none when it does not exist yet)."""
+    try:
+        found = client.CustomObjectsApi(api).get_namespaced_custom_object(
+            API_GROUP, API_VERSION, namespace, "modelmetadatas", name
+        )
+    except client.ApiException as exc:
+        if exc.status == 404:
+            log.info("%s: no ModelMetadata %s/%s yet, so no node preference", PREFER_MODEL_NODES, namespace, name)
+            return []
+        raise
+    return list((found.get("status") or {}).get("nodes") or [])
+
+
 @kopf.on.mutate("v1", "pods", id=WEBHOOK_ID, operations=["CREATE"], annotations={OPT_IN: "enabled"})
 def inject(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     pod = dict(body)
@@ -99,6 +114,8 @@ def inject(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> Non
     runtime = getattr(memo, "runtime", None)
     api = runtime.api if runtime is not None else api_client()
     cache = _model_cache(api, namespace, name) if name else None
+    preferred = (body.metadata.annotations or {}).get(PREFER_MODEL_NODES)
+    nodes = _model_nodes(api, namespace, preferred) if preferred else []
     try:
         check(pod, namespace, cache)
     except RefusedError as exc:
@@ -109,4 +126,4 @@ def inject(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> Non
         worker_port=operator.default_worker_port,
         status_ttl_secs=operator.status_ttl_secs,
     )
-    patch.fns.append(lambda target: mutate(cast(dict[str, Any], target), cache, injection))
+    patch.fns.append(lambda target: mutate(cast(dict[str, Any], target), cache, injection, nodes))

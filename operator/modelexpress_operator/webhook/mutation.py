@@ -21,6 +21,10 @@ from modelexpress_operator.cachejobs import claim_name
 from modelexpress_operator.workers import OPT_IN, RANKS_PER_POD, WORKER_PORT
 
 MODEL_CACHE = f"{API_GROUP}/model-cache"
+PREFER_MODEL_NODES = f"{API_GROUP}/prefer-model-nodes"
+"""Names a ModelMetadata: the pod gets a *preferred* node affinity towards the nodes holding its model."""
+PREFERENCE_WEIGHT = 50
+MAX_PREFERRED_NODES = 64
 CONTAINER = f"{API_GROUP}/container"
 VOLUME = "modelexpress-cache"
 CACHE_MOUNT = "/modelexpress/cache"
@@ -97,8 +101,30 @@ def _field_env(name: str, path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
-def mutate(pod: dict[str, Any], cache: dict[str, Any] | None, settings: InjectionSettings) -> None:
-    """Inject into `pod` in place (call `check` first). Idempotent; the pod's own values win."""
+def prefer_nodes(pod: dict[str, Any], nodes: list[str]) -> None:
+    """Add a preferred (never required) node affinity towards `nodes` (by hostname label), once: the
+    scheduler weighs it with everything else, so a full node never blocks the pod."""
+    if not nodes:
+        return
+    term = {
+        "weight": PREFERENCE_WEIGHT,
+        "preference": {
+            "matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": sorted(nodes)[:MAX_PREFERRED_NODES]}
+            ]
+        },
+    }
+    affinity = pod["spec"].setdefault("affinity", {}).setdefault("nodeAffinity", {})
+    preferred: list[dict[str, Any]] = affinity.setdefault("preferredDuringSchedulingIgnoredDuringExecution", [])
+    if term not in preferred:
+        preferred.append(term)
+
+
+def mutate(
+    pod: dict[str, Any], cache: dict[str, Any] | None, settings: InjectionSettings, nodes: list[str] | None = None
+) -> None:
+    """Inject into `pod` in place (call `check` first). Idempotent; the pod's own values win. `nodes`:
+    where its model already is (with the `prefer-model-nodes` annotation)."""
     container = _container(pod)
     ranks = _int_annotation(pod, RANKS_PER_POD, 1, 1, 64)
     port = _int_annotation(pod, WORKER_PORT, settings.worker_port, 1, 65535 - ranks + 1)
@@ -114,6 +140,9 @@ def mutate(pod: dict[str, Any], cache: dict[str, Any] | None, settings: Injectio
         _field_env("MX_POD_UID", "metadata.uid"),
         _field_env("MX_POD_NAMESPACE", "metadata.namespace"),
         _field_env("MX_NODE_NAME", "spec.nodeName"),
+        # Set where the cluster copies the node's zone onto the pod at binding (Kubernetes 1.35+,
+        # PodTopologyLabels); empty elsewhere, and the worker reads the operator's topology ConfigMap.
+        _field_env("MX_ZONE", "metadata.labels['topology.kubernetes.io/zone']"),
         _field_env("MX_WORKER_HOST", "status.podIP"),
     ]
     if cache is not None:
@@ -128,6 +157,7 @@ def mutate(pod: dict[str, Any], cache: dict[str, Any] | None, settings: Injectio
             name = PORT_NAME if rank == 0 else f"mx-worker-{rank}"
             ports.append({"name": name[:15], "containerPort": number, "protocol": "TCP"})
 
+    prefer_nodes(pod, nodes or [])
     if cache is not None:
         volumes: list[dict[str, Any]] = pod["spec"].setdefault("volumes", [])
         if not any(v.get("name") == VOLUME for v in volumes):

@@ -11,9 +11,9 @@ import hashlib
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from modelexpress.api.common import (
     REVISION_MESSAGE,
@@ -117,10 +117,26 @@ class WorkerSource(KubeModel):
     """Tensors the worker serves."""
     bytes: int | None = Field(default=None, ge=0)
     """Bytes the worker serves."""
+    zone: str | None = Field(default=None, max_length=63)
+    """Zone of the node (its `topology.kubernetes.io/zone` label, or the operator's zone label)."""
+    domain: str | None = Field(default=None, max_length=63)
+    """Rack or NVLink domain of the node (the operator's domain label); targets in it prefer this source."""
     active_transfers: int = Field(default=0, ge=0)
     """Targets pulling from the worker at the last update; targets prefer the least loaded source."""
     updated_at: datetime | None = None
     """When the entry last changed (state, load or counts); heartbeats alone do not rewrite it."""
+
+
+TOPOLOGY_CONFIGMAP = "modelexpress-topology"
+"""ConfigMap the operator keeps in each namespace with opted-in pods: node name -> `NodeTopology` (JSON)
+of the nodes they run on, so a worker knows its own zone and domain without reading Node objects."""
+
+
+class NodeTopology(KubeModel):
+    """Where a node sits, from its labels (which labels: the operator's `topology` settings)."""
+
+    zone: str | None = Field(default=None, max_length=63)
+    domain: str | None = Field(default=None, max_length=63)
 
 
 class ModelMetadataStatus(KubeModel):
@@ -136,6 +152,9 @@ class ModelMetadataStatus(KubeModel):
     """Source entries in state Ready."""
     ready_replicas: int = Field(default=0, ge=0)
     """Instances with every rank Ready."""
+    nodes: list[Annotated[str, StringConstraints(max_length=253)]] = Field(default_factory=list, max_length=5000)
+    """Nodes holding the model: those of Ready sources (`kubectl get modelmetadatas -o wide`); the
+    webhook can steer opted-in pods towards them (`modelexpress.io/prefer-model-nodes`)."""
     conditions: list[Condition] = conditions_field("Ready when at least one instance has every rank Ready.")
     observed_generation: int | None = Field(default=None, ge=0)
     """The .metadata.generation last acted on."""
@@ -160,6 +179,13 @@ class ModelMetadata(KubeModel):
         },
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Revision", "type": "string", "jsonPath": ".spec.revision", "priority": 1},
+        {
+            "name": "Nodes",
+            "type": "string",
+            "jsonPath": ".status.nodes",
+            "priority": 1,
+            "description": "nodes holding the model",
+        },
         {"name": "Dtype", "type": "string", "jsonPath": ".spec.dtype", "priority": 1},
         {"name": "Engine", "type": "string", "jsonPath": ".spec.engine", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from modelexpress.artifacts.manifest import ArtifactFile, ArtifactManifest, safe_relative
@@ -27,8 +28,11 @@ def _skipped(name: str) -> bool:
     return name.startswith(STAGING_PREFIX) or name.endswith(_SKIPPED_SUFFIXES) or ".tmp" in name
 
 
-def collect(key: dict[str, str], trees: list[tuple[str, Path, str]]) -> ArtifactManifest:
-    """The manifest of `trees`, each (root name, root directory, subdirectory of it; '' for all of it).
+def collect(
+    key: dict[str, str], trees: list[tuple[str, Path, str]], skip: Callable[[str], bool] | None = None
+) -> ArtifactManifest:
+    """The manifest of `trees`, each (root name, root directory, subdirectory of it; '' for all of it),
+    less the files whose path relative to their root `skip` names.
 
     Symbolic links are not followed and not served: a served file is a regular file inside its root.
     """
@@ -45,7 +49,7 @@ def collect(key: dict[str, str], trees: list[tuple[str, Path, str]]) -> Artifact
                 if _skipped(name) or path.is_symlink() or not path.is_file():
                     continue
                 relative = path.relative_to(root).as_posix()
-                if (root_name, relative) in seen:
+                if (root_name, relative) in seen or (skip is not None and skip(relative)):
                     continue
                 try:
                     safe_relative(relative)

@@ -26,6 +26,7 @@ from modelexpress.p2p.pull import PullError, PullOptions, PullResult, pull
 from modelexpress.p2p.safetensors_dir import SafetensorsError, disk_fallback, load_into, scan
 from modelexpress.p2p.source import SourceWorker
 from modelexpress.registry import RegistryUnavailableError, open_registry
+from modelexpress.registry.base import placement
 from modelexpress.units import rate, size
 
 log = logging.getLogger("modelexpress.worker")
@@ -78,7 +79,9 @@ def _run_source(
     finally:
         source.stop()
         registry.close()
-        print(f"stopped; peers reported {source.served_pulls} pull(s), {source.served_bytes} bytes", flush=True)
+        server = source.server
+        print(f"stopped; peers reported {source.served_pulls} pull(s), {source.served_bytes} bytes; at most "
+              f"{server.peak_pullers} target(s) at once, {server.refused_pullers} turned away as busy", flush=True)  # fmt: skip
 
 
 def _registry_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -189,14 +192,19 @@ def pull_verb(args: argparse.Namespace) -> int:
     settings = load_worker_settings()
     serve_metrics(settings.metrics_port)
     expected_pods: dict[str, str] = {}
+    discover = None
     if not endpoints:
-        registry = open_registry(settings)
-        try:
-            records = registry.find_ready(identity, node=settings.node_name)
-        finally:
-            registry.close()
-        endpoints = [r.endpoint for r in records]
-        expected_pods = {r.endpoint: r.pod_uid for r in records if r.pod_uid}
+
+        def discover() -> list[str]:
+            registry = open_registry(settings)
+            try:
+                records = registry.find_ready(identity, placement(settings))
+            finally:
+                registry.close()
+            expected_pods.update({r.endpoint: r.pod_uid for r in records if r.pod_uid})
+            return [r.endpoint for r in records]
+
+        endpoints = discover()
     if not endpoints and args.model_dir is None:
         print(
             f"error: no Ready source of {identity.model_name} rank {identity.rank} and no --model-dir to load",
@@ -228,9 +236,11 @@ def pull_verb(args: argparse.Namespace) -> int:
         expected_pods=expected_pods,
         verification=settings.verification,
         sample_fraction=settings.verify_sample,
+        busy_wait=settings.busy_wait_secs,
+        max_sources=settings.max_sources,
     )
     try:
-        result = pull(layout, identity, endpoints, engine, options, fallback, progress=_ProgressBar())
+        result = pull(layout, identity, endpoints, engine, options, fallback, _ProgressBar(), discover=discover)
     except PullError as exc:
         print(f"error: {exc}", file=sys.stderr)
         engine.deregister_all()

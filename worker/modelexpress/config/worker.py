@@ -54,6 +54,12 @@ class WorkerSettings(BaseSettings):
     (nothing checked: the bytes are trusted as they arrive)."""
     verify_sample: float = Field(default=0.1, gt=0, le=1)
     """Fraction of a pull's bytes that `MX_VERIFICATION=sampled` checks."""
+    max_pullers: int = Field(default=0, ge=0)
+    """Targets a source serves at once (0: no limit). Further targets are told the source is busy and
+    try another; a burst of replicas then fans out as a tree, each finished target serving the next."""
+    busy_wait_secs: float = Field(default=300.0, ge=0)
+    """How long a target whose every source is busy (`MX_MAX_PULLERS`) waits for one to free up or for a
+    new source to appear, asking the registry again, before it loads from disk."""
     artifact_transfer: bool = True
     """Receive a peer's compiled artifacts (vLLM's compile cache) with its weights, and serve this
     worker's once its engine finished compiling; `MX_ARTIFACT_TRANSFER=0` turns both off."""
@@ -77,6 +83,15 @@ class WorkerSettings(BaseSettings):
     registry reads ModelMetadata (default: the in-cluster ServiceAccount's namespace)."""
     node_name: str | None = None
     """Node of this worker's pod (downward API `spec.nodeName`); same-node sources are preferred."""
+    zone: str | None = None
+    """Zone of this worker's node (`topology.kubernetes.io/zone`; the webhook sets it from the pod's copy
+    of that label where the cluster provides one). Sources in the target's zone are preferred."""
+    domain: str | None = None
+    """Rack or NVLink domain of this worker's node; sources in the target's domain are preferred over
+    the rest of its zone. In the cluster both are read from the operator's record when unset."""
+    max_sources: int = Field(default=4, ge=0)
+    """Sources a pull stripes over at once (0: every Ready one), nearest first; the others are kept in
+    reserve for when one fails."""
     instance: str | None = None
     """Engine instance this rank belongs to (all ranks of one instance share it; default: the pod name)."""
     model_name: str | None = None

@@ -42,7 +42,7 @@ from modelexpress.p2p.memory import TensorLayout
 from modelexpress.p2p.nixl_engine import NixlEngine
 from modelexpress.p2p.pull import PullError, PullOptions, pull
 from modelexpress.p2p.source import SourceWorker
-from modelexpress.registry.base import RegistryUnavailableError, SourceRegistry
+from modelexpress.registry.base import RegistryUnavailableError, SourceRegistry, placement
 from modelexpress.units import rate, size
 
 log = logging.getLogger(__name__)
@@ -164,13 +164,19 @@ class WeightLoader:
             self._endpoints, self._pods = [], {}
             if self.registry is not None and not self.gate:
                 try:
-                    records = self.registry.find_ready(self.identity, node=self.settings.node_name)
+                    records = self.registry.find_ready(self.identity, placement(self.settings))
                 except RegistryUnavailableError as exc:
                     log.warning("no peer lookup (%s); loading from disk", exc)
                     records = []
                 self._endpoints = [r.endpoint for r in records]
                 self._pods = {r.endpoint: r.pod_uid for r in records if r.pod_uid}
         return list(self._endpoints)
+
+    def _again(self) -> list[str]:
+        """A fresh lookup: sources that became Ready since the last one (e.g. targets that finished)."""
+        with self._lookup:
+            self._endpoints = None
+            return self._sources()
 
     def load(
         self, module: nn.Module, load_from_disk: DiskLoader, device: torch.device | str | None = None
@@ -207,9 +213,13 @@ class WeightLoader:
             expected_pods=self._pods or {},
             verification=self.settings.verification,
             sample_fraction=self.settings.verify_sample,
+            busy_wait=self.settings.busy_wait_secs,
+            max_sources=self.settings.max_sources,
         )
         try:
-            result = pull(layout, self.identity, self.sources(), self._engine(), options, prepared=prepared)
+            result = pull(
+                layout, self.identity, self.sources(), self._engine(), options, prepared=prepared, discover=self._again
+            )
         except PullError as exc:
             # Each source's failure was logged where it happened; one line says what follows.
             log.warning("%s rank %d: none of %d source(s) delivered the weights; loading from disk",

@@ -23,6 +23,10 @@ class SourceUnavailableError(RuntimeError):
     """A source cannot be reached or did not answer in time."""
 
 
+class SourceBusyError(SourceUnavailableError):
+    """A source serves as many targets as it takes (`MX_MAX_PULLERS`); another may be free, or soon."""
+
+
 class WorkerClient:
     """Talks to one worker's WorkerService."""
 
@@ -88,7 +92,9 @@ class WorkerClient:
                     on_status(status)
             except grpc.RpcError as exc:
                 code = exc.code() if isinstance(exc, grpc.Call) else None
-                if code == grpc.StatusCode.UNAVAILABLE and not received:
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED and not received:
+                    reason = exc.details() if isinstance(exc, grpc.Call) else "busy"
+                elif code == grpc.StatusCode.UNAVAILABLE and not received:
                     reason = "nothing answers there (UNAVAILABLE): the worker is gone or not listening"
                 else:
                     reason = f"status stream broke: {code or exc}"
@@ -102,7 +108,8 @@ class WorkerClient:
         """Follow the status stream as a puller; returns its first message (the current status).
 
         One call where a target used to read the status and then open the stream: the stream's
-        first message is the status. Bounded by the client's timeout.
+        first message is the status. Bounded by the client's timeout. `on_end` is called only for a
+        stream that was attached; a refusal (SourceBusyError when the source is busy) is raised.
         """
         first: list[worker_pb2.WorkerStatus] = []
         ended: list[str] = []
@@ -116,13 +123,16 @@ class WorkerClient:
         def on_stream_end(reason: str) -> None:
             ended.append(reason)
             answered.set()
-            on_end(reason)
+            if first:  # a stream refused outright (e.g. busy) is an attach that failed, not a death
+                on_end(reason)
 
         self.watch(on_status, on_stream_end, puller=True)
         if not answered.wait(self.timeout):
             raise SourceUnavailableError(
                 f"reading the status from {self.endpoint} failed: no answer in {self.timeout}s"
             )
+        if not first and ended[0].startswith("busy:"):
+            raise SourceBusyError(f"source {self.endpoint} is {ended[0]}")
         if not first:
             raise SourceUnavailableError(f"reading the status from {self.endpoint} failed: {ended[0]}")
         return first[0]

@@ -29,7 +29,7 @@ import torch
 from modelexpress import metrics
 from modelexpress.bulk import gc_paused
 from modelexpress.p2p.checksum import ROW_SUM_64, XXH3_64, StreamingChecksums, checksums
-from modelexpress.p2p.client import WorkerClient
+from modelexpress.p2p.client import SourceBusyError, WorkerClient
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.links import LINK_ERRORS, Deaths, PreparedSources, SourceLink, link_source
 from modelexpress.p2p.manifest import TensorEntry
@@ -54,6 +54,8 @@ _MIN_IDLE, _MAX_IDLE = 0.0002, 0.004
 Fallback = Callable[[dict[str, torch.Tensor], list[str]], None]
 """Fills the named tensors of the dict in place (e.g. from disk)."""
 Progress = Callable[[int, int], None]
+Discover = Callable[[], list[str]]
+"""Endpoints of the Ready sources now (a fresh registry lookup)."""
 
 
 Verification = Literal["full", "sampled", "off"]
@@ -82,6 +84,10 @@ class PullOptions:
     """full: every tensor's checksum; sampled: a random `sample_fraction` of the bytes, and every tensor
     once one sampled tensor fails; off: none (the bytes are trusted as they arrive)."""
     sample_fraction: float = 0.1
+    busy_wait: float = 0.0
+    """Seconds to wait, asking for sources again, when every source is busy (needs `discover`)."""
+    max_sources: int = 0
+    """Sources striped over at once, taken in the order given (0: all); the others are a reserve."""
 
     def __post_init__(self) -> None:
         if self.verification not in VERIFICATIONS:
@@ -195,6 +201,9 @@ class _Pull:
         self.local_kinds = {r.id: (r.kind, r.device_id) for r in layout.regions}
         self.sources: list[_Source] = []
         self.failed: dict[str, str] = {}
+        self.busy: dict[str, str] = {}  # endpoint -> why it turned this target away (it serves enough others)
+        self.reserve: list[str] = []  # ranked endpoints not linked yet: max_sources were linked before them
+        self.prepared: PreparedSources | None = None
         self.corrupt: dict[str, list[str]] = {}  # endpoint -> tensors it delivered that failed their checksum
         self.retried = 0
         self.mismatches: list[TensorMismatchError] = []
@@ -203,8 +212,14 @@ class _Pull:
     # --- sources --------------------------------------------------------------------------------
 
     def connect(self, endpoints: list[str], prepared: PreparedSources | None = None) -> None:
-        """Link each source (or take the link made ahead of time) and match its tensors to ours."""
-        for endpoint in endpoints:
+        """Link each source (or take the link made ahead of time) and match its tensors to ours, best
+        first, until `max_sources` are linked; the rest wait in reserve for one that fails."""
+        if prepared is not None:
+            self.prepared = prepared
+        for n, endpoint in enumerate(endpoints):
+            if self.options.max_sources and len(self._alive()) >= self.options.max_sources:
+                self.reserve.extend(e for e in endpoints[n:] if e not in self.reserve)
+                break
             try:
                 link = prepared.take(endpoint) if prepared is not None else None
                 if link is None:
@@ -217,6 +232,11 @@ class _Pull:
                         self.options.expected_pods.get(endpoint),
                     )
                 source = self._matched(link)
+            except SourceBusyError as exc:
+                self.busy[endpoint] = str(exc)
+                metrics.SOURCE_FAILURES.labels("busy").inc()
+                log.info("%s", exc)
+                continue
             except (*LINK_ERRORS, TensorMismatchError) as exc:
                 if isinstance(exc, TensorMismatchError):
                     self.mismatches.append(exc)
@@ -225,6 +245,20 @@ class _Pull:
                 log.warning("source %s not used: %s", endpoint, exc)
                 continue
             self.sources.append(source)
+
+    def wait_while_busy(self, discover: Discover | None, patience: float) -> None:
+        """While no source is usable and some turned this target away as busy, wait (backing off, with
+        jitter so a burst does not come back at once) and try the sources `discover` finds now: targets
+        that finished meanwhile are sources too. Gives up after `patience` seconds."""
+        deadline = time.monotonic() + patience
+        pause = 0.2
+        while not self.sources and self.busy and discover is not None and time.monotonic() < deadline:
+            log.info("all %d source(s) of %s rank %d are busy; waiting for one (up to %.0fs more)",
+                     len(self.busy), self.identity.model_name, self.identity.rank, deadline - time.monotonic())  # fmt: skip
+            time.sleep(min(pause * random.uniform(0.5, 1.5), max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 5.0)
+            self.busy.clear()
+            self.connect(discover())
 
     def _matched(self, link: SourceLink) -> _Source:
         """The linked source with its tensors matched to ours; its link is dropped if they differ."""
@@ -260,6 +294,10 @@ class _Pull:
             requeue.appendleft(flight.chunk)
         self.retried += len(source.inflight)
         source.inflight.clear()
+        while self.reserve and len(self._alive()) < (self.options.max_sources or len(self.sources) + 1):
+            endpoint = self.reserve.pop(0)
+            log.info("linking reserve source %s in place of %s", endpoint, source.endpoint)
+            self.connect([endpoint], self.prepared)
 
     # --- transfer -------------------------------------------------------------------------------
 
@@ -630,7 +668,7 @@ class _Pull:
     def _failure_reasons(self) -> dict[str, str]:
         """Why each source did not deliver everything: its failure, and the tensors it served that failed
         verification."""
-        reasons = dict(self.failed)
+        reasons = {**self.busy, **self.failed}
         for endpoint, names in self.corrupt.items():
             corrupt = f"{len(names)} tensor(s) failed checksum verification (e.g. {names[0]})"
             reasons[endpoint] = f"{reasons[endpoint]}; {corrupt}" if endpoint in reasons else corrupt
@@ -659,11 +697,14 @@ def pull(
     fallback: Fallback | None = None,
     progress: Progress | None = None,
     prepared: PreparedSources | None = None,
+    discover: Discover | None = None,
 ) -> PullResult:
     """Fill `layout`'s tensors from the sources at `endpoints` (or the fallback); verified or an exception.
 
     `engine` must already have `layout` registered. `prepared`: the sources linked ahead of time with
-    the same engine (`links.prepare_sources`), taken instead of linking them now.
+    the same engine (`links.prepare_sources`), taken instead of linking them now. `discover`: asks the
+    registry again for Ready sources, so that a target every source turned away as busy waits for
+    one (`PullOptions.busy_wait`) instead of falling back at once.
     """
     if prepared is not None and prepared.engine is not engine:
         raise ValueError("the prepared sources were linked with another NIXL engine")
@@ -672,6 +713,7 @@ def pull(
     job = _Pull(layout, identity, engine, options or PullOptions(), progress, deaths)
     try:
         job.connect(endpoints, prepared)
+        job.wait_while_busy(discover, job.options.busy_wait)
         if not job.sources:
             if job.mismatches and fallback is None:
                 raise job.mismatches[0]

@@ -21,6 +21,10 @@ class SourceRecord(BaseModel):
     tensor_count: int = 0
     total_bytes: int = 0
     node: str | None = None
+    zone: str | None = None
+    """Zone of the node (`topology.kubernetes.io/zone`), where known."""
+    domain: str | None = None
+    """Rack or NVLink domain of the node (a configurable node label), where known."""
     pod_uid: str | None = None
     active_transfers: int = 0
     updated_at: float = Field(default_factory=time.time)

@@ -99,13 +99,15 @@ class _Servicer(worker_pb2_grpc.WorkerServiceServicer):  # type: ignore[misc]
             context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
         except OSError as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{request.path} cannot be read here: {exc.strerror}")
+        except ValueError as exc:  # replaced by a link out of its cache since it was listed
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
 
     def WatchStatus(  # noqa: N802
         self, request: worker_pb2.WatchStatusRequest, context: grpc.ServicerContext
     ) -> Iterator[worker_pb2.WorkerStatus]:
         heartbeat = request.heartbeat_ms / 1000 if request.heartbeat_ms else None
-        if request.puller:
-            self._worker.count_puller(+1)
+        if request.puller and not self._worker.admit_puller():
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._worker.busy_message())
         try:
             seen, sent = -1, 0.0
             while context.is_active():
@@ -136,6 +138,10 @@ class WorkerServer:
         """Why `artifacts` is None, as targets are told (e.g. its engine is still compiling)."""
         self.stopping = False
         self.active_transfers = 0
+        self.max_pullers = 0
+        """Targets served at once (0: any number); more are refused as busy."""
+        self.peak_pullers = 0
+        self.refused_pullers = 0
         self.last_metadata_request = float("-inf")
         self._status = _Status()
         self._changed = threading.Condition()
@@ -179,10 +185,27 @@ class WorkerServer:
         self._set_health()
         log.info("worker state %s%s", state, f": {message}" if message else "")
 
+    def admit_puller(self) -> bool:
+        """Count a new target unless `max_pullers` are being served already (then it is refused)."""
+        with self._changed:
+            if self.max_pullers and self.active_transfers >= self.max_pullers:
+                self.refused_pullers += 1
+                metrics.REFUSED_PULLERS.inc()
+                log.info("a target was refused: %s", self.busy_message())
+                return False
+            self.count_puller(+1)  # under the same (re-entrant) lock: two targets never both take the last place
+        return True
+
+    def busy_message(self) -> str:
+        return (
+            f"busy: serving {self.active_transfers} target(s) (MX_MAX_PULLERS={self.max_pullers}); try another source"
+        )
+
     def count_puller(self, delta: int) -> None:
         """A target opened (+1) or closed (-1) its status stream: watchers learn the new load."""
         with self._changed:
             self.active_transfers = max(0, self.active_transfers + delta)
+            self.peak_pullers = max(self.peak_pullers, self.active_transfers)
             self._status = replace(self._status, version=self._status.version + 1)
             self._changed.notify_all()
 

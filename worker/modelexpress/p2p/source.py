@@ -59,6 +59,7 @@ class SourceWorker:
         self.server = WorkerServer(
             WorkerInfo(agent_name=self.engine.name), bind, settings.worker_grpc_port, self.engine.backend
         )
+        self.server.max_pullers = settings.max_pullers
         self.endpoint = f"{host}:{self.server.port}"
         self.server.info = WorkerInfo(
             agent_name=self.engine.name,
@@ -96,6 +97,10 @@ class SourceWorker:
                 state="Ready",
                 tensor_count=len(self.manifest.tensors),
                 total_bytes=self.manifest.total_bytes,
+                node=self.settings.node_name or None,
+                zone=self.settings.zone or None,
+                domain=self.settings.domain or None,
+                pod_uid=self.settings.pod_uid or None,
             )
             self._registry.publish(self._record)
         self._spawn(self._heartbeat, "mx-heartbeat")

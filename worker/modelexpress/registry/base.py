@@ -7,6 +7,7 @@ import abc
 from modelexpress.config.worker import WorkerSettings
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.records import SourceRecord
+from modelexpress.registry.ranking import Placement
 
 
 class RegistryUnavailableError(RuntimeError):
@@ -29,8 +30,9 @@ class SourceRegistry(abc.ABC):
         """Forget a worker (it stopped)."""
 
     @abc.abstractmethod
-    def find_ready(self, identity: WorkerIdentity, node: str | None = None) -> list[SourceRecord]:
-        """Ready, fresh sources with exactly this identity and rank; same-node sources first."""
+    def find_ready(self, identity: WorkerIdentity, near: Placement | None = None) -> list[SourceRecord]:
+        """Ready, fresh sources with exactly this identity and rank, best first seen from `near`
+        (`ranking.rank_sources`: nearest tier, then least loaded)."""
 
     @abc.abstractmethod
     def list_sources(self) -> list[SourceRecord]:
@@ -38,6 +40,11 @@ class SourceRegistry(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+
+def placement(settings: WorkerSettings) -> Placement:
+    """Where this worker runs, from its settings (`MX_NODE_NAME`, `MX_DOMAIN`, `MX_ZONE`)."""
+    return Placement(settings.node_name, settings.domain, settings.zone)
 
 
 def open_registry(settings: WorkerSettings) -> SourceRegistry:

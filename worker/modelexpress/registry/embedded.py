@@ -11,6 +11,7 @@ from pathlib import Path
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.records import SourceRecord
 from modelexpress.registry.base import SourceRegistry
+from modelexpress.registry.ranking import Placement, rank_sources
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sources (
@@ -83,7 +84,7 @@ class EmbeddedRegistry(SourceRegistry):
         with self._lock:
             self._db.execute("DELETE FROM sources WHERE worker_id = ?", (worker_id,))
 
-    def find_ready(self, identity: WorkerIdentity, node: str | None = None) -> list[SourceRecord]:
+    def find_ready(self, identity: WorkerIdentity, near: Placement | None = None) -> list[SourceRecord]:
         cutoff = time.time() - self.ttl
         with self._lock:
             rows = self._db.execute(
@@ -91,8 +92,7 @@ class EmbeddedRegistry(SourceRegistry):
                 "ORDER BY updated_at DESC",
                 (identity_key(identity), cutoff),
             ).fetchall()
-        records = [SourceRecord.model_validate_json(r[0]) for r in rows]
-        return sorted(records, key=lambda r: r.node != node if node else False)
+        return rank_sources((SourceRecord.model_validate_json(r[0]) for r in rows), near)
 
     def list_sources(self) -> list[SourceRecord]:
         return self.all()

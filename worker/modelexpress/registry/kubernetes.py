@@ -13,7 +13,6 @@ least loaded (fewest targets pulling), ties broken at random so that targets spr
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from pathlib import Path
@@ -23,11 +22,20 @@ from kubernetes import client, config, watch
 from pydantic import ValidationError
 
 from modelexpress import API_GROUP, API_VERSION
-from modelexpress.api.modelmetadata import ModelIdentity, ModelMetadata, ModelMetadataSpec, SourceState, WorkerSource
+from modelexpress.api.modelmetadata import (
+    TOPOLOGY_CONFIGMAP,
+    ModelIdentity,
+    ModelMetadata,
+    ModelMetadataSpec,
+    NodeTopology,
+    SourceState,
+    WorkerSource,
+)
 from modelexpress.kubeclient import kube_api_client
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.records import SourceRecord
 from modelexpress.registry.base import SourceRegistry
+from modelexpress.registry.ranking import Placement, rank_sources
 
 log = logging.getLogger(__name__)
 PLURAL = ModelMetadata.PLURAL
@@ -57,6 +65,8 @@ def _record(identity: WorkerIdentity, source: WorkerSource) -> SourceRecord:
         tensor_count=source.tensor_count or 0,
         total_bytes=source.bytes or 0,
         node=source.node,
+        zone=source.zone,
+        domain=source.domain,
         pod_uid=source.pod_uid,
         active_transfers=source.active_transfers,
         updated_at=source.updated_at.timestamp() if source.updated_at else time.time(),
@@ -74,7 +84,7 @@ def all_sources(resources: list[ModelMetadata]) -> list[SourceRecord]:
     return records
 
 
-def sources_for(resources: list[ModelMetadata], identity: WorkerIdentity, node: str | None) -> list[SourceRecord]:
+def sources_for(resources: list[ModelMetadata], identity: WorkerIdentity, near: Placement | None) -> list[SourceRecord]:
     """Ready sources of `identity` (same rank and GPU architecture) in `resources`, best first."""
     wanted = identity.identity_hash()
     arch = identity.gpu_architecture or None
@@ -89,8 +99,7 @@ def sources_for(resources: list[ModelMetadata], identity: WorkerIdentity, node: 
             if (source.gpu_architecture or None) != arch:
                 continue
             found.append(_record(identity, source))
-    random.shuffle(found)  # the sort is stable: equal candidates stay in random order
-    return sorted(found, key=lambda r: (bool(node) and r.node != node, r.active_transfers))
+    return rank_sources(found, near)
 
 
 class KubernetesRegistry(SourceRegistry):
@@ -101,6 +110,7 @@ class KubernetesRegistry(SourceRegistry):
         self.api = api or kube_api_client()
         self.custom = client.CustomObjectsApi(self.api)
         self._cache: dict[str, ModelMetadata] = {}
+        self._topology: dict[str, NodeTopology | None] = {}
         self._synced = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -121,14 +131,40 @@ class KubernetesRegistry(SourceRegistry):
     def list_sources(self) -> list[SourceRecord]:
         return all_sources(self.list_all())
 
-    def find_ready(self, identity: WorkerIdentity, node: str | None = None) -> list[SourceRecord]:
+    def placed(self, near: Placement | None) -> Placement | None:
+        """`near` completed with its node's zone and domain from the operator's topology ConfigMap, where
+        the worker's settings do not give them (read once; none when the ConfigMap is absent)."""
+        if near is None or not near.node or (near.zone and near.domain):
+            return near
+        if near.node not in self._topology:
+            self._topology[near.node] = self._node_topology(near.node)
+        known = self._topology[near.node]
+        if known is None:
+            return near
+        return Placement(near.node, near.domain or known.domain, near.zone or known.zone)
+
+    def _node_topology(self, node: str) -> NodeTopology | None:
+        try:
+            found = client.CoreV1Api(self.api).read_namespaced_config_map(TOPOLOGY_CONFIGMAP, self.namespace)
+        except client.ApiException as exc:
+            log.debug("no node topology (%s/%s: %s); sources ranked by node only", self.namespace,
+                      TOPOLOGY_CONFIGMAP, exc.reason)  # fmt: skip
+            return None
+        raw = (found.data or {}).get(node)
+        try:
+            return NodeTopology.model_validate_json(raw) if raw else None
+        except ValidationError:
+            log.warning("%s/%s holds an unreadable entry for node %s", self.namespace, TOPOLOGY_CONFIGMAP, node)
+            return None
+
+    def find_ready(self, identity: WorkerIdentity, near: Placement | None = None) -> list[SourceRecord]:
         if self._thread is None:
             resources = self.list_all()
         else:
             if not self._synced.wait(30):
                 raise TimeoutError(f"no ModelMetadata listing from the API server in 30 s (namespace {self.namespace})")
             resources = list(self._cache.values())
-        return sources_for(resources, identity, node)
+        return sources_for(resources, identity, self.placed(near))
 
     def list_all(self) -> list[ModelMetadata]:
         """Every ModelMetadata of the namespace, read now."""

@@ -21,6 +21,7 @@ from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.records import SourceRecord
 from modelexpress.registry.base import RegistryUnavailableError, SourceRegistry
 from modelexpress.registry.embedded import identity_key
+from modelexpress.registry.ranking import Placement, rank_sources
 
 PREFIX = "mx:v1"
 ALL_SOURCES = f"{PREFIX}:sources"
@@ -134,15 +135,14 @@ class RedisRegistry(SourceRegistry):
         result: list[SourceRecord] = self._call("list sources", read)
         return result
 
-    def find_ready(self, identity: WorkerIdentity, node: str | None = None) -> list[SourceRecord]:
+    def find_ready(self, identity: WorkerIdentity, near: Placement | None = None) -> list[SourceRecord]:
         wanted = identity_key(identity)
         records = [
             r
             for r in self._records(_identity_index(identity))
             if r.state == "Ready" and identity_key(r.identity) == wanted
         ]
-        records.sort(key=lambda r: -r.updated_at)
-        return sorted(records, key=lambda r: (r.node != node if node else False, r.active_transfers))
+        return rank_sources(records, near)
 
     def list_sources(self) -> list[SourceRecord]:
         return sorted(self._records(ALL_SOURCES), key=lambda r: r.worker_id)

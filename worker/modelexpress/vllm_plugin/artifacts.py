@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Callable
@@ -93,6 +94,18 @@ def compiled_trees(vllm_config: Any) -> list[tuple[str, Path, str]]:
     return trees
 
 
+def other_ranks(vllm_config: Any) -> Callable[[str], bool]:
+    """Whether a path belongs to another rank's part of a shared cache (`rank_<r>_<dp>/`): ranks on one
+    node share one AOT directory, and each serves only its own part and the shared kernels."""
+    parallel = vllm_config.parallel_config
+    own = f"rank_{parallel.rank}_{parallel.data_parallel_index}"
+
+    def skip(path: str) -> bool:
+        return any(part != own for part in re.findall(r"(?:^|/)(rank_\d+_\d+)(?=/)", path))
+
+    return skip
+
+
 def serve_when_compiled(server: WorkerServer, key: dict[str, str], vllm_config: Any) -> None:
     """Serve this rank's artifacts once vLLM has compiled and warmed up; until then targets are told so."""
     server.artifacts_pending = "vLLM is still compiling; its artifacts are served once it has finished"
@@ -100,7 +113,7 @@ def serve_when_compiled(server: WorkerServer, key: dict[str, str], vllm_config: 
     def publish() -> None:
         def work() -> None:
             try:
-                manifest = collect(key, compiled_trees(vllm_config))
+                manifest = collect(key, compiled_trees(vllm_config), skip=other_ranks(vllm_config))
             except OSError as exc:
                 server.artifacts_pending = f"listing the compiled artifacts failed: {exc}"
                 log.warning("compiled artifacts are not served: %s", server.artifacts_pending)
