@@ -2,8 +2,9 @@
 
 A real control plane (../shared/k8s), the real operator as a process, 256 real WorkerService
 servers (tests/helpers/fleet_proc.py) behind 256 opted-in pods spread over 32 labelled nodes (4 zones
-x 2 NVLink cliques x 4 nodes). The operator records each source's zone and domain and publishes the
-node map; then 256 targets, each on a random one of the nodes, ask the Kubernetes registry for
+x 2 NVLink cliques x 4 nodes; the sources on two nodes of each clique). The operator records each
+source's zone and domain and publishes the node map; then 256 targets, each on a random one of the
+nodes that hold no source (so the same-node tier never decides), ask the Kubernetes registry for
 sources (as workers do: ModelMetadata plus the topology ConfigMap) and take the first
 `MX_MAX_SOURCES` (4). The baseline, in the same run: 4 Ready sources picked at random.
 
@@ -98,8 +99,8 @@ def report(
         chosen_total += STRIPE
     seconds = time.perf_counter() - started
     registry.close()
-    print(f"{len(ready)} sources on {len(nodes)} nodes ({ZONES} zones x {CLIQUES} cliques x {PER_CLIQUE}); "
-          f"{targets} targets x {STRIPE} sources; this host")  # fmt: skip
+    print(f"{len(ready)} sources on {len(places) - len(nodes)} of {len(places)} nodes ({ZONES} zones x {CLIQUES} "
+          f"cliques x {PER_CLIQUE}); {targets} targets on the other nodes x {STRIPE} sources each; this host")  # fmt: skip
     print(f"{'choice':<8} {'other zone':>11} {'other domain':>13}")
     for how, (zones, domains) in crossed.items():
         print(f"{how:<8} {zones / chosen_total:>11.1%} {domains / chosen_total:>13.1%}")
@@ -131,8 +132,10 @@ def main() -> int:
     identity = WorkerIdentity(model_name="bench/choice")
     resource = ModelIdentity.of(identity).resource_name()
     nodes = sorted(places)
+    holding = [n for n in nodes if int(n.rsplit("-", 1)[1]) < PER_CLIQUE // 2]
+    empty = [n for n in nodes if n not in holding]
     try:
-        start_sources(core, node, fleet, namespace, nodes, args.workers)
+        start_sources(core, node, fleet, namespace, holding, args.workers)
 
         def recorded() -> bool:
             try:
@@ -143,7 +146,22 @@ def main() -> int:
             return len(sources) == args.workers and all(s.get("zone") and s["state"] == "Ready" for s in sources)
 
         wait_for(recorded, 240, interval=0.5, what=f"{args.workers} sources recorded with their zones")
-        report(KubernetesRegistry(namespace, api=api), identity, places, nodes, args.workers, rng)
+        for target_node in empty:  # a target's pod, scheduled and not started yet: its node gets published
+            body = {
+                "metadata": {"name": f"target-{target_node}", "annotations": {"modelexpress.io/p2p": "enabled"}},
+                "spec": {"nodeName": target_node, "containers": [{"name": "vllm", "image": "vllm"}]},
+            }
+            core.create_namespaced_pod(namespace, body)
+
+        def published() -> bool:
+            try:
+                data = core.read_namespaced_config_map("modelexpress-topology", namespace).data or {}
+            except client.ApiException:
+                return False
+            return set(places) <= set(data)
+
+        wait_for(published, 60, interval=0.5, what="every node in the topology ConfigMap")
+        report(KubernetesRegistry(namespace, api=api), identity, places, empty, args.workers, rng)
         return 0
     finally:
         fleet.close()

@@ -280,6 +280,7 @@ class CacheController:
             status.resolved_revision = result.get("resolvedRevision")
             status.size_bytes = result.get("sizeBytes")
             status.path = result.get("relativePath")  # relative to the volume's root, wherever it is mounted
+            status.nodes = self._claim_nodes(namespace, status.claim_name)
             total = status.size_bytes or (status.progress.bytes_total if status.progress else None)
             status.progress = status.progress or None
             if status.progress is not None and total is not None:
@@ -390,6 +391,27 @@ class CacheController:
         before = dict(cache.get("status") or {})
         status = ModelCacheStatus.model_validate(before)
         return (cache, before, status) if status.job_name == job else None
+
+    def _claim_nodes(self, namespace: str, claim: str | None) -> list[str]:
+        """The nodes a node-local volume is pinned to (its PersistentVolume's required node affinity on
+        the hostname label); none for network storage or a claim not bound (yet)."""
+        if not claim:
+            return []
+        try:
+            bound = self.core.read_namespaced_persistent_volume_claim(claim, namespace).spec.volume_name
+            volume = self.core.read_persistent_volume(bound) if bound else None
+        except client.ApiException as exc:
+            log.debug("volume of %s/%s not read (%s): no nodes recorded", namespace, claim, exc.reason)
+            return []
+        required = volume.spec.node_affinity.required if volume and volume.spec.node_affinity else None
+        nodes = {
+            value
+            for term in (required.node_selector_terms if required else None) or []
+            for expression in term.match_expressions or []
+            if expression.key == "kubernetes.io/hostname" and expression.operator == "In"
+            for value in expression.values or []
+        }
+        return sorted(nodes)
 
     def _job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         API_REQUESTS.labels("list", "pods").inc()

@@ -53,6 +53,8 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     # Node topology: the labels of nodes running opted-in pods, kept in one ConfigMap per namespace
     # (create cannot be limited by name; patch is).
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
+    # A Ready ModelCache on node-local storage records its volume's node (the PV's node affinity).
+    {"apiGroups": [""], "resources": ["persistentvolumes"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
     {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [TOPOLOGY_CONFIGMAP], "verbs": ["patch"]},
     # ModelCache: the PVC and the sizing and download Jobs it owns (deleted one by one on eviction);

@@ -130,6 +130,18 @@ def test_modelcache_downloads_onto_its_pvc_and_turns_ready(
     )
     assert pvc.spec.resources.requests["storage"] == "1Gi"
     assert [o.kind for o in pvc.metadata.owner_references] == ["ModelCache"]
+    # Node-local storage: a local PersistentVolume pinned to the node, bound to the claim.
+    volume = f"{namespace}-tiny-local"
+    core.create_persistent_volume({
+        "metadata": {"name": volume},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                 "persistentVolumeReclaimPolicy": "Retain", "local": {"path": "/mnt/disks/models"},
+                 "claimRef": {"namespace": namespace, "name": "tiny-cache"},
+                 "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                     {"key": "kubernetes.io/hostname", "operator": "In", "values": [node.name]}]}]}}},
+    })  # fmt: skip
+    wait_for(lambda: core.read_namespaced_persistent_volume_claim("tiny-cache", namespace).status.phase == "Bound", 60,
+             what="claim bound to the local volume")  # fmt: skip
     job = wait_for(lambda: read_or_none(batch.read_namespaced_job, "tiny-dl-g1-1", namespace), 30, what="download Job")
     pod_spec = job.spec.template.spec
     container = pod_spec.containers[0]
@@ -149,6 +161,7 @@ def test_modelcache_downloads_onto_its_pvc_and_turns_ready(
     assert status["resolvedRevision"] == commit and status["sizeBytes"] == sum(len(v) for v in FILES.values())
     assert status["path"] == f"models--org--tiny/snapshots/{commit}"
     assert status["progress"]["percent"] == 100 and status["progress"]["filesTotal"] == 2  # written by the Job pod
+    assert status["nodes"] == [node.name]  # where the model is: the local volume's node
     ready = condition({"status": status}, "Ready")
     assert ready is not None and ready["status"] == "True" and ready["reason"] == "Downloaded"
     # What changed is told in Events too (kubectl describe): the download starting, then its result.
@@ -173,6 +186,7 @@ def test_modelcache_downloads_onto_its_pvc_and_turns_ready(
         30,
         what="PVC gone",
     )
+    core.delete_persistent_volume(volume)
 
 
 def test_missing_model_fails_with_the_reason_and_no_retry(

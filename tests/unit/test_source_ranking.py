@@ -50,3 +50,13 @@ def test_equal_candidates_are_spread_at_random() -> None:
 def test_no_placement_keeps_load_order() -> None:
     sources = [_src("b", load=2), _src("a", load=0)]
     assert [r.worker_id for r in rank_sources(sources, None)] == ["a", "b"]
+
+
+def test_a_stripe_spills_into_the_next_tier_only_for_what_the_nearest_lacks() -> None:
+    """The pull stripes over the first MX_MAX_SOURCES of this order: 1 in the domain, so 3 from the zone,
+    and nothing from another zone while the zone has enough."""
+    sources = [_src(f"far{i}", node=f"f{i}", zone="z2") for i in range(4)]
+    sources += [_src(f"zone{i}", node=f"z{i}", domain="rack-b", zone="z1") for i in range(5)]
+    sources += [_src("rack0", node="r0", domain="rack-a", zone="z1")]
+    stripe = [r.worker_id for r in rank_sources(sources, HERE, random.Random(3))[:4]]
+    assert stripe[0] == "rack0" and all(name.startswith("zone") for name in stripe[1:])

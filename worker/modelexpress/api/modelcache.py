@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
 from modelexpress.api.common import (
     DNS1123_SUBDOMAIN,
@@ -171,6 +171,9 @@ class ModelCacheStatus(KubeModel):
     """Path of the model on the PVC (Hugging Face hub cache layout)."""
     claim_name: str | None = None
     """PersistentVolumeClaim holding the model."""
+    nodes: list[Annotated[str, StringConstraints(max_length=253)]] = Field(default_factory=list, max_length=64)
+    """Nodes the model is on when the PVC's volume is node-local (its PersistentVolume's required node
+    affinity); empty for network storage, which every node reads."""
     job_name: str | None = None
     """Name of the current Job: the sizing Job while the source's size is read, then the download Job."""
     source_bytes: int | None = Field(default=None, ge=0)
@@ -197,6 +200,13 @@ class ModelCache(KubeModel):
         },
         {"name": "Size", "type": "integer", "jsonPath": ".status.sizeBytes", "priority": 1},
         {"name": "Revision", "type": "string", "jsonPath": ".status.resolvedRevision", "priority": 1},
+        {
+            "name": "Nodes",
+            "type": "string",
+            "jsonPath": ".status.nodes",
+            "priority": 1,
+            "description": "node-local volume's nodes",
+        },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
 
