@@ -130,6 +130,9 @@ class WorkersValues(KubeModel):
     ModelMetadata and the cache Jobs' ServiceAccount (default: the release namespace)."""
     service_account: str = "modelexpress-worker"
     """ServiceAccount the workers' Role is bound to (set it as the vLLM pods' serviceAccountName)."""
+    peer_auth: bool = False
+    """Grant the workers what sources need with `MX_PEER_AUTH=kubernetes` (TokenReviews, and reading
+    pods in the workers namespaces): set it when the workers check who reads their weights."""
 
 
 class ChartValues(KubeModel):

@@ -26,6 +26,13 @@ WORKER_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [TOPOLOGY_CONFIGMAP], "verbs": ["get"]},
 ]
 
+WORKER_PEER_AUTH_RULES: list[dict[str, Any]] = [
+    # Only with MX_PEER_AUTH=kubernetes: a source checks each caller's token (cluster-scoped) and reads
+    # the caller's pod (bound per workers namespace) to see that it is opted in.
+    {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+]
+
 CACHE_JOB_RULES: list[dict[str, Any]] = [
     # A download Job reports its progress on its ModelCache, nothing else.
     {"apiGroups": [API_GROUP], "resources": ["modelcaches/status"], "verbs": ["patch"]},

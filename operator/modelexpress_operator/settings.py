@@ -51,6 +51,9 @@ class OperatorSettings(BaseSettings):
     ServiceAccount's namespace file, else `default`)."""
     server_url: str | None = None
     """MODEL_EXPRESS_URL injected into opted-in pods (default: modelexpress-server.<namespace>.svc:8001)."""
+    peer_token_file: str = "/var/run/secrets/modelexpress/token"
+    """The operator's token for workers that admit authenticated peers only (a projected ServiceAccount
+    token of audience `modelexpress`; absent: none is sent)."""
     topology_zone_label: str = "topology.kubernetes.io/zone"
     """Node label naming a node's zone: targets prefer sources in their own zone."""
     topology_domain_label: str | None = "nvidia.com/gpu.clique"

@@ -18,6 +18,7 @@ import grpc
 import grpc.aio
 
 from modelexpress._proto.worker.v1 import worker_pb2, worker_pb2_grpc
+from modelexpress.tokenreview import peer_token_metadata
 from modelexpress_operator.metrics import ERRORS
 from modelexpress_operator.settings import OperatorSettings
 from modelexpress_operator.workers import WorkerTarget
@@ -36,7 +37,10 @@ async def follow_worker(target: WorkerTarget, settings: OperatorSettings, observ
     while True:
         try:
             async with grpc.aio.insecure_channel(target.endpoint) as channel:
-                stream = worker_pb2_grpc.WorkerServiceStub(channel).WatchStatus(request)
+                # Sources that admit authenticated peers only (MX_PEER_AUTH) admit the operator's token.
+                stream = worker_pb2_grpc.WorkerServiceStub(channel).WatchStatus(
+                    request, metadata=peer_token_metadata(settings.peer_token_file)
+                )
                 while True:
                     remaining = max(0.05, last_heard + ttl - time.monotonic())
                     try:

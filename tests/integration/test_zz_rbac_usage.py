@@ -25,6 +25,7 @@ from modelexpress_operator.rbac import (
     OPERATOR_RULES,
     SERVER_RULES,
     SERVER_TOKEN_REVIEW_RULES,
+    WORKER_PEER_AUTH_RULES,
     WORKER_RULES,
 )
 from tests.harness.controlplane import ControlPlane
@@ -75,7 +76,7 @@ def _whole_run_only(request: pytest.FixtureRequest) -> None:
     [
         ("operator", OPERATOR_USER, OPERATOR_RULES + OPERATOR_OWN_NAMESPACE_RULES, False),
         ("server", SERVER_USER, SERVER_RULES + SERVER_TOKEN_REVIEW_RULES, False),
-        ("worker", WORKER_USER, WORKER_RULES, True),
+        ("worker", WORKER_USER, WORKER_RULES + WORKER_PEER_AUTH_RULES, True),
         ("cache job", CACHE_JOB_USER, CACHE_JOB_RULES, False),
     ],
 )

@@ -73,3 +73,16 @@ def test_http_clients_log_per_request_lines_only_in_debug_runs() -> None:
     logging.getLogger("httpx2").info("HTTP Request: GET")
     assert "HTTP Request: GET" in stream.getvalue()
     configure_logging(LoggingSettings(format="compact", level="info"), stream=io.StringIO())
+
+
+def test_tokens_shaped_like_jwts_are_masked_in_any_log_line() -> None:
+    import logging as _logging
+
+    from modelexpress.config.logs import SecretMaskingFilter
+
+    token = "eyJhbGciOiJSUzI1NiIsImtpZCI6Ik1Y.eyJhdWQiOlsibW9kZWxleHByZXNzIl0sImV4cCI6MTc.c2lnbmF0dXJlLXBhcnQ"
+    record = _logging.LogRecord(
+        "kubernetes.client.rest", _logging.DEBUG, __file__, 1, "body: %s", (f'{{"token":"{token}"}}',), None
+    )
+    SecretMaskingFilter({}).filter(record)
+    assert token not in record.getMessage() and '"token":"***"' in record.getMessage()

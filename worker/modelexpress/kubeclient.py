@@ -46,3 +46,19 @@ def kube_api_client(pool_size: int | None = None) -> client.ApiClient:
     if pool_size is not None:
         configuration.connection_pool_maxsize = pool_size
     return client.ApiClient(configuration)
+
+
+_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def default_namespace(explicit: str | None = None) -> str:
+    """`MX_POD_NAMESPACE`, else the in-cluster ServiceAccount's namespace, else the kubeconfig's, else default."""
+    if explicit:
+        return explicit
+    if _NAMESPACE_FILE.exists():
+        return _NAMESPACE_FILE.read_text().strip()
+    try:
+        _, context = config.list_kube_config_contexts()
+        return str(context.get("context", {}).get("namespace") or "default")
+    except (config.ConfigException, OSError, TypeError):
+        return "default"

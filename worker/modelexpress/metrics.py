@@ -33,6 +33,11 @@ SERVED_ARTIFACT_BYTES = Counter(
 REFUSED_PULLERS = Counter(
     "modelexpress_refused_pullers_total", "Targets this source refused as busy (MX_MAX_PULLERS reached)"
 )
+PEER_REFUSALS = Counter(
+    "modelexpress_peer_refusals_total",
+    "WorkerService calls this source refused (MX_PEER_AUTH), by status code",
+    ["code"],
+)
 SERVED_PULLS = Counter("modelexpress_served_pulls_total", "Pulls peers reported complete against this worker")
 SERVED_BYTES = Counter("modelexpress_served_bytes_total", "Bytes peers reported pulling from this worker")
 

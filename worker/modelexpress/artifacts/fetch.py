@@ -25,6 +25,7 @@ from modelexpress import metrics
 from modelexpress._proto.worker.v1 import worker_pb2, worker_pb2_grpc
 from modelexpress.artifacts.collect import STAGING_PREFIX
 from modelexpress.artifacts.manifest import ArtifactFile, ArtifactManifest, ArtifactRefusedError, inside, is_entry_point
+from modelexpress.tokenreview import peer_token_metadata
 from modelexpress.units import rate, size
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def fetch_artifacts(
             stub = worker_pb2_grpc.WorkerServiceStub(channel)
             try:
                 manifest = ArtifactManifest.from_proto(
-                    stub.GetArtifacts(worker_pb2.GetArtifactsRequest(), timeout=timeout)
+                    stub.GetArtifacts(worker_pb2.GetArtifactsRequest(), timeout=timeout, metadata=peer_token_metadata())
                 )
                 manifest.check(key, roots, max_bytes, max_files)
                 if not manifest.files:
@@ -164,7 +165,7 @@ def _download(
                 request = worker_pb2.ReadArtifactRequest(root=f.root, path=f.path, offset=position, length=length)
                 end = position + length
                 try:
-                    for chunk in stub.ReadArtifact(request, timeout=timeout):
+                    for chunk in stub.ReadArtifact(request, timeout=timeout, metadata=peer_token_metadata()):
                         if chunk.offset != position or position + len(chunk.data) > end:
                             raise ArtifactRefusedError(f"{f.path}: the source sent bytes out of order or past its size")
                         out.write(chunk.data)

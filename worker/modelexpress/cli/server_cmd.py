@@ -53,8 +53,8 @@ def _server(args: argparse.Namespace) -> int:
     store, reviewer = None, None
     if cluster.mode == "cluster":
         from modelexpress.kubeclient import kube_api_client
-        from modelexpress.server.auth import TokenReviewer
         from modelexpress.server.cluster import ClusterStore
+        from modelexpress.tokenreview import TokenReviewer
 
         api = kube_api_client()
         store = ClusterStore(config, cluster, api)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,8 +47,12 @@ def _context(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
 
 
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+")
+
+
 class SecretMaskingFilter(logging.Filter):
-    """Replaces the values of secret environment variables (at least 4 characters) with `***`."""
+    """Replaces the values of secret environment variables (at least 4 characters) and anything shaped
+    like a JSON Web Token (ServiceAccount tokens) with `***`."""
 
     def __init__(self, environ: dict[str, str] | None = None) -> None:
         super().__init__()
@@ -55,11 +60,12 @@ class SecretMaskingFilter(logging.Filter):
         self._secrets = sorted({env[k] for k in SECRET_ENV_VARS if len(env.get(k, "")) >= 4}, key=len, reverse=True)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self._secrets:
-            message = record.getMessage()
-            for secret in self._secrets:
-                message = message.replace(secret, "***")
-            record.msg, record.args = message, None
+        message = record.getMessage()
+        masked = _JWT.sub("***", message)
+        for secret in self._secrets:
+            masked = masked.replace(secret, "***")
+        if masked != message:
+            record.msg, record.args = masked, None
         return True
 
 

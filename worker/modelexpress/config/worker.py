@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from modelexpress.errors import UserError
 
@@ -60,6 +61,21 @@ class WorkerSettings(BaseSettings):
     busy_wait_secs: float = Field(default=300.0, ge=0)
     """How long a target whose every source is busy (`MX_MAX_PULLERS`) waits for one to free up or for a
     new source to appear, asking the registry again, before it loads from disk."""
+    peer_auth: Literal["off", "kubernetes"] = "off"
+    """`kubernetes`: this source admits only callers presenting a pod-bound ServiceAccount token of an
+    allowed, opted-in pod (TokenReview; see docs/p2p.md, access control). `off`: anyone who can reach
+    its port (the embedded default)."""
+    peer_namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """With `MX_PEER_AUTH=kubernetes`: namespaces besides this pod's own whose opted-in pods may read
+    (`*`: every namespace; JSON list or comma-separated)."""
+    peer_selector: str | None = None
+    """With `MX_PEER_AUTH=kubernetes`: labels a caller's pod must carry too (`team=a,tier=serving`)."""
+    peer_trusted_users: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """User names admitted without a pod: the operator's ServiceAccount, which follows every worker."""
+    peer_audience: str = "modelexpress"
+    """Audience a peer's token must be issued for (the projected token the webhook mounts)."""
+    peer_token_file: str = "/var/run/secrets/modelexpress/token"
+    """This worker's own peer token, sent on every call to a source (read on each call: it rotates)."""
     artifact_transfer: bool = True
     """Receive a peer's compiled artifacts (vLLM's compile cache) with its weights, and serve this
     worker's once its engine finished compiling; `MX_ARTIFACT_TRANSFER=0` turns both off."""
@@ -99,6 +115,17 @@ class WorkerSettings(BaseSettings):
     a directory's content digest); replicas with the same name and revision exchange weights."""
     model_revision: str | None = None
     """Revision published with `MX_MODEL_NAME` (default: the engine's revision, else `main`)."""
+
+    @field_validator("peer_namespaces", "peer_trusted_users", mode="before")
+    @classmethod
+    def _listed(cls, value: object) -> object:
+        """A JSON list or comma-separated names (how they read in a pod spec)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
 
 class WorkerSettingsError(UserError, ValueError):

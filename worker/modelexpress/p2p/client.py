@@ -10,6 +10,7 @@ import grpc
 
 from modelexpress._proto.worker.v1 import worker_pb2, worker_pb2_grpc
 from modelexpress.p2p.manifest import Manifest, ManifestError
+from modelexpress.tokenreview import peer_token_metadata
 
 log = logging.getLogger(__name__)
 STATE_NAMES = {
@@ -30,12 +31,17 @@ class SourceBusyError(SourceUnavailableError):
 class WorkerClient:
     """Talks to one worker's WorkerService."""
 
-    def __init__(self, endpoint: str, timeout: float = 30.0) -> None:
+    def __init__(self, endpoint: str, timeout: float = 30.0, token_file: str | None = None) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
+        self.token_file = token_file
         self._channel = grpc.insecure_channel(endpoint, options=[("grpc.max_receive_message_length", 64 << 20)])
         self._stub = worker_pb2_grpc.WorkerServiceStub(self._channel)
         self._watch: grpc.Future | None = None  # type: ignore[type-arg]
+
+    def _credentials(self) -> list[tuple[str, str]]:
+        """This worker's peer token, for sources that admit authenticated peers only (read per call)."""
+        return peer_token_metadata(self.token_file)
 
     def _fail(self, what: str, exc: grpc.RpcError) -> SourceUnavailableError:
         code = exc.code() if isinstance(exc, grpc.Call) else None
@@ -44,7 +50,9 @@ class WorkerClient:
 
     def manifest(self, page_size: int = 0) -> Manifest:
         try:
-            stream = self._stub.GetManifest(worker_pb2.GetManifestRequest(page_size=page_size), timeout=self.timeout)
+            stream = self._stub.GetManifest(
+                worker_pb2.GetManifestRequest(page_size=page_size), timeout=self.timeout, metadata=self._credentials()
+            )
             return Manifest.from_chunks(stream)
         except grpc.RpcError as exc:
             raise self._fail("fetching the manifest", exc) from exc
@@ -54,7 +62,7 @@ class WorkerClient:
     def agent_metadata(self) -> worker_pb2.AgentMetadata:
         try:
             reply: worker_pb2.AgentMetadata = self._stub.GetAgentMetadata(
-                worker_pb2.GetAgentMetadataRequest(), timeout=self.timeout
+                worker_pb2.GetAgentMetadataRequest(), timeout=self.timeout, metadata=self._credentials()
             )
             return reply
         except grpc.RpcError as exc:
@@ -63,7 +71,9 @@ class WorkerClient:
     def status(self) -> worker_pb2.WorkerStatus:
         """The worker's current status (the first message of its status stream)."""
         try:
-            stream = self._stub.WatchStatus(worker_pb2.WatchStatusRequest(), timeout=self.timeout)
+            stream = self._stub.WatchStatus(
+                worker_pb2.WatchStatusRequest(), timeout=self.timeout, metadata=self._credentials()
+            )
             first: worker_pb2.WorkerStatus = next(iter(stream))
             stream.cancel()
             return first
@@ -80,7 +90,7 @@ class WorkerClient:
 
         `puller`: this stream belongs to a target pulling from the worker (counted as its load).
         """
-        stream = self._stub.WatchStatus(worker_pb2.WatchStatusRequest(puller=puller))
+        stream = self._stub.WatchStatus(worker_pb2.WatchStatusRequest(puller=puller), metadata=self._credentials())
         self._watch = stream
 
         def follow() -> None:
@@ -94,6 +104,8 @@ class WorkerClient:
                 code = exc.code() if isinstance(exc, grpc.Call) else None
                 if code == grpc.StatusCode.RESOURCE_EXHAUSTED and not received:
                     reason = exc.details() if isinstance(exc, grpc.Call) else "busy"
+                elif code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED) and not received:
+                    reason = exc.details() if isinstance(exc, grpc.Call) else "refused"
                 elif code == grpc.StatusCode.UNAVAILABLE and not received:
                     reason = "nothing answers there (UNAVAILABLE): the worker is gone or not listening"
                 else:

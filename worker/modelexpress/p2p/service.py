@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from modelexpress import metrics
 from modelexpress._proto.worker.v1 import worker_pb2, worker_pb2_grpc
 from modelexpress.artifacts.store import ArtifactStore
+from modelexpress.p2p.access import AccessInterceptor, PeerAccess
 from modelexpress.p2p.manifest import DEFAULT_PAGE_SIZE, Manifest
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,14 @@ class _Servicer(worker_pb2_grpc.WorkerServiceServicer):  # type: ignore[misc]
 class WorkerServer:
     """The gRPC server of one worker rank."""
 
-    def __init__(self, info: WorkerInfo, host: str = "0.0.0.0", port: int = 0, backend: str = "UCX") -> None:
+    def __init__(
+        self,
+        info: WorkerInfo,
+        host: str = "0.0.0.0",
+        port: int = 0,
+        backend: str = "UCX",
+        access: PeerAccess | None = None,
+    ) -> None:
         self.info = info
         self.backend = backend
         self.manifest: Manifest | None = None
@@ -149,6 +157,7 @@ class WorkerServer:
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="mx-worker-grpc"),
             options=[("grpc.max_send_message_length", 64 << 20)],
+            interceptors=[AccessInterceptor(access, (SERVICE_NAME,))] if access is not None else None,
         )
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(_Servicer(self), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)

@@ -14,8 +14,10 @@ import uuid
 from collections.abc import Callable
 
 from modelexpress import metrics
-from modelexpress.config.worker import WorkerSettings
+from modelexpress.config.worker import WorkerSettings, WorkerSettingsError
+from modelexpress.kubeclient import default_namespace, kube_api_client
 from modelexpress.p2p import notices
+from modelexpress.p2p.access import PeerAccess, PeerPolicy
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.manifest import Manifest
 from modelexpress.p2p.memory import TensorLayout
@@ -38,6 +40,26 @@ def advertised_host(settings: WorkerSettings) -> str:
         return "127.0.0.1"
 
 
+def peer_access(settings: WorkerSettings) -> PeerAccess | None:
+    """The access check `MX_PEER_AUTH` asks for (None: every caller is served)."""
+    if settings.peer_auth == "off":
+        log.info("peer authentication off (MX_PEER_AUTH=off): anyone who reaches this port may read the weights")
+        return None
+    try:
+        selector = PeerPolicy.parse_selector(settings.peer_selector)
+    except ValueError as exc:
+        raise WorkerSettingsError(str(exc)) from None
+    policy = PeerPolicy(
+        namespace=default_namespace(settings.pod_namespace),
+        namespaces=tuple(settings.peer_namespaces),
+        selector=selector,
+        trusted_users=tuple(settings.peer_trusted_users),
+    )
+    log.info("peer authentication on: opted-in pods of %s%s may read", ", ".join([policy.namespace, *policy.namespaces]),
+             f" with labels {settings.peer_selector}" if selector else "")  # fmt: skip
+    return PeerAccess(kube_api_client(), policy, settings.peer_audience)
+
+
 class SourceWorker:
     """Serves one rank's tensors until stopped."""
 
@@ -57,8 +79,9 @@ class SourceWorker:
         host = advertised_host(settings)
         bind = settings.worker_host or "0.0.0.0"
         self.server = WorkerServer(
-            WorkerInfo(agent_name=self.engine.name), bind, settings.worker_grpc_port, self.engine.backend
-        )
+            WorkerInfo(agent_name=self.engine.name), bind, settings.worker_grpc_port, self.engine.backend,
+            peer_access(settings),
+        )  # fmt: skip
         self.server.max_pullers = settings.max_pullers
         self.endpoint = f"{host}:{self.server.port}"
         self.server.info = WorkerInfo(

@@ -54,7 +54,8 @@ def open_registry(settings: WorkerSettings) -> SourceRegistry:
 
         return EmbeddedRegistry(settings.registry_path, ttl_seconds=settings.status_ttl_secs)
     if settings.metadata_backend == "kubernetes":
-        from modelexpress.registry.kubernetes import KubernetesRegistry, default_namespace
+        from modelexpress.kubeclient import default_namespace
+        from modelexpress.registry.kubernetes import KubernetesRegistry
 
         return KubernetesRegistry(default_namespace(settings.pod_namespace))
     from modelexpress.registry.redis import RedisRegistry

@@ -15,10 +15,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 from typing import Any, cast
 
-from kubernetes import client, config, watch
+from kubernetes import client, watch
 from pydantic import ValidationError
 
 from modelexpress import API_GROUP, API_VERSION
@@ -39,20 +38,6 @@ from modelexpress.registry.ranking import Placement, rank_sources
 
 log = logging.getLogger(__name__)
 PLURAL = ModelMetadata.PLURAL
-_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-
-
-def default_namespace(explicit: str | None = None) -> str:
-    """`MX_POD_NAMESPACE`, else the in-cluster ServiceAccount's namespace, else the kubeconfig's, else default."""
-    if explicit:
-        return explicit
-    if _NAMESPACE_FILE.exists():
-        return _NAMESPACE_FILE.read_text().strip()
-    try:
-        _, context = config.list_kube_config_contexts()
-        return str(context.get("context", {}).get("namespace") or "default")
-    except (config.ConfigException, OSError, TypeError):
-        return "default"
 
 
 def _record(identity: WorkerIdentity, source: WorkerSource) -> SourceRecord:

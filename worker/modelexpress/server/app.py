@@ -29,9 +29,9 @@ from modelexpress.cache.transfers import stays_inside
 from modelexpress.config import ModelExpressConfig
 from modelexpress.config.client import DEFAULT_TRANSFER_CHUNK, MAX_TRANSFER_CHUNK
 from modelexpress.server.actions import ActionError, actions
-from modelexpress.server.auth import TokenReviewer, bearer_token
 from modelexpress.server.downloads import SingleFlight
 from modelexpress.server.stores import LocalStore, ModelStore, StoreUnavailableError
+from modelexpress.tokenreview import TokenReviewer, bearer_token
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ class ModelExpressServer:
             context.abort(grpc.StatusCode.UNAVAILABLE, "cannot check the token now (TokenReview failed); retry")
         if user is None:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{what}: the token was not accepted by the API server")
-        log.info("%s by %s", what, user)
+        log.info("%s by %s", what, user.username)
 
     def reading(self, uri: str) -> _Reading:
         return _Reading(self, uri)

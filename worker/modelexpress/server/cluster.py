@@ -30,8 +30,7 @@ from modelexpress.cache.sources import ModelSource, parse_source
 from modelexpress.cache.transfers import Progress
 from modelexpress.config import ModelExpressConfig
 from modelexpress.config.cluster import ClusterServerSettings
-from modelexpress.kubeclient import kube_api_client
-from modelexpress.registry.kubernetes import default_namespace
+from modelexpress.kubeclient import default_namespace, kube_api_client
 from modelexpress.server.stores import StoreUnavailableError
 
 log = logging.getLogger(__name__)
