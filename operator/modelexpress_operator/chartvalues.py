@@ -131,8 +131,9 @@ class WorkersValues(KubeModel):
     service_account: str = "modelexpress-worker"
     """ServiceAccount the workers' Role is bound to (set it as the vLLM pods' serviceAccountName)."""
     peer_auth: bool = False
-    """Grant the workers what sources need with `MX_PEER_AUTH=kubernetes` (TokenReviews, and reading
-    pods in the workers namespaces): set it when the workers check who reads their weights."""
+    """Sources admit only opted-in pods of their namespace (and the operator): the webhook gives each
+    opted-in pod `MX_PEER_AUTH=kubernetes` and a projected token, the workers get what the check needs
+    (TokenReviews, reading pods in the workers namespaces), the operator a token of its own."""
 
 
 class ChartValues(KubeModel):

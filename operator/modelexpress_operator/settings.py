@@ -51,6 +51,11 @@ class OperatorSettings(BaseSettings):
     ServiceAccount's namespace file, else `default`)."""
     server_url: str | None = None
     """MODEL_EXPRESS_URL injected into opted-in pods (default: modelexpress-server.<namespace>.svc:8001)."""
+    peer_auth: bool = False
+    """Have the webhook make opted-in workers check who reads their weights (`MX_PEER_AUTH=kubernetes`,
+    a projected token); the operator itself is then admitted by its ServiceAccount's name."""
+    service_account: str = "modelexpress-operator"
+    """The operator's ServiceAccount (in its namespace): the user every source admits."""
     peer_token_file: str = "/var/run/secrets/modelexpress/token"
     """The operator's token for workers that admit authenticated peers only (a projected ServiceAccount
     token of audience `modelexpress`; absent: none is sent)."""

@@ -128,6 +128,7 @@ def test_webhook_injects_refuses_and_fails_open(
         "MX_OPERATOR_WEBHOOK_EXTRA_SANS": json.dumps(["127.0.0.1"]),
         "MX_OPERATOR_NAMESPACE": namespace,
         "MX_OPERATOR_SERVER_URL": "modelexpress-server.mx-system.svc:8001",
+        "MX_OPERATOR_PEER_AUTH": "true",
         "KUBECONFIG": str(operator_kubeconfig),
     }.items():
         monkeypatch.setenv(key, value)
@@ -167,6 +168,14 @@ def test_webhook_injects_refuses_and_fails_open(
         assert not sidecar.env and all(m.name != VOLUME for m in sidecar.volume_mounts or [])
 
         assert env["MX_ZONE"] == "metadata.labels['topology.kubernetes.io/zone']"
+        # Peer authentication: the worker checks its callers, admits the operator, and holds a token of its own.
+        assert env["MX_PEER_AUTH"] == "kubernetes"
+        assert env["MX_PEER_TRUSTED_USERS"] == f"system:serviceaccount:{namespace}:modelexpress-operator"
+        token = next(v for v in pod.spec.volumes if v.name == "modelexpress-peer-token").projected.sources[0]
+        assert (token.service_account_token.audience, token.service_account_token.path) == ("modelexpress", "token")
+        assert ("modelexpress-peer-token", "/var/run/secrets/modelexpress", True) in [
+            (m.name, m.mount_path, m.read_only) for m in vllm.volume_mounts
+        ]
         assert pod.spec.affinity is None  # no node preference unless asked for
 
         _pods_near_their_model_get_a_preferred_affinity(core, custom_objects, namespace)

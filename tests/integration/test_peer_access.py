@@ -4,7 +4,8 @@ A real control plane. The source is a real SourceWorker (NIXL on host memory, gR
 client is the workers' ServiceAccount with exactly WORKER_PEER_AUTH_RULES (`tokenreviews create`
 cluster-wide, `pods get` in the namespace). Targets
 present TokenRequest tokens bound to their pods (audience `modelexpress`, as the projected volume
-gives them): an opted-in pod of the namespace pulls every byte; a pod of another namespace, a pod
+gives them): an opted-in pod of the namespace pulls every byte, and serves it back to the source's
+own pod; a pod of another namespace, a pod
 that is not opted in, a token whose pod was deleted, a forged token and no token are each refused
 with the reason, and no refused caller ever receives the source's NIXL agent metadata.
 """
@@ -115,6 +116,27 @@ def _refusal(endpoint: str, token: Path | None) -> str:
         client_.close()
 
 
+def _pull_back(
+    namespace: str, served: Any, engine: NixlEngine, token: Path, original: dict[str, torch.Tensor],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A second guarded source serving `served`; the holder of `token` pulls every byte from it."""
+    settings = WorkerSettings(peer_auth="kubernetes", pod_namespace=namespace, worker_host="127.0.0.1")
+    second = SourceWorker(IDENTITY, served, settings, engine)
+    second.start()
+    back_engine = NixlEngine()
+    try:
+        monkeypatch.setenv("MX_PEER_TOKEN_FILE", str(token))
+        back = allocate_pool(SPECS)
+        back_engine.register(back)
+        result = pull(back, IDENTITY, [second.endpoint], back_engine, PullOptions(connect_timeout=10))
+        assert result.sources == [second.endpoint]
+        assert all(torch.equal(back.tensors[name], tensor) for name, tensor in original.items())
+    finally:
+        back_engine.deregister_all()
+        second.stop()
+
+
 def test_only_opted_in_pods_of_the_namespace_read_a_guarded_source(
     kube_api: client.ApiClient, namespace: str, guarded_source: tuple[SourceWorker, dict[str, Any]],
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
@@ -159,6 +181,10 @@ def test_only_opted_in_pods_of_the_namespace_read_a_guarded_source(
         result = pull(target, IDENTITY, [source.endpoint], engine, PullOptions(connect_timeout=10))
         assert result.sources == [source.endpoint] and not result.fell_back
         assert all(torch.equal(target.tensors[name], tensor) for name, tensor in original.items())
+
+        # And back: the target serves what it pulled (guarded too), the source's own pod pulls from it.
+        mine = _token(core, namespace, "source", _pod(core, namespace, "source", OPTED_IN), tmp_path / "s")
+        _pull_back(namespace, target, engine, mine, original, monkeypatch)
     finally:
         engine.deregister_all()
         core.delete_namespace(other)

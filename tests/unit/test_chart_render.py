@@ -44,8 +44,24 @@ def test_production_values_spread_replicas_and_use_cert_manager() -> None:
     assert spec["replicas"] == 3 and "--peering=modelexpress" in spec["template"]["spec"]["containers"][0]["args"]
     assert spec["template"]["spec"]["affinity"]["podAntiAffinity"]
     assert {d["kind"] for d in docs} >= {"ServiceMonitor", "Certificate", "Issuer", "ClusterKopfPeering"}
-    review = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"].endswith("token-review")]
-    assert review and review[0]["rules"] == rbac.SERVER_TOKEN_REVIEW_RULES
+    review = {
+        r["metadata"]["name"]: r["rules"]
+        for r in by_kind(docs, "ClusterRole")
+        if r["metadata"]["name"].endswith("token-review")
+    }
+    assert review["modelexpress-server-token-review"] == rbac.SERVER_TOKEN_REVIEW_RULES
+    # Readers of the weights are checked too: the workers may review tokens and read pods; the operator
+    # holds a token of audience modelexpress for the workers it follows.
+    assert review["modelexpress-worker-token-review"] == [
+        r for r in rbac.WORKER_PEER_AUTH_RULES if "tokenreviews" in r["resources"]
+    ]
+    (peer,) = [r for r in by_kind(docs, "Role") if r["metadata"]["name"] == "modelexpress-worker-peer-auth"]
+    assert peer["rules"] == [r for r in rbac.WORKER_PEER_AUTH_RULES if "pods" in r["resources"]]
+    pod = spec["template"]["spec"]
+    (token,) = [v for v in pod["volumes"] if v["name"] == "peer-token"]
+    assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "modelexpress"
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["MX_OPERATOR_PEER_AUTH"] == "true" and env["MX_OPERATOR_SERVICE_ACCOUNT"] == "modelexpress-operator"
 
 
 def test_cluster_scope_grants_exactly_the_operator_rules_and_namespace_scope_splits_them() -> None:

@@ -120,3 +120,25 @@ def test_node_preference_is_added_once_beside_the_pods_own_affinity() -> None:
     untouched = pod({"modelexpress.io/p2p": "enabled"})
     mutate(untouched, None, SETTINGS, [])
     assert "affinity" not in untouched["spec"]
+
+
+def test_peer_authentication_adds_a_projected_token_and_the_settings_once() -> None:
+    body = pod({"modelexpress.io/p2p": "enabled"}, env=[{"name": "MX_PEER_AUTH", "value": "off"}])
+    settings = SETTINGS.model_copy(update={"peer_trusted_user": "system:serviceaccount:mx:op"})
+    mutate(body, None, settings)
+    mutate(body, None, settings)
+    vllm = body["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in vllm["env"]}
+    assert env["MX_PEER_AUTH"] == "off"  # the pod's own value wins
+    assert env["MX_PEER_TRUSTED_USERS"] == "system:serviceaccount:mx:op"
+    assert env["MX_PEER_TOKEN_FILE"] == "/var/run/secrets/modelexpress/token"
+    (volume,) = [v for v in body["spec"]["volumes"] if v["name"] == "modelexpress-peer-token"]
+    assert volume["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "modelexpress"
+    assert [m["mountPath"] for m in vllm["volumeMounts"] if m["name"] == "modelexpress-peer-token"] == [
+        "/var/run/secrets/modelexpress"
+    ]
+    plain = pod({"modelexpress.io/p2p": "enabled"})
+    mutate(plain, None, SETTINGS)
+    assert "volumes" not in plain["spec"] and all(
+        e["name"] != "MX_PEER_AUTH" for e in plain["spec"]["containers"][0]["env"]
+    )

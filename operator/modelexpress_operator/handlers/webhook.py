@@ -125,5 +125,10 @@ def inject(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> Non
         server_url=operator.server_url or f"modelexpress-server.{operator.own_namespace()}.svc:8001",
         worker_port=operator.default_worker_port,
         status_ttl_secs=operator.status_ttl_secs,
+        peer_trusted_user=(
+            f"system:serviceaccount:{operator.own_namespace()}:{operator.service_account}"
+            if operator.peer_auth
+            else None
+        ),
     )
     patch.fns.append(lambda target: mutate(cast(dict[str, Any], target), cache, injection, nodes))

@@ -27,6 +27,9 @@ PREFERENCE_WEIGHT = 50
 MAX_PREFERRED_NODES = 64
 CONTAINER = f"{API_GROUP}/container"
 VOLUME = "modelexpress-cache"
+PEER_TOKEN_VOLUME = "modelexpress-peer-token"
+PEER_TOKEN_DIR = "/var/run/secrets/modelexpress"
+PEER_TOKEN_SECONDS = 3600
 CACHE_MOUNT = "/modelexpress/cache"
 PORT_NAME = "mx-worker"
 
@@ -37,6 +40,8 @@ class InjectionSettings(BaseModel):
     server_url: str = "modelexpress-server:8001"
     worker_port: int = Field(default=50051, ge=1, le=65535)
     status_ttl_secs: float = 30.0
+    peer_trusted_user: str | None = None
+    """With peer authentication: the operator's user name, admitted by every source (None: off)."""
 
 
 class RefusedError(ValueError):
@@ -101,6 +106,25 @@ def _field_env(name: str, path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
+def _peer_token(pod: dict[str, Any], container: dict[str, Any], env: list[dict[str, Any]], operator: str) -> None:
+    """Peer authentication: a projected token of audience `modelexpress` (rotated by the kubelet, useless
+    against the API server, dead with the pod) and the settings that make the worker check its callers."""
+    present = {e.get("name") for e in env}
+    wanted = [
+        {"name": "MX_PEER_AUTH", "value": "kubernetes"},
+        {"name": "MX_PEER_TRUSTED_USERS", "value": operator},
+        {"name": "MX_PEER_TOKEN_FILE", "value": f"{PEER_TOKEN_DIR}/token"},
+    ]
+    env.extend(e for e in wanted if e["name"] not in present)
+    volumes: list[dict[str, Any]] = pod["spec"].setdefault("volumes", [])
+    if not any(v.get("name") == PEER_TOKEN_VOLUME for v in volumes):
+        token = {"audience": "modelexpress", "expirationSeconds": PEER_TOKEN_SECONDS, "path": "token"}
+        volumes.append({"name": PEER_TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": token}]}})
+    mounts: list[dict[str, Any]] = container.setdefault("volumeMounts", [])
+    if not any(m.get("name") == PEER_TOKEN_VOLUME for m in mounts):
+        mounts.append({"name": PEER_TOKEN_VOLUME, "mountPath": PEER_TOKEN_DIR, "readOnly": True})
+
+
 def prefer_nodes(pod: dict[str, Any], nodes: list[str]) -> None:
     """Add a preferred (never required) node affinity towards `nodes` (by hostname label), once: the
     scheduler weighs it with everything else, so a full node never blocks the pod."""
@@ -158,6 +182,8 @@ def mutate(
             ports.append({"name": name[:15], "containerPort": number, "protocol": "TCP"})
 
     prefer_nodes(pod, nodes or [])
+    if settings.peer_trusted_user is not None:
+        _peer_token(pod, container, env, settings.peer_trusted_user)
     if cache is not None:
         volumes: list[dict[str, Any]] = pod["spec"].setdefault("volumes", [])
         if not any(v.get("name") == VOLUME for v in volumes):
