@@ -124,12 +124,27 @@ class ServerValues(KubeModel):
     """Resources of the server container."""
 
 
+class WorkerNetworkPolicy(KubeModel):
+    enabled: bool = False
+    """A NetworkPolicy in each workers namespace: the WorkerService ports of opted-in pods reachable only
+    from opted-in pods and the operator (the webhook labels opted-in pods `modelexpress.io/p2p`).
+    RDMA over InfiniBand/RoCE bypasses the CNI: there, peer authentication is what holds."""
+    port: int = Field(default=50051, ge=1, le=65535)
+    """First WorkerService port (the pods' `modelexpress.io/worker-port`)."""
+    end_port: int = Field(default=50114, ge=1, le=65535)
+    """Last WorkerService port (one per rank of a pod: port + ranks-per-pod - 1)."""
+    open_ports: list[int] = Field(default_factory=lambda: [8000])
+    """Ports of opted-in pods that stay open to every client (the engine's own API)."""
+
+
 class WorkersValues(KubeModel):
     namespaces: list[str] = Field(default_factory=list)
     """Namespaces where vLLM workers and cache Jobs run: each gets the workers' read-only Role on
     ModelMetadata and the cache Jobs' ServiceAccount (default: the release namespace)."""
     service_account: str = "modelexpress-worker"
     """ServiceAccount the workers' Role is bound to (set it as the vLLM pods' serviceAccountName)."""
+    network_policy: WorkerNetworkPolicy = Field(default_factory=WorkerNetworkPolicy)
+    """Who may reach the WorkerService ports of opted-in pods."""
     peer_auth: bool = False
     """Sources admit only opted-in pods of their namespace (and the operator): the webhook gives each
     opted-in pod `MX_PEER_AUTH=kubernetes` and a projected token, the workers get what the check needs

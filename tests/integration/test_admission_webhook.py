@@ -170,6 +170,7 @@ def test_webhook_injects_refuses_and_fails_open(
         assert env["MX_ZONE"] == "metadata.labels['topology.kubernetes.io/zone']"
         # Peer authentication: the worker checks its callers, admits the operator, and holds a token of its own.
         assert env["MX_PEER_AUTH"] == "kubernetes"
+        assert pod.metadata.labels["modelexpress.io/p2p"] == "enabled"  # what the chart's NetworkPolicy selects
         assert env["MX_PEER_TRUSTED_USERS"] == f"system:serviceaccount:{namespace}:modelexpress-operator"
         token = next(v for v in pod.spec.volumes if v.name == "modelexpress-peer-token").projected.sources[0]
         assert (token.service_account_token.audience, token.service_account_token.path) == ("modelexpress", "token")

@@ -62,6 +62,15 @@ def test_production_values_spread_replicas_and_use_cert_manager() -> None:
     assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "modelexpress"
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["MX_OPERATOR_PEER_AUTH"] == "true" and env["MX_OPERATOR_SERVICE_ACCOUNT"] == "modelexpress-operator"
+    # The WorkerService ports: opted-in pods and the operator only; the engine's API stays open.
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"modelexpress.io/p2p": "enabled"}}
+    workers_only, api = policy["spec"]["ingress"]
+    assert workers_only["ports"] == [{"protocol": "TCP", "port": 50051, "endPort": 50114}]
+    assert workers_only["from"][0] == {"podSelector": {"matchLabels": {"modelexpress.io/p2p": "enabled"}}}
+    assert workers_only["from"][1]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
+    assert api == {"ports": [{"protocol": "TCP", "port": 8000}]}
+    assert not by_kind(render({}), "NetworkPolicy")  # opt-in
 
 
 def test_cluster_scope_grants_exactly_the_operator_rules_and_namespace_scope_splits_them() -> None:

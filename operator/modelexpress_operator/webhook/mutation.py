@@ -182,6 +182,8 @@ def mutate(
             ports.append({"name": name[:15], "containerPort": number, "protocol": "TCP"})
 
     prefer_nodes(pod, nodes or [])
+    # A label too, where the annotation cannot be selected on: the chart's NetworkPolicy selects opted-in pods.
+    pod.setdefault("metadata", {}).setdefault("labels", {}).setdefault(OPT_IN, "enabled")
     if settings.peer_trusted_user is not None:
         _peer_token(pod, container, env, settings.peer_trusted_user)
     if cache is not None:
