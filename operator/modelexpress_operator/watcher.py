@@ -18,6 +18,7 @@ import grpc
 import grpc.aio
 
 from modelexpress._proto.worker.v1 import worker_pb2, worker_pb2_grpc
+from modelexpress.channels import worker_aio_channel
 from modelexpress.tokenreview import peer_token_metadata
 from modelexpress_operator.metrics import ERRORS
 from modelexpress_operator.settings import OperatorSettings
@@ -36,7 +37,7 @@ async def follow_worker(target: WorkerTarget, settings: OperatorSettings, observ
     backoff = 0.1
     while True:
         try:
-            async with grpc.aio.insecure_channel(target.endpoint) as channel:
+            async with worker_aio_channel(target.endpoint) as channel:
                 # Sources that admit authenticated peers only (MX_PEER_AUTH) admit the operator's token.
                 stream = worker_pb2_grpc.WorkerServiceStub(channel).WatchStatus(
                     request, metadata=peer_token_metadata(settings.peer_token_file)

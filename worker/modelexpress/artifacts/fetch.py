@@ -25,6 +25,7 @@ from modelexpress import metrics
 from modelexpress._proto.worker.v1 import worker_pb2, worker_pb2_grpc
 from modelexpress.artifacts.collect import STAGING_PREFIX
 from modelexpress.artifacts.manifest import ArtifactFile, ArtifactManifest, ArtifactRefusedError, inside, is_entry_point
+from modelexpress.channels import worker_channel
 from modelexpress.tokenreview import peer_token_metadata
 from modelexpress.units import rate, size
 
@@ -77,7 +78,7 @@ def fetch_artifacts(
     reasons: list[str] = []
     refused = False
     for endpoint in endpoints:
-        channel = grpc.insecure_channel(endpoint, options=[("grpc.max_receive_message_length", 64 << 20)])
+        channel = worker_channel(endpoint)
         try:
             stub = worker_pb2_grpc.WorkerServiceStub(channel)
             try:

@@ -61,6 +61,15 @@ class WorkerSettings(BaseSettings):
     busy_wait_secs: float = Field(default=300.0, ge=0)
     """How long a target whose every source is busy (`MX_MAX_PULLERS`) waits for one to free up or for a
     new source to appear, asking the registry again, before it loads from disk."""
+    worker_tls_cert_file: str | None = None
+    """Serve the WorkerService over TLS with this certificate (PEM; with `MX_WORKER_TLS_KEY_FILE`); it
+    must name `MX_WORKER_TLS_SERVER_NAME` (`modelexpress-worker`). Unset: plaintext, said in the log."""
+    worker_tls_key_file: str | None = None
+    """Private key of `MX_WORKER_TLS_CERT_FILE` (PEM)."""
+    worker_tls_ca_file: str | None = None
+    """Dial other workers' WorkerServices over TLS, trusting this CA (PEM)."""
+    worker_tls_server_name: str = "modelexpress-worker"
+    """Name a worker's certificate is checked for (workers are dialled by IP)."""
     peer_auth: Literal["off", "kubernetes"] = "off"
     """`kubernetes`: this source admits only callers presenting a pod-bound ServiceAccount token of an
     allowed, opted-in pod (TokenReview; see docs/p2p.md, access control). `off`: anyone who can reach

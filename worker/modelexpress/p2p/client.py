@@ -9,6 +9,7 @@ from collections.abc import Callable
 import grpc
 
 from modelexpress._proto.worker.v1 import worker_pb2, worker_pb2_grpc
+from modelexpress.channels import worker_channel
 from modelexpress.p2p.manifest import Manifest, ManifestError
 from modelexpress.tokenreview import peer_token_metadata
 
@@ -35,7 +36,7 @@ class WorkerClient:
         self.endpoint = endpoint
         self.timeout = timeout
         self.token_file = token_file
-        self._channel = grpc.insecure_channel(endpoint, options=[("grpc.max_receive_message_length", 64 << 20)])
+        self._channel = worker_channel(endpoint)
         self._stub = worker_pb2_grpc.WorkerServiceStub(self._channel)
         self._watch: grpc.Future | None = None  # type: ignore[type-arg]
 

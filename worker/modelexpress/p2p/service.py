@@ -135,6 +135,7 @@ class WorkerServer:
         port: int = 0,
         backend: str = "UCX",
         access: PeerAccess | None = None,
+        tls: tuple[bytes, bytes] | None = None,
     ) -> None:
         self.info = info
         self.backend = backend
@@ -161,7 +162,12 @@ class WorkerServer:
         )
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(_Servicer(self), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        if tls is not None:  # (certificate chain, private key), PEM
+            credentials = grpc.ssl_server_credentials([(tls[1], tls[0])])
+            self.port = self._server.add_secure_port(f"{host}:{port}", credentials)
+        else:
+            self.port = self._server.add_insecure_port(f"{host}:{port}")
+        self.tls = tls is not None
         if self.port == 0:
             raise OSError(f"cannot bind the WorkerService to {host}:{port}")
         self.host = host
@@ -173,7 +179,8 @@ class WorkerServer:
 
     def start(self) -> None:
         self._server.start()
-        log.info("WorkerService listening on %s:%d", self.host, self.port)
+        log.info("WorkerService listening on %s:%d (%s)", self.host, self.port,
+                 "TLS" if self.tls else "plaintext: MX_WORKER_TLS_CERT_FILE unset")  # fmt: skip
 
     def publish(self, manifest: Manifest, agent_metadata: bytes) -> None:
         self.encoded_manifest = list(manifest.to_chunks(DEFAULT_PAGE_SIZE))

@@ -12,6 +12,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from modelexpress import metrics
 from modelexpress.config.worker import WorkerSettings, WorkerSettingsError
@@ -60,6 +61,21 @@ def peer_access(settings: WorkerSettings) -> PeerAccess | None:
     return PeerAccess(kube_api_client(), policy, settings.peer_audience)
 
 
+def serving_tls(settings: WorkerSettings) -> tuple[bytes, bytes] | None:
+    """(certificate, key) for a TLS WorkerService, or None for plaintext; one clear error for half a pair."""
+    cert, key = settings.worker_tls_cert_file, settings.worker_tls_key_file
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise WorkerSettingsError(
+            "MX_WORKER_TLS_CERT_FILE and MX_WORKER_TLS_KEY_FILE go together: set both, or neither"
+        )
+    try:
+        return Path(cert).read_bytes(), Path(key).read_bytes()
+    except OSError as exc:
+        raise WorkerSettingsError(f"MX_WORKER_TLS_*_FILE: cannot read {exc.filename} ({exc.strerror})") from None
+
+
 class SourceWorker:
     """Serves one rank's tensors until stopped."""
 
@@ -80,7 +96,7 @@ class SourceWorker:
         bind = settings.worker_host or "0.0.0.0"
         self.server = WorkerServer(
             WorkerInfo(agent_name=self.engine.name), bind, settings.worker_grpc_port, self.engine.backend,
-            peer_access(settings),
+            peer_access(settings), serving_tls(settings),
         )  # fmt: skip
         self.server.max_pullers = settings.max_pullers
         self.endpoint = f"{host}:{self.server.port}"
