@@ -145,7 +145,7 @@ class WorkersValues(KubeModel):
     """ServiceAccount the workers' Role is bound to (set it as the vLLM pods' serviceAccountName)."""
     network_policy: WorkerNetworkPolicy = Field(default_factory=WorkerNetworkPolicy)
     """Who may reach the WorkerService ports of opted-in pods."""
-    peer_auth: bool = False
+    peer_auth: bool = True
     """Sources admit only opted-in pods of their namespace (and the operator): the webhook gives each
     opted-in pod `MX_PEER_AUTH=kubernetes` and a projected token, the workers get what the check needs
     (TokenReviews, reading pods in the workers namespaces), the operator a token of its own."""

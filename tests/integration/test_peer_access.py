@@ -94,7 +94,11 @@ def guarded_source(
     layout = allocate_pool(SPECS)
     for i, tensor in enumerate(layout.tensors.values()):
         tensor.copy_(torch.arange(math.prod(tensor.shape), dtype=torch.float32).reshape(tensor.shape) + i)
-    settings = WorkerSettings(peer_auth="kubernetes", pod_namespace=namespace, worker_host="127.0.0.1")
+    uid = _pod(client.CoreV1Api(kube_api), namespace, "src", OPTED_IN)  # the source's own pod
+    settings = WorkerSettings(
+        peer_auth="kubernetes", pod_namespace=namespace, worker_host="127.0.0.1", pod_name="src", pod_uid=uid,
+        peer_trusted_users=[f"system:serviceaccount:{namespace}:modelexpress-operator"],
+    )  # fmt: skip
     source = SourceWorker(IDENTITY, layout, settings)
     source.start()
     try:
@@ -195,3 +199,42 @@ def test_only_opted_in_pods_of_the_namespace_read_a_guarded_source(
     for path in [*tokens.values(), forged]:
         secret = path.read_text()
         assert secret not in caplog.text and secret[-20:] not in caplog.text
+
+
+def test_the_operator_follows_a_guarded_worker_with_its_own_token(
+    kube_api: client.ApiClient, custom_objects: client.CustomObjectsApi, namespace: str, node: Any,
+    guarded_source: tuple[SourceWorker, dict[str, Any]], operator_kubeconfig: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The operator dials every worker's status stream: a guarded worker admits it by its user name
+    (MX_PEER_TRUSTED_USERS) and it is recorded Ready as any other."""
+    from kopf.testing import KopfRunner
+
+    source, _ = guarded_source
+    core = client.CoreV1Api(kube_api)
+    port = source.endpoint.rsplit(":", 1)[1]
+    core.patch_namespaced_pod("src", namespace, {"metadata": {"annotations": {"modelexpress.io/worker-port": port}}})
+    node.mark_running(namespace, "src", ip="127.0.0.1")
+    reply = core.create_namespaced_service_account_token(
+        "modelexpress-operator", namespace, {"spec": {"audiences": ["modelexpress"], "expirationSeconds": 600}}
+    )
+    (tmp_path / "operator-token").write_text(reply.status.token)
+    monkeypatch.setenv("MX_OPERATOR_PEER_TOKEN_FILE", str(tmp_path / "operator-token"))
+    monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig))
+    name = IDENTITY.resource_name()
+
+    def recorded() -> list[dict[str, Any]] | None:
+        try:
+            obj = custom_objects.get_namespaced_custom_object(
+                "modelexpress.io", "v1alpha1", namespace, "modelmetadatas", name
+            )
+        except client.ApiException:
+            return None
+        sources: list[dict[str, Any]] = (obj.get("status") or {}).get("sources") or []
+        return sources if sources and sources[0]["state"] == "Ready" else None
+
+    args = ["run", "--standalone", "--namespace", namespace, "-m", "modelexpress_operator.handlers"]
+    with KopfRunner(args, timeout=60) as runner:
+        (entry,) = wait_for(recorded, 30, what="the guarded worker recorded Ready")
+        assert entry["pod"] == "src" and entry["endpoint"] == source.endpoint
+    assert runner.exception is None, runner.exception
