@@ -16,11 +16,8 @@ Usage: python bench/source_choice.py [--workers 256] [--seed 7]
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,15 +25,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kubernetes import client  # noqa: E402
+from operator_cluster import operator_cluster  # noqa: E402 - bench/ is on sys.path when a benchmark runs
 
 from modelexpress.api.modelmetadata import ModelIdentity  # noqa: E402
 from modelexpress.p2p.identity import WorkerIdentity  # noqa: E402
 from modelexpress.registry.kubernetes import KubernetesRegistry  # noqa: E402
 from modelexpress.registry.ranking import Placement  # noqa: E402
-from tests.harness.controlplane import locate_binaries, start_control_plane  # noqa: E402
-from tests.harness.kube import make_api_client, wait_for  # noqa: E402
+from tests.harness.kube import wait_for  # noqa: E402
 from tests.harness.node import NodeHelper  # noqa: E402
 from tests.helpers.sources import Fleet  # noqa: E402
+from tests.helpers.sources import fleet as fleet_of_workers  # noqa: E402
 
 GROUP, VERSION, PLURAL = "modelexpress.io", "v1alpha1", "modelmetadatas"
 ZONES, CLIQUES, PER_CLIQUE, STRIPE = 4, 2, 4, 4
@@ -113,33 +111,19 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    work = Path(tempfile.mkdtemp(prefix="mx-bench-choice-"))
-    cp = start_control_plane(work / "cp", locate_binaries(), crd_dir=ROOT / "crds")
-    api = make_api_client(cp.server, cp.admin_token, cp.ca_file)
-    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
-    namespace = "bench"
-    core.create_namespace({"metadata": {"name": namespace}})
-    wait_for(lambda: core.list_namespaced_service_account(namespace).items, 30, what="default ServiceAccount")
-    node = NodeHelper(api, work / "node", cp.server, cp.ca_file)
-    places = label_nodes(core)
-    operator = subprocess.Popen(
-        [sys.executable, "-m", "modelexpress_operator", "--namespace", namespace, "--standalone", "--health-port", "0"],
-        env={**os.environ, "KUBECONFIG": str(cp.kubeconfig), "MX_STATUS_TTL_SECS": "300", "PYTHONPATH": str(ROOT)},
-        stdout=(work / "operator.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    fleet = Fleet()
-    identity = WorkerIdentity(model_name="bench/choice")
-    resource = ModelIdentity.of(identity).resource_name()
-    nodes = sorted(places)
-    holding = [n for n in nodes if int(n.rsplit("-", 1)[1]) < PER_CLIQUE // 2]
-    empty = [n for n in nodes if n not in holding]
-    try:
-        start_sources(core, node, fleet, namespace, holding, args.workers)
+    with operator_cluster("mx-bench-choice-") as cluster, fleet_of_workers() as fleet:
+        core, namespace = cluster.core, cluster.namespace
+        places = label_nodes(core)
+        identity = WorkerIdentity(model_name="bench/choice")
+        resource = ModelIdentity.of(identity).resource_name()
+        nodes = sorted(places)
+        holding = [n for n in nodes if int(n.rsplit("-", 1)[1]) < PER_CLIQUE // 2]
+        empty = [n for n in nodes if n not in holding]
+        start_sources(core, cluster.node, fleet, namespace, holding, args.workers)
 
         def recorded() -> bool:
             try:
-                obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, resource)
+                obj = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, resource)
             except client.ApiException:
                 return False
             sources = (obj.get("status") or {}).get("sources", [])
@@ -161,16 +145,8 @@ def main() -> int:
             return set(places) <= set(data)
 
         wait_for(published, 60, interval=0.5, what="every node in the topology ConfigMap")
-        report(KubernetesRegistry(namespace, api=api), identity, places, empty, args.workers, rng)
-        return 0
-    finally:
-        fleet.close()
-        operator.terminate()
-        try:
-            operator.wait(20)
-        except subprocess.TimeoutExpired:
-            operator.kill()
-        cp.stop()
+        report(KubernetesRegistry(namespace, api=cluster.api), identity, places, empty, args.workers, rng)
+    return 0
 
 
 if __name__ == "__main__":

@@ -21,9 +21,7 @@ import argparse
 import os
 import re
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -34,12 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kubernetes import client, watch  # noqa: E402
+from operator_cluster import OperatorCluster, operator_cluster  # noqa: E402 - bench/ is on sys.path when run
 
 from modelexpress.api.modelmetadata import ModelIdentity  # noqa: E402
-from tests.harness.controlplane import locate_binaries, start_control_plane  # noqa: E402
-from tests.harness.kube import make_api_client, wait_for  # noqa: E402
-from tests.harness.node import NodeHelper  # noqa: E402
-from tests.helpers.sources import Fleet  # noqa: E402
+from tests.harness.kube import wait_for  # noqa: E402
+from tests.helpers.sources import Fleet, fleet  # noqa: E402
 
 GROUP, VERSION, PLURAL = "modelexpress.io", "v1alpha1", "modelmetadatas"
 
@@ -105,103 +102,72 @@ def ready_burst(
 
 
 def run(workers: int) -> dict[str, float]:
-    work = Path(tempfile.mkdtemp(prefix="mx-bench-record-"))
-    cp = start_control_plane(work / "cp", locate_binaries(), crd_dir=ROOT / "crds")
-    api = make_api_client(cp.server, cp.admin_token, cp.ca_file)
-    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
-    namespace = "bench"
-    core.create_namespace({"metadata": {"name": namespace}})
-    wait_for(lambda: core.list_namespaced_service_account(namespace).items, 30, what="default ServiceAccount")
-    node = NodeHelper(api, work / "node", cp.server, cp.ca_file)
     metrics_port = 18000 + os.getpid() % 1000
-    operator = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "modelexpress_operator",
-            "--namespace",
-            namespace,
-            "--standalone",
-            "--metrics-port",
-            str(metrics_port),
-            "--health-port",
-            "0",
-        ],
-        env={**os.environ, "KUBECONFIG": str(cp.kubeconfig), "MX_STATUS_TTL_SECS": "300", "PYTHONPATH": str(ROOT)},
-        stdout=(work / "operator.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    fleet = Fleet()
+    with operator_cluster("mx-bench-record-", ["--metrics-port", str(metrics_port)]) as cluster, fleet() as running:
+        return measure(cluster, running, workers, metrics_port)
+
+
+def measure(cluster: OperatorCluster, fleet: Fleet, workers: int, metrics_port: int) -> dict[str, float]:
+    cp, core, custom, node, namespace = cluster.cp, cluster.core, cluster.custom, cluster.node, cluster.namespace
     name = ModelIdentity(model_name="bench/record").resource_name()
-    try:
-        pods = [f"w-{i:03d}" for i in range(workers)]
-        uids = {
-            p: core.create_namespaced_pod(
-                namespace,
-                {
-                    "metadata": {"name": p, "annotations": {"modelexpress.io/p2p": "enabled"}},
-                    "spec": {"containers": [{"name": "vllm", "image": "vllm"}]},
-                },
-            ).metadata.uid
-            for p in pods
-        }
-        ports = fleet.start(
-            [{"model": "bench/record", "pod": p, "uid": uids[p], "state": "Initializing"} for p in pods]
+    pods = [f"w-{i:03d}" for i in range(workers)]
+    uids = {
+        p: core.create_namespaced_pod(
+            namespace,
+            {
+                "metadata": {"name": p, "annotations": {"modelexpress.io/p2p": "enabled"}},
+                "spec": {"containers": [{"name": "vllm", "image": "vllm"}]},
+            },
+        ).metadata.uid
+        for p in pods
+    }
+    ports = fleet.start([{"model": "bench/record", "pod": p, "uid": uids[p], "state": "Initializing"} for p in pods])
+    for pod, port in zip(pods, ports, strict=True):
+        core.patch_namespaced_pod(
+            pod, namespace, {"metadata": {"annotations": {"modelexpress.io/worker-port": str(port)}}}
         )
-        for pod, port in zip(pods, ports, strict=True):
-            core.patch_namespaced_pod(
-                pod, namespace, {"metadata": {"annotations": {"modelexpress.io/worker-port": str(port)}}}
-            )
-            node.mark_running(namespace, pod, ip="127.0.0.1")
+        node.mark_running(namespace, pod, ip="127.0.0.1")
 
-        def recorded() -> bool:
-            try:
-                obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-            except client.ApiException:
-                return False
-            return len((obj.get("status") or {}).get("sources", [])) == workers
-
-        wait_for(recorded, 180, interval=0.5, what=f"{workers} workers recorded Initializing")
-        time.sleep(2)  # let the operator settle before counting
-
-        requests_before = apiserver_requests(cp.server, cp.admin_token, cp.ca_file)
-        own_before = operator_metric(metrics_port, "modelexpress_operator_api_requests_total")
-        seen, flipped = ready_burst(custom, fleet, namespace, workers)
-        time.sleep(1)
-        requests = apiserver_requests(cp.server, cp.admin_token, cp.ca_file) - requests_before
-        own = operator_metric(metrics_port, "modelexpress_operator_api_requests_total") - own_before
-        latencies = [seen[p] - flipped[i] for i, p in enumerate(pods)]
-
-        # Baseline: one status PATCH round trip from here, the floor of any recorder.
-        patches = []
-        for _ in range(50):
-            start = time.perf_counter()
-            custom.patch_namespaced_custom_object_status(
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                name,
-                {"status": {"readySources": workers}},
-                _content_type="application/merge-patch+json",
-            )
-            patches.append(time.perf_counter() - start)
-        return {
-            "p50": statistics.median(latencies),
-            "p99": percentile(latencies, 0.99),
-            "patch": statistics.median(patches),
-            "requests": requests,
-            "own_requests": own,
-            "events": float(workers),
-        }
-    finally:
-        fleet.close()
-        operator.terminate()
+    def recorded() -> bool:
         try:
-            operator.wait(20)
-        except subprocess.TimeoutExpired:
-            operator.kill()
-        cp.stop()
+            obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except client.ApiException:
+            return False
+        return len((obj.get("status") or {}).get("sources", [])) == workers
+
+    wait_for(recorded, 180, interval=0.5, what=f"{workers} workers recorded Initializing")
+    time.sleep(2)  # let the operator settle before counting
+
+    requests_before = apiserver_requests(cp.server, cp.admin_token, cp.ca_file)
+    own_before = operator_metric(metrics_port, "modelexpress_operator_api_requests_total")
+    seen, flipped = ready_burst(custom, fleet, namespace, workers)
+    time.sleep(1)
+    requests = apiserver_requests(cp.server, cp.admin_token, cp.ca_file) - requests_before
+    own = operator_metric(metrics_port, "modelexpress_operator_api_requests_total") - own_before
+    latencies = [seen[p] - flipped[i] for i, p in enumerate(pods)]
+
+    # Baseline: one status PATCH round trip from here, the floor of any recorder.
+    patches = []
+    for _ in range(50):
+        start = time.perf_counter()
+        custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"status": {"readySources": workers}},
+            _content_type="application/merge-patch+json",
+        )
+        patches.append(time.perf_counter() - start)
+    return {
+        "p50": statistics.median(latencies),
+        "p99": percentile(latencies, 0.99),
+        "patch": statistics.median(patches),
+        "requests": requests,
+        "own_requests": own,
+        "events": float(workers),
+    }
 
 
 def main() -> int:
