@@ -76,7 +76,7 @@ def fetch_artifacts(
     """The artifacts of the first source in `endpoints` that serves a set this key may use."""
     started = time.perf_counter()
     reasons: list[str] = []
-    refused = False
+    refused = failed = False  # else every source served nothing, or is not serving yet (UNAVAILABLE)
     for endpoint in endpoints:
         channel = worker_channel(endpoint)
         try:
@@ -98,9 +98,11 @@ def fetch_artifacts(
                 code = exc.code() if isinstance(exc, grpc.Call) else None
                 detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
                 reasons.append(f"{endpoint}: {detail} ({code.name if code else 'error'})")
+                failed = failed or code != grpc.StatusCode.UNAVAILABLE
                 continue
             except (_TransferError, OSError) as exc:
                 reasons.append(f"{endpoint}: {exc}")
+                failed = True
                 continue
         finally:
             channel.close()
@@ -109,9 +111,7 @@ def fetch_artifacts(
         metrics.ARTIFACT_FETCHES.labels(outcome).inc()
         metrics.ARTIFACT_BYTES.inc(nbytes)
         return FetchResult(outcome, "", placed or len(manifest.files), nbytes, seconds, endpoint, reasons)
-    outcome = (
-        "refused" if refused else ("none" if all("serves no" in r or "UNAVAILABLE" in r for r in reasons) else "failed")
-    )
+    outcome = "refused" if refused else "failed" if failed else "none"
     if not reasons:
         reasons = ["no Ready source to ask"]
     metrics.ARTIFACT_FETCHES.labels(outcome).inc()
