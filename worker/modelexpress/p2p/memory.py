@@ -11,6 +11,7 @@ descriptors reached 2 % of the copy rate against 93 % for one (`shared/GPU.md`).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,8 +35,8 @@ class TensorSpec:
     shape: tuple[int, ...]
     is_parameter: bool = True
 
-    @property
-    def nbytes(self) -> int:
+    @functools.cached_property
+    def nbytes(self) -> int:  # read per tensor in every pass over a layout: computed once
         return math.prod(self.shape) * torch_dtype(self.dtype).itemsize
 
     @classmethod

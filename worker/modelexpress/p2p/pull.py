@@ -345,8 +345,12 @@ class _Pull:
                 # Back off while READs are in flight: on small hosts a spinning poller takes the CPU
                 # that the transport and the checksum thread need.
                 idle = _MIN_IDLE if progressed else min(idle * 2, _MAX_IDLE)
-                if not progressed:
+                if progressed:
+                    continue
+                if any(s.inflight for s in self._alive()):
                     time.sleep(idle)
+                else:  # only verdicts are awaited: wake as the first one comes, not at the next tick
+                    self._collect_verifications(state, pool, wait=_MAX_IDLE)
         finally:
             pool.shutdown(wait=True)
         missing = self._complete_with_fallback(state, fallback)
@@ -551,12 +555,14 @@ class _Pull:
 
         pool.submit(job)
 
-    def _collect_verifications(self, state: _State, pool: ThreadPoolExecutor) -> None:
+    def _collect_verifications(self, state: _State, pool: ThreadPoolExecutor, wait: float = 0.0) -> None:
+        """Act on the verdicts that came back; with `wait`, block up to that long for the first one."""
         while True:
             try:
-                name, ok = state.results.get_nowait()
+                name, ok = state.results.get(timeout=wait) if wait else state.results.get_nowait()
             except queue.Empty:
                 return
+            wait = 0.0
             state.outstanding -= 1
             if ok is None:
                 if state.checks(name):  # accepted unchecked before an escalation that it now falls under

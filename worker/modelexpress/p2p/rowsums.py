@@ -44,6 +44,7 @@ class _Span:
     word_offset: int  # where the tensor starts in `words`
     size: int  # bytes
     on_grid: bool  # its rows are rows of `words` (or it has no full row) and its last word is inside `words`
+    device: torch.device
 
     @property
     def full_rows(self) -> int:
@@ -69,12 +70,15 @@ class RowSums:
 
     def __init__(self, layout: TensorLayout, names: Sequence[str] | None = None) -> None:
         words_of: dict[int, torch.Tensor] = {}
+        device_of: dict[int, torch.device] = {}
         for region, buffer in zip(layout.regions, layout.buffers(), strict=False):
             usable = buffer.numel() // 8 * 8
             aligned = buffer.data_ptr() == region.address and buffer.data_ptr() % 8 == 0
             if aligned and buffer.dtype == torch.uint8 and usable:
                 words_of[region.id] = buffer[:usable].view(torch.int64)
+                device_of[region.id] = buffer.device
         wanted = set(names) if names is not None else None
+        empty = torch.empty(0, dtype=torch.int64)
         self.names: list[str] = []
         self._spans: dict[str, _Span] = {}
         for placement in layout.placements:
@@ -89,8 +93,8 @@ class RowSums:
                 and (size < ROW_BYTES or offset % ROW_BYTES == 0)
                 and offset + -(-size // 8) * 8 <= words.numel() * 8
             )
-            empty = torch.empty(0, dtype=torch.int64)
-            span = _Span(len(self.names), words if words is not None else empty, offset // 8, size, on_grid)
+            device = device_of.get(placement.region_id) or layout.tensors[name].device
+            span = _Span(len(self.names), words if words is not None else empty, offset // 8, size, on_grid, device)
             self.names.append(name)
             self._spans[name] = span
         self._tensors = layout.tensors
@@ -158,7 +162,7 @@ class RowSums:
         by_device: dict[torch.device, list[int]] = {}
         for name in names:
             span = self._spans[name]
-            by_device.setdefault(self._tensors[name].device, []).append(span.index)
+            by_device.setdefault(span.device, []).append(span.index)
             self._off_grid.discard(name)
         for device, indices in by_device.items():
             self._accumulator(device).index_fill_(0, _device_index(indices, device), 0)
@@ -170,7 +174,7 @@ class RowSums:
         reset (bytes that arrive again, a repair, start from zero): one host sync per device."""
         by_device: dict[torch.device, list[str]] = {}
         for name in names:
-            by_device.setdefault(self._tensors[name].device, []).append(name)
+            by_device.setdefault(self._spans[name].device, []).append(name)
         out: dict[str, int] = {}
         for device, group in by_device.items():
             acc = self._accumulator(device)
@@ -228,11 +232,11 @@ _streams = threading.local()
 def side_stream(layout: TensorLayout) -> Iterator[None]:
     """Run the block in a CUDA stream of this thread's own when the layout is in GPU memory (one per
     thread and device, reused), so checksum kernels queue beside the transfers, not behind them."""
-    devices = {t.device for t in layout.tensors.values() if t.device.type == "cuda"}
-    if len(devices) != 1:
+    gpus = {r.device_id for r in layout.regions if r.kind == "VRAM"}  # regions, not tensors: asked per chunk
+    if len(gpus) != 1:
         yield
         return
-    (device,) = devices
+    device = torch.device("cuda", gpus.pop())
     streams: dict[torch.device, torch.cuda.Stream] = _streams.__dict__.setdefault("by_device", {})
     stream = streams.get(device)
     if stream is None:
