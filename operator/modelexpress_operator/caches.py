@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from kubernetes import client
@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 PLURAL = "modelcaches"
 RETRYABLE = {"NetworkError", "IntegrityError", "BackoffLimitExceeded", "DeadlineExceeded", "DownloadFailed"}
 _MERGE = "application/merge-patch+json"
+_PROGRESS = {"Sizing", "Downloading", "Retrying", "Downloaded", "Evicted"}
+"""Ready reasons that are a cache's normal course; any other is a Warning Event."""
+REFUSED_RETRY_SECS = 15
+"""Pause before asking the API server again for a Job it refused (as for a refused PVC at creation)."""
 
 
 class WaitingError(Exception):
@@ -83,6 +87,12 @@ def api_refusal(exc: client.ApiException, what: str) -> tuple[str, str]:
     return reason, f"{what} was refused by the API server (HTTP {exc.status}): {message}; retried"
 
 
+def _wire(status: ModelCacheStatus) -> dict[str, Any]:
+    """The status as the operator writes it (a merge patch): `nextRetryTime`, which only the operator
+    writes, is sent as null once cleared; absent fields are left alone (the Job's pod writes `progress`)."""
+    return {"nextRetryTime": None, **status.to_api()}
+
+
 def attempt_of(job: str | None, generation: int) -> int:
     match = re.search(rf"-(?:dl|size)-g{generation}-(\d+)$", job or "")
     return int(match.group(1)) if match else 0
@@ -98,8 +108,9 @@ class CacheController:
 
     def announce(self, namespace: str, name: str, uid: str, before: dict[str, Any], after: dict[str, Any]) -> None:
         """An Event when the Ready condition's reason changes (a phase change, a failure, a retry, an
-        eviction), with the condition's message; Warning when the cache failed. Level-triggered
-        reconciles that change nothing post nothing."""
+        eviction), with the condition's message; Warning when the cache failed or waits on something to
+        fix (a refused request, a missing Secret), Normal for its progress. Level-triggered reconciles
+        that change nothing post nothing."""
         old, new = _ready(before), _ready(after)
         if new is None or (
             old is not None and (old.get("reason"), old.get("message")) == (new.get("reason"), new.get("message"))
@@ -107,7 +118,7 @@ class CacheController:
             return
         involved = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "ModelCache", "name": name,
                     "namespace": namespace, "uid": uid}  # fmt: skip
-        kind = "Warning" if after.get("phase") == "Failed" else "Normal"
+        kind = "Normal" if after.get("phase") != "Failed" and new.get("reason") in _PROGRESS else "Warning"
         post_event(self.api, involved, kind, str(new.get("reason") or "Unknown"), str(new.get("message") or ""))
 
     # --- spec -> PVC + Job ----------------------------------------------------------------------
@@ -121,6 +132,7 @@ class CacheController:
             return {}  # this generation is settled; Job events, the retry timer and eviction take it from here
         if status.observed_generation != generation:
             status.source_bytes = None  # read for another spec
+            status.next_retry_time = None  # planned for another spec
         status.observed_generation = generation
         try:
             claim = self._ensure_claim(namespace, name, uid, spec, status.source_bytes)
@@ -140,23 +152,37 @@ class CacheController:
             status.conditions = set_condition(
                 status.conditions, "Ready", "False", "Sizing", f"{exc}: Job {status.job_name} reads it", generation
             )
-            return status.to_api()
+            return _wire(status)
         status.claim_name, status.job_name = claim, job
         status.phase = status.phase.PENDING if status.phase != "Downloading" else status.phase
         status.conditions = set_condition(
             status.conditions, "Ready", "False", "Downloading", f"download Job {job} started", generation
         )
-        return status.to_api()
+        return _wire(status)
 
     def _waiting(self, status: ModelCacheStatus, generation: int, reason: str, message: str) -> dict[str, Any]:
         status.phase = status.phase.PENDING
         status.conditions = set_condition(status.conditions, "Ready", "False", reason, message, generation)
-        raise _Retry(status.to_api(), message)
+        raise _Retry(_wire(status), message)
 
     def _failed(self, status: ModelCacheStatus, generation: int, reason: str, message: str) -> dict[str, Any]:
+        self._fail(status, generation, reason, message)
+        return _wire(status)
+
+    def _fail(self, status: ModelCacheStatus, generation: int, reason: str, message: str) -> None:
+        """Phase Failed with its reason; after a retryable failure with attempts left, the next Job is
+        planned `MX_OPERATOR_RETRY_INTERVAL_SECS` from now (`nextRetryTime`) and the message says so."""
         status.phase = status.phase.FAILED
+        status.next_retry_time = None
+        if reason in RETRYABLE and status.job_name:
+            attempt, limit = attempt_of(status.job_name, generation), self.settings.retry_limit
+            if attempt < limit:
+                delay = self.settings.retry_interval_secs
+                status.next_retry_time = (datetime.now(UTC) + timedelta(seconds=delay)).replace(microsecond=0)
+                message = f"{message}; attempt {attempt + 1} of {limit} starts in {delay:g}s"
+            else:
+                message = f"{message}; no attempt left (MX_OPERATOR_RETRY_LIMIT={limit}): change the spec to try again"
         status.conditions = set_condition(status.conditions, "Ready", "False", reason, message, generation)
-        return status.to_api()
 
     def _source_bytes(self, spec: ModelCacheSpec) -> int:
         """The source's size as the operator can read it (anonymously, a public hub repository); else
@@ -299,8 +325,7 @@ class CacheController:
             failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
             exit_code, message = pod_result(failed[-1]) if failed else (None, {})
             reason, text = failure_of(exit_code, message, job)
-            status.phase = status.phase.FAILED
-            status.conditions = set_condition(status.conditions, "Ready", "False", reason, text, generation)
+            self._fail(status, generation, reason, text)
         self._patch(namespace, cache_name, status)
         self.announce(namespace, cache_name, cache["metadata"]["uid"], before, status.to_api())
 
@@ -332,8 +357,7 @@ class CacheController:
         else:
             reason, text = failure_of(exit_code, result, job) if not complete else ("SizingFailed", "")
             text = text or f"sizing Job {job['metadata']['name']} reported no size; set spec.storage.size"
-            status.phase = status.phase.FAILED
-            status.conditions = set_condition(status.conditions, "Ready", "False", reason, text, generation)
+            self._fail(status, generation, reason, text)
         self._patch(namespace, name, status)
         self.announce(namespace, name, uid, before, status.to_api())
 
@@ -421,37 +445,53 @@ class CacheController:
         items: list[dict[str, Any]] = json.loads(reply.data).get("items", [])
         return sorted(items, key=lambda p: p["metadata"]["creationTimestamp"])
 
+    def write_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge `status` into the ModelCache's status (what a daemon decided)."""
+        self._patch(namespace, name, ModelCacheStatus.model_validate(status))
+
     def _patch(self, namespace: str, name: str, status: ModelCacheStatus) -> None:
         API_REQUESTS.labels("patch", "modelcaches/status").inc()
         self.custom.patch_namespaced_custom_object_status(
-            API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": status.to_api()}, _content_type=_MERGE
+            API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": _wire(status)}, _content_type=_MERGE
         )
 
     # --- retries and deletion -------------------------------------------------------------------
 
-    def retry_due(self, status: dict[str, Any], generation: int) -> bool:
+    def retry_due(self, status: dict[str, Any], generation: int, now: datetime) -> float | None:
+        """Seconds until the planned retry of this generation (0: now); None when none is planned."""
         parsed = ModelCacheStatus.model_validate(status or {})
-        ready = next((c for c in parsed.conditions if c.type == "Ready"), None)
-        return (
-            parsed.phase == "Failed"
-            and ready is not None
-            and ready.reason in RETRYABLE
-            and attempt_of(parsed.job_name, generation) < self.settings.retry_limit
-        )
+        if (
+            parsed.next_retry_time is None
+            or parsed.observed_generation != generation
+            or parsed.phase not in ("Failed", "Pending")
+            or attempt_of(parsed.job_name, generation) >= self.settings.retry_limit
+        ):
+            return None
+        return max(0.0, (parsed.next_retry_time - now).total_seconds())
 
     def retry(
         self, namespace: str, name: str, uid: str, spec: ModelCacheSpec, generation: int, status: dict[str, Any]
     ) -> dict[str, Any]:
-        """A new download Job after a retryable failure (the failed one stays for its logs)."""
+        """A new Job after a retryable failure (the failed one stays for its logs). When the API server
+        refuses it (a quota, a policy), the status says why and the same attempt is tried again later."""
         parsed = ModelCacheStatus.model_validate(status or {})
         attempt = attempt_of(parsed.job_name, generation) + 1
         again = self._ensure_sizing_job if _is_sizing(parsed.job_name) else self._ensure_job
-        parsed.job_name = again(namespace, name, uid, spec, generation, attempt)
         parsed.phase = parsed.phase.PENDING
+        parsed.next_retry_time = None
+        try:
+            parsed.job_name = again(namespace, name, uid, spec, generation, attempt)
+        except WaitingError as refused:
+            reason, message = refused.args
+            parsed.next_retry_time = (datetime.now(UTC) + timedelta(seconds=REFUSED_RETRY_SECS)).replace(microsecond=0)
+            parsed.conditions = set_condition(
+                parsed.conditions, "Ready", "False", reason, f"attempt {attempt}: {message}", generation
+            )
+            return _wire(parsed)
         parsed.conditions = set_condition(
             parsed.conditions, "Ready", "False", "Retrying", f"attempt {attempt}: Job {parsed.job_name}", generation
         )
-        return parsed.to_api()
+        return _wire(parsed)
 
     def evict_if_unused(
         self, namespace: str, name: str, spec: ModelCacheSpec, generation: int, status: dict[str, Any], now: datetime
@@ -471,7 +511,7 @@ class CacheController:
             # Mounted by a live pod: in use, whatever the clock says. Record the use instead.
             parsed.last_used_time = now.replace(microsecond=0)
             log.info("ModelCache %s/%s is in use by %s; not evicted", namespace, name, ", ".join(users[:3]))
-            return parsed.to_api()
+            return _wire(parsed)
         self._delete_jobs(namespace, name)  # their finished pods would hold the volume (pvc-protection)
         released = self.release(namespace, name, spec)
         parsed.phase = parsed.phase.EVICTED
@@ -484,7 +524,7 @@ class CacheController:
             f"{released}; change the spec or re-create the ModelCache to download it again",
             generation,
         )
-        return parsed.to_api()
+        return _wire(parsed)
 
     def _claim_users(self, namespace: str, claim: str | None) -> list[str]:
         """Live pods (not our download Jobs') that mount the claim."""

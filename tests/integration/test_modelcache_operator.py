@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +40,15 @@ def hub() -> Iterator[FakeHub]:
 
 @pytest.fixture
 def cache_operator(
+    request: pytest.FixtureRequest,
     namespace: str,
     monkeypatch: pytest.MonkeyPatch,
     hub: FakeHub,
     kube_api: client.ApiClient,
     operator_kubeconfig: Path,
 ) -> Iterator[Any]:
-    """The operator with download Jobs pointed at the local hub, and the Jobs' ServiceAccount in place."""
+    """The operator with download Jobs pointed at the local hub, and the Jobs' ServiceAccount in place
+    (settings of a test's own through indirect parametrization: a dict of environment variables)."""
     from kopf.testing import KopfRunner
 
     core = client.CoreV1Api(kube_api)
@@ -64,6 +67,8 @@ def cache_operator(
     monkeypatch.setenv("MX_OPERATOR_WORKER_IMAGE", "modelexpress-worker:test")
     monkeypatch.setenv("MX_OPERATOR_EVICTION_CHECK_SECS", "1")
     monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig))  # the operator's own ServiceAccount, not admin
+    for variable, value in getattr(request, "param", {}).items():
+        monkeypatch.setenv(variable, value)
     args = ["run", "--standalone", "--namespace", namespace, "-m", "modelexpress_operator.handlers"]
     with KopfRunner(args, timeout=60) as runner:
         yield runner
@@ -252,6 +257,70 @@ def test_pod_killed_mid_download_is_retried_by_the_job(
     )  # Retain
 
 
+RETRYING = {
+    "MX_OPERATOR_JOB_BACKOFF_LIMIT": "0",
+    "MX_OPERATOR_RETRY_INTERVAL_SECS": "3",
+    "MX_OPERATOR_RETRY_LIMIT": "3",
+}
+
+
+@pytest.mark.parametrize("cache_operator", [RETRYING], ids=["retry-every-3s"], indirect=True)
+def test_a_failed_job_is_retried_after_the_interval_through_a_refused_attempt(
+    kube_api: client.ApiClient,
+    custom_objects: client.CustomObjectsApi,
+    namespace: str,
+    node: NodeHelper,
+    cache_operator: Any,
+) -> None:
+    """A Job that fails for a retryable reason is replaced after MX_OPERATOR_RETRY_INTERVAL_SECS, as
+    `nextRetryTime` says; a replacement the API server refuses (a Job quota) is a condition and an Event
+    with its reason, tried again until it is accepted; the next attempt downloads and turns Ready."""
+    core, batch = client.CoreV1Api(kube_api), client.BatchV1Api(kube_api)
+    apply_cache(custom_objects, namespace, "again", source="hf://org/tiny", storage={"size": "1Gi"})
+    first = wait_for(lambda: node.job_pods(namespace, "again-dl-g1-1"), 30, what="first pod")[0]
+    core.create_namespaced_resource_quota(
+        namespace, {"metadata": {"name": "one-job"}, "spec": {"hard": {"count/jobs.batch": "1"}}}
+    )
+    wait_for(
+        lambda: (
+            (core.read_namespaced_resource_quota("one-job", namespace).status or client.V1ResourceQuotaStatus()).used
+        ),
+        30,
+        what="quota usage",
+    )
+    node.mark_running(namespace, first.metadata.name)
+    node.mark_terminated(namespace, first.metadata.name, 1, "hub unreachable")  # exit 1: NetworkError, retryable
+    failed = wait_for(status_where(custom_objects, namespace, "again", lambda s: s.get("phase") == "Failed"), 60)
+    ready = condition({"status": failed}, "Ready") or {}
+    assert ready.get("reason") == "NetworkError", ready
+    assert "attempt 2 of 3 starts in 3s" in ready["message"], ready["message"]
+    planned = datetime.fromisoformat(failed["nextRetryTime"])
+    assert planned >= datetime.fromisoformat(ready["lastTransitionTime"]) + timedelta(seconds=2)
+    refused = wait_for(
+        status_where(
+            custom_objects,
+            namespace,
+            "again",
+            lambda s: (condition({"status": s}, "Ready") or {}).get("reason") == "Forbidden",
+        ),
+        60,
+        what="refused retry",
+    )
+    message = (condition({"status": refused}, "Ready") or {})["message"]
+    assert refused["phase"] == "Pending" and refused.get("nextRetryTime"), refused
+    assert "attempt 2: creating download Job again-dl-g1-2 was refused" in message and "one-job" in message, message
+    assert datetime.now(UTC) >= planned  # not before the interval
+    told = wait_for(lambda: (e := cache_events(core, namespace, "again")) and "Forbidden" in e and e, 30, what="Event")
+    assert told["Forbidden"][0] == "Warning" and "again-dl-g1-2" in told["Forbidden"][1]
+    assert read_or_none(batch.read_namespaced_job, "again-dl-g1-2", namespace) is None
+    core.delete_namespaced_resource_quota("one-job", namespace)
+    run = node.run_job_pod(namespace, "again-dl-g1-2", timeout=120, wait=60)
+    assert run.exit_code == 0, run.stderr[-2000:]
+    done = wait_for(status_where(custom_objects, namespace, "again", lambda s: s.get("phase") == "Ready"), 60)
+    assert done["jobName"] == "again-dl-g1-2" and "nextRetryTime" not in done, done
+    assert batch.read_namespaced_job("again-dl-g1-1", namespace).status.failed  # kept for its logs
+
+
 def test_missing_secret_is_a_clear_condition_and_credentials_reach_the_job(
     kube_api: client.ApiClient,
     custom_objects: client.CustomObjectsApi,
@@ -280,7 +349,7 @@ def test_missing_secret_is_a_clear_condition_and_credentials_reach_the_job(
     assert "Secret hf-token does not exist in" in ready["message"] and "HF_TOKEN" in ready["message"]
     core = client.CoreV1Api(kube_api)
     told = wait_for(lambda: (e := cache_events(core, namespace, "private")) and "SecretNotFound" in e and e, 30)
-    assert told["SecretNotFound"] == ("Normal", ready["message"])
+    assert told["SecretNotFound"] == ("Warning", ready["message"])
     core.create_namespaced_secret(
         namespace,
         {"metadata": {"name": "hf-token"}, "data": {"HF_TOKEN": base64.b64encode(b"hf_cache_secret").decode()}},

@@ -21,6 +21,9 @@ from modelexpress_operator.errors import invalid_spec
 from modelexpress_operator.metrics import RECONCILES
 from modelexpress_operator.runtime import Runtime
 
+_RETRY_CHECK_SECS = 30.0
+"""How often each cache's daemon looks at its live status for a retry that came due."""
+
 
 def _spec(spec: kopf.Spec) -> ModelCacheSpec:
     try:
@@ -71,19 +74,34 @@ async def cache_job_pod_event(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo,
     await asyncio.to_thread(runtime.caches.pod_changed, meta["namespace"], dict(body))
 
 
-@kopf.timer(API_GROUP, API_VERSION, "modelcaches", interval=30, initial_delay=30)
+@kopf.daemon(API_GROUP, API_VERSION, "modelcaches", cancellation_timeout=5)
 async def retry_failed_download(
-    spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo, **_: Any
+    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any
 ) -> None:
+    """Starts the next Job at the cache's `status.nextRetryTime` (planned after a retryable failure, or
+    after the API server refused the last try). `body` is kopf's live view: waiting costs no API call."""
     runtime: Runtime = memo.runtime
-    generation = int(meta.get("generation") or 0)
-    if not runtime.caches.retry_due(dict(status), generation):
-        return
-    update = await asyncio.to_thread(
-        runtime.caches.retry, meta["namespace"], meta["name"], meta["uid"], _spec(spec), generation, dict(status)
-    )
-    patch.status.update(update)
-    await asyncio.to_thread(runtime.caches.announce, meta["namespace"], meta["name"], meta["uid"], dict(status), update)
+    check = min(_RETRY_CHECK_SECS, runtime.settings.retry_interval_secs)
+    while not stopped:
+        meta, status = body.meta, dict(body.get("status") or {})
+        generation = int(meta.get("generation") or 0)
+        due = runtime.caches.retry_due(status, generation, datetime.now(UTC))
+        if due is None or due > 0:
+            await asyncio.sleep(check if due is None else min(due, check))
+            continue
+        namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
+        try:
+            update = await asyncio.to_thread(
+                runtime.caches.retry, namespace, name, uid, _spec(body.spec), generation, status
+            )
+            await asyncio.to_thread(runtime.caches.write_status, namespace, name, update)
+        except Exception as exc:  # the next check tries again
+            logger.warning("retrying the download of %s failed: %s", name, exc)
+            await asyncio.sleep(check)
+            continue
+        await asyncio.to_thread(runtime.caches.announce, namespace, name, uid, status, update)
+        # kopf's view catches up with the status just written before the next check reads it
+        await asyncio.sleep(min(1.0, check))
 
 
 @kopf.daemon(API_GROUP, API_VERSION, "modelcaches", cancellation_timeout=5)
@@ -118,16 +136,7 @@ async def evict_unused_cache(
             logger.warning("eviction check of %s failed: %s", name, exc)
             continue
         if update:
-            await asyncio.to_thread(
-                custom.patch_namespaced_custom_object_status,
-                API_GROUP,
-                API_VERSION,
-                namespace,
-                "modelcaches",
-                name,
-                {"status": update},
-                _content_type="application/merge-patch+json",
-            )
+            await asyncio.to_thread(runtime.caches.write_status, namespace, name, update)
             logger.info("evicted: %s", next(c["message"] for c in update["conditions"] if c["type"] == "Ready"))
             uid = current["metadata"]["uid"]
             await asyncio.to_thread(runtime.caches.announce, namespace, name, uid, current.get("status") or {}, update)

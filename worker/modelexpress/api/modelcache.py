@@ -158,7 +158,9 @@ class ModelCacheStatus(KubeModel):
 
     phase: ModelCachePhase = ModelCachePhase.PENDING
     """Pending, Downloading, Ready, Failed or Evicted."""
-    conditions: list[Condition] = conditions_field("Ready, Downloading and Failed conditions.")
+    conditions: list[Condition] = conditions_field(
+        "The Ready condition; its reason says what the cache waits for or why it failed."
+    )
     observed_generation: int | None = Field(default=None, ge=0)
     """The .metadata.generation last acted on."""
     progress: ModelCacheProgress | None = None
@@ -180,6 +182,9 @@ class ModelCacheStatus(KubeModel):
     """Size of the source as the sizing Job read it (with the cache's credentials), for the PVC's size."""
     last_used_time: datetime | None = None
     """When a worker last loaded this model."""
+    next_retry_time: datetime | None = None
+    """When the operator starts the next Job after a retryable failure, or tries again to create one the API
+    server refused; empty when no retry is planned."""
 
 
 class ModelCache(KubeModel):
