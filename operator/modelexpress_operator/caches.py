@@ -129,7 +129,7 @@ class CacheController:
         """The status after making sure the claim and this generation's Job exist."""
         status = ModelCacheStatus.model_validate(current or {})
         if status.phase in ("Ready", "Failed", "Evicted") and status.observed_generation == generation:
-            return {}  # this generation is settled; Job events, the retry timer and eviction take it from here
+            return {}  # this generation is settled; Job events, the retry and eviction daemons take it from here
         if status.observed_generation != generation:
             status.source_bytes = None  # read for another spec
             status.next_retry_time = None  # planned for another spec

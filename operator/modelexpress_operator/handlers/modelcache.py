@@ -1,7 +1,8 @@
 """ModelCache handlers: PVC and download Job from the spec, status from the Job, retention on delete.
 
-The spec handlers and the Job-event handler both end in `CacheController`; a timer starts a new
-download Job after a retryable failure (nobody has to delete a Job by hand).
+The spec handlers and the Job-event handler both end in `CacheController`; a daemon per cache starts
+a new Job when a retryable failure's `nextRetryTime` comes (nobody has to delete a Job by hand), and
+another evicts a cache left unused.
 """
 
 from __future__ import annotations
