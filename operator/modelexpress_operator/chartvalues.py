@@ -137,6 +137,22 @@ class WorkerNetworkPolicy(KubeModel):
     """Ports of opted-in pods that stay open to every client (the engine's own API)."""
 
 
+class WorkerTLS(KubeModel):
+    enabled: bool = False
+    """WorkerService over TLS: the webhook mounts Secret `secretName` (`tls.crt`, `tls.key`, `ca.crt`) into
+    every opted-in pod and sets `MX_WORKER_TLS_*`; workers serve TLS and every caller, the operator
+    included, verifies the name `modelexpress-worker` against `ca.crt`. NIXL's own transfers are not
+    covered (RDMA and UCX carry the bytes)."""
+    secret_name: str = Field(default="modelexpress-worker-tls", min_length=1, max_length=253)
+    """The Secret, in every workers namespace and in the release namespace (the operator reads `ca.crt`)."""
+    generate: bool = True
+    """The chart issues a CA and one certificate for the name `modelexpress-worker` and writes the Secret
+    into each of those namespaces; an upgrade keeps the ones it finds. False: bring your own Secret of
+    that name (e.g. from cert-manager) in each of them."""
+    validity_days: int = Field(default=3650, ge=1, le=36500)
+    """Lifetime of the generated CA and certificate."""
+
+
 class WorkersValues(KubeModel):
     namespaces: list[str] = Field(default_factory=list)
     """Namespaces where vLLM workers and cache Jobs run: each gets the workers' read-only Role on
@@ -149,6 +165,8 @@ class WorkersValues(KubeModel):
     """Sources admit only opted-in pods of their namespace (and the operator): the webhook gives each
     opted-in pod `MX_PEER_AUTH=kubernetes` and a projected token, the workers get what the check needs
     (TokenReviews, reading pods in the workers namespaces), the operator a token of its own."""
+    tls: WorkerTLS = Field(default_factory=WorkerTLS)
+    """TLS for the WorkerService (the control traffic between workers: manifests, agent metadata, artifacts)."""
 
 
 class ChartValues(KubeModel):

@@ -56,6 +56,10 @@ class OperatorSettings(BaseSettings):
     a projected token); the operator itself is then admitted by its ServiceAccount's name."""
     service_account: str = "modelexpress-operator"
     """The operator's ServiceAccount (in its namespace): the user every source admits."""
+    worker_tls_secret: str | None = Field(default=None, min_length=1, max_length=253)
+    """A Secret (`tls.crt`, `tls.key`, `ca.crt`) in the workers' namespaces that the webhook mounts into
+    opted-in pods so that they serve the WorkerService over TLS and verify their peers (unset: plaintext).
+    The operator verifies workers with `MX_WORKER_TLS_CA_FILE`."""
     peer_token_file: str = "/var/run/secrets/modelexpress/token"
     """The operator's token for workers that admit authenticated peers only (a projected ServiceAccount
     token of audience `modelexpress`; absent: none is sent)."""

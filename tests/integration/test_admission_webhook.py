@@ -129,6 +129,7 @@ def test_webhook_injects_refuses_and_fails_open(
         "MX_OPERATOR_NAMESPACE": namespace,
         "MX_OPERATOR_SERVER_URL": "modelexpress-server.mx-system.svc:8001",
         "MX_OPERATOR_PEER_AUTH": "true",
+        "MX_OPERATOR_WORKER_TLS_SECRET": "modelexpress-worker-tls",
         "KUBECONFIG": str(operator_kubeconfig),
     }.items():
         monkeypatch.setenv(key, value)
@@ -175,6 +176,14 @@ def test_webhook_injects_refuses_and_fails_open(
         token = next(v for v in pod.spec.volumes if v.name == "modelexpress-peer-token").projected.sources[0]
         assert (token.service_account_token.audience, token.service_account_token.path) == ("modelexpress", "token")
         assert ("modelexpress-peer-token", "/var/run/secrets/modelexpress", True) in [
+            (m.name, m.mount_path, m.read_only) for m in vllm.volume_mounts
+        ]
+        # TLS on the WorkerService: the workers' Secret in the engine container, and where to find each file.
+        tls = next(v for v in pod.spec.volumes if v.name == "modelexpress-worker-tls")
+        assert tls.secret.secret_name == "modelexpress-worker-tls"
+        assert env["MX_WORKER_TLS_CERT_FILE"] == "/var/run/secrets/modelexpress-worker-tls/tls.crt"
+        assert env["MX_WORKER_TLS_CA_FILE"] == "/var/run/secrets/modelexpress-worker-tls/ca.crt"
+        assert ("modelexpress-worker-tls", "/var/run/secrets/modelexpress-worker-tls", True) in [
             (m.name, m.mount_path, m.read_only) for m in vllm.volume_mounts
         ]
         assert pod.spec.affinity is None  # no node preference unless asked for

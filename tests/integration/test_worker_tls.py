@@ -1,12 +1,14 @@
 """WorkerService over TLS: a pull with the right CA, refusals with a wrong one or none.
 
-The certificate comes from the operator's own CA machinery (`webhook/certs.py`, as for the webhook),
-issued for the name every worker carries (`modelexpress-worker`): workers are dialled by pod IP and
-checked for that name. Real gRPC and real NIXL on host memory, in one process.
+The certificate comes from the operator's own CA machinery (`webhook/certs.py`, as for the webhook) or
+from the Secret the chart issues with `workers.tls.enabled` (Helm's engine), for the name every worker
+carries (`modelexpress-worker`): workers are dialled by pod IP and checked for that name. Real gRPC and
+real NIXL on host memory, in one process.
 """
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,18 +23,34 @@ from modelexpress.p2p.nixl_engine import NixlEngine
 from modelexpress.p2p.pull import NoSourceError, PullOptions, pull
 from modelexpress.p2p.source import SourceWorker
 from modelexpress_operator.webhook.certs import issue, new_ca
+from tests.helpers.chart import render
 
 IDENTITY = WorkerIdentity(model_name="test/tls")
 SPECS = [TensorSpec(f"w{i}", "float32", (128, 64)) for i in range(3)]
 
 
-@pytest.fixture
-def tls_source(tmp_path: Path) -> Iterator[tuple[SourceWorker, Path, dict[str, torch.Tensor]]]:
+def _operator_issued(directory: Path) -> None:
     ca_cert, ca_key = new_ca("modelexpress-worker-ca")
     bundle = issue(ca_cert, ca_key, ["modelexpress-worker"])
-    (tmp_path / "ca.crt").write_bytes(ca_cert)
-    (tmp_path / "tls.crt").write_bytes(bundle.cert)
-    (tmp_path / "tls.key").write_bytes(bundle.key)
+    (directory / "ca.crt").write_bytes(ca_cert)
+    (directory / "tls.crt").write_bytes(bundle.cert)
+    (directory / "tls.key").write_bytes(bundle.key)
+
+
+def _chart_issued(directory: Path) -> None:
+    """The Secret the chart writes with `workers.tls.enabled` (Helm's own genCA and genSignedCert), as the
+    kubelet would mount it into an opted-in pod."""
+    docs = render({"workers": {"tls": {"enabled": True}}})
+    (secret,) = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "modelexpress-worker-tls"]
+    for key, value in secret["data"].items():
+        (directory / key).write_bytes(base64.b64decode(value))
+
+
+@pytest.fixture(params=[_operator_issued, _chart_issued], ids=["operator-ca", "chart-secret"])
+def tls_source(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[SourceWorker, Path, dict[str, torch.Tensor]]]:
+    request.param(tmp_path)
     layout = allocate_pool(SPECS)
     for i, tensor in enumerate(layout.tensors.values()):
         tensor.copy_(torch.arange(math.prod(tensor.shape), dtype=torch.float32).reshape(tensor.shape) * (i + 1))

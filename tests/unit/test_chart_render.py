@@ -3,6 +3,8 @@ the Kubernetes 1.36 schemas, the RBAC is exactly rbac.py's, and bad values are r
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,8 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from modelexpress_operator import rbac
 from tests.helpers.chart import CHART, VALUES_FILES, ChartError, render, validate, values_file
@@ -71,6 +75,38 @@ def test_production_values_spread_replicas_and_use_cert_manager() -> None:
     assert workers_only["from"][1]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
     assert api == {"ports": [{"protocol": "TCP", "port": 8000}]}
     assert not by_kind(render({}), "NetworkPolicy")  # opt-in
+
+
+def test_worker_tls_issues_one_certificate_for_the_workers_name_into_every_namespace_that_needs_it() -> None:
+    docs = render({"workers": {"namespaces": ["team-a", "team-b"], "tls": {"enabled": True}}}, namespace="mx-system")
+    secrets = {d["metadata"]["namespace"]: d for d in by_kind(docs, "Secret")}
+    assert sorted(secrets) == ["mx-system", "team-a", "team-b"]  # the operator's namespace and each workers one
+    assert len({tuple(sorted(d["data"].items())) for d in secrets.values()}) == 1  # one CA, one certificate
+    data = {k: base64.b64decode(v) for k, v in secrets["team-a"]["data"].items()}
+    assert secrets["team-a"]["type"] == "kubernetes.io/tls"
+    cert, ca = x509.load_pem_x509_certificate(data["tls.crt"]), x509.load_pem_x509_certificate(data["ca.crt"])
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert names == ["modelexpress-worker"]  # the name callers check (workers are dialled by pod IP)
+    cert.verify_directly_issued_by(ca)
+    key = serialization.load_pem_private_key(data["tls.key"], password=None)
+    assert key.public_key().public_numbers() == cert.public_key().public_numbers()  # type: ignore[union-attr]
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc >= dt.timedelta(days=3649)
+    operator = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "modelexpress-operator")
+    pod = operator["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["MX_OPERATOR_WORKER_TLS_SECRET"] == "modelexpress-worker-tls"
+    assert env["MX_WORKER_TLS_CA_FILE"] == "/var/run/secrets/modelexpress-worker-tls/ca.crt"
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "worker-ca"]
+    assert volume["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]  # never the workers' key
+    for doc in docs:
+        validate(doc)
+    # Bring your own (cert-manager): the operator is configured the same, the chart writes no Secret.
+    own = render({"workers": {"tls": {"enabled": True, "generate": False, "secretName": "mine"}}})
+    assert not by_kind(own, "Secret")
+    operator = next(d for d in own if d["kind"] == "Deployment" and d["metadata"]["name"] == "modelexpress-operator")
+    env = {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MX_OPERATOR_WORKER_TLS_SECRET"] == "mine"
+    assert not by_kind(render({}), "Secret")  # off by default
 
 
 def test_cluster_scope_grants_exactly_the_operator_rules_and_namespace_scope_splits_them() -> None:

@@ -142,3 +142,27 @@ def test_peer_authentication_adds_a_projected_token_and_the_settings_once() -> N
     assert "volumes" not in plain["spec"] and all(
         e["name"] != "MX_PEER_AUTH" for e in plain["spec"]["containers"][0]["env"]
     )
+
+
+def test_worker_tls_mounts_the_secret_and_points_the_worker_at_it_once() -> None:
+    body = pod({"modelexpress.io/p2p": "enabled"}, env=[{"name": "MX_WORKER_TLS_CA_FILE", "value": "/mine/ca.pem"}])
+    settings = SETTINGS.model_copy(update={"worker_tls_secret": "modelexpress-worker-tls"})
+    mutate(body, None, settings)
+    mutate(body, None, settings)
+    vllm = body["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in vllm["env"]}
+    assert env["MX_WORKER_TLS_CERT_FILE"] == "/var/run/secrets/modelexpress-worker-tls/tls.crt"
+    assert env["MX_WORKER_TLS_KEY_FILE"] == "/var/run/secrets/modelexpress-worker-tls/tls.key"
+    assert env["MX_WORKER_TLS_CA_FILE"] == "/mine/ca.pem"  # the pod's own value wins
+    assert [v for v in body["spec"]["volumes"] if v["name"] == "modelexpress-worker-tls"] == [
+        {"name": "modelexpress-worker-tls", "secret": {"secretName": "modelexpress-worker-tls"}}
+    ]
+    mounts = [m for m in vllm["volumeMounts"] if m["name"] == "modelexpress-worker-tls"]
+    assert mounts == [
+        {"name": "modelexpress-worker-tls", "mountPath": "/var/run/secrets/modelexpress-worker-tls", "readOnly": True}
+    ]
+    assert all("volumeMounts" not in c for c in body["spec"]["containers"][1:])  # the engine container only
+    plain = pod({"modelexpress.io/p2p": "enabled"})
+    mutate(plain, None, SETTINGS)
+    assert "volumes" not in plain["spec"]
+    assert not any(e["name"].startswith("MX_WORKER_TLS") for e in plain["spec"]["containers"][0]["env"])

@@ -130,5 +130,6 @@ def inject(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> Non
             if operator.peer_auth
             else None
         ),
+        worker_tls_secret=operator.worker_tls_secret,
     )
     patch.fns.append(lambda target: mutate(cast(dict[str, Any], target), cache, injection, nodes))

@@ -5,8 +5,10 @@ A pod annotated `modelexpress.io/p2p: enabled` gets, in its engine container (th
 `MX_*` worker settings (the Kubernetes registry, its WorkerService port, the status TTL, the pod's
 identity through the downward API), and the WorkerService port(s). With
 `modelexpress.io/model-cache: NAME` it also gets a read-only mount of that ModelCache's PVC with
-`HF_HUB_CACHE` pointing at it. Anything the pod already sets is kept: the user's value wins, and
-a second pass changes nothing (the webhook may be reinvoked).
+`HF_HUB_CACHE` pointing at it. With peer authentication on, a projected token and the settings that
+make the worker check its callers; with a workers' TLS Secret, that Secret and `MX_WORKER_TLS_*`.
+Anything the pod already sets is kept: the user's value wins, and a second pass changes nothing (the
+webhook may be reinvoked).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ VOLUME = "modelexpress-cache"
 PEER_TOKEN_VOLUME = "modelexpress-peer-token"
 PEER_TOKEN_DIR = "/var/run/secrets/modelexpress"
 PEER_TOKEN_SECONDS = 3600
+TLS_VOLUME = "modelexpress-worker-tls"
+TLS_DIR = "/var/run/secrets/modelexpress-worker-tls"
 CACHE_MOUNT = "/modelexpress/cache"
 PORT_NAME = "mx-worker"
 
@@ -42,6 +46,8 @@ class InjectionSettings(BaseModel):
     status_ttl_secs: float = 30.0
     peer_trusted_user: str | None = None
     """With peer authentication: the operator's user name, admitted by every source (None: off)."""
+    worker_tls_secret: str | None = None
+    """A Secret with the workers' certificate, key and CA, mounted for TLS on the WorkerService (None: off)."""
 
 
 class RefusedError(ValueError):
@@ -125,6 +131,24 @@ def _peer_token(pod: dict[str, Any], container: dict[str, Any], env: list[dict[s
         mounts.append({"name": PEER_TOKEN_VOLUME, "mountPath": PEER_TOKEN_DIR, "readOnly": True})
 
 
+def _worker_tls(pod: dict[str, Any], container: dict[str, Any], env: list[dict[str, Any]], secret: str) -> None:
+    """TLS on the WorkerService: the Secret's certificate and key to serve with, its CA to verify peers."""
+    present = {e.get("name") for e in env}
+    wanted = [
+        {"name": "MX_WORKER_TLS_CERT_FILE", "value": f"{TLS_DIR}/tls.crt"},
+        {"name": "MX_WORKER_TLS_KEY_FILE", "value": f"{TLS_DIR}/tls.key"},
+        {"name": "MX_WORKER_TLS_CA_FILE", "value": f"{TLS_DIR}/ca.crt"},
+    ]
+    env.extend(e for e in wanted if e["name"] not in present)
+    volumes: list[dict[str, Any]] = pod["spec"].setdefault("volumes", [])
+    if not any(v.get("name") == TLS_VOLUME for v in volumes):
+        # the kubelet's default file mode: engines run as any user, and an fsGroup is not a given
+        volumes.append({"name": TLS_VOLUME, "secret": {"secretName": secret}})
+    mounts: list[dict[str, Any]] = container.setdefault("volumeMounts", [])
+    if not any(m.get("name") == TLS_VOLUME for m in mounts):
+        mounts.append({"name": TLS_VOLUME, "mountPath": TLS_DIR, "readOnly": True})
+
+
 def prefer_nodes(pod: dict[str, Any], nodes: list[str]) -> None:
     """Add a preferred (never required) node affinity towards `nodes` (by hostname label), once: the
     scheduler weighs it with everything else, so a full node never blocks the pod."""
@@ -186,6 +210,8 @@ def mutate(
     pod.setdefault("metadata", {}).setdefault("labels", {}).setdefault(OPT_IN, "enabled")
     if settings.peer_trusted_user is not None:
         _peer_token(pod, container, env, settings.peer_trusted_user)
+    if settings.worker_tls_secret is not None:
+        _worker_tls(pod, container, env, settings.worker_tls_secret)
     if cache is not None:
         volumes: list[dict[str, Any]] = pod["spec"].setdefault("volumes", [])
         if not any(v.get("name") == VOLUME for v in volumes):
