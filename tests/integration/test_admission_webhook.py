@@ -105,6 +105,30 @@ def _pods_near_their_model_get_a_preferred_affinity(
     assert nowhere.spec.affinity is None  # no such ModelMetadata yet: admitted without a preference
 
 
+def _guarded_worker(pod: client.V1Pod, namespace: str) -> None:
+    """The settings of a worker whose callers are checked (peer authentication) and whose WorkerService
+    speaks TLS, as the webhook injected them."""
+    vllm = pod.spec.containers[0]
+    env = _env(vllm)
+    # Peer authentication: the worker checks its callers, admits the operator, and holds a token of its own.
+    assert env["MX_PEER_AUTH"] == "kubernetes"
+    assert pod.metadata.labels["modelexpress.io/p2p"] == "enabled"  # what the chart's NetworkPolicy selects
+    assert env["MX_PEER_TRUSTED_USERS"] == f"system:serviceaccount:{namespace}:modelexpress-operator"
+    token = next(v for v in pod.spec.volumes if v.name == "modelexpress-peer-token").projected.sources[0]
+    assert (token.service_account_token.audience, token.service_account_token.path) == ("modelexpress", "token")
+    assert ("modelexpress-peer-token", "/var/run/secrets/modelexpress", True) in [
+        (m.name, m.mount_path, m.read_only) for m in vllm.volume_mounts
+    ]
+    # TLS on the WorkerService: the workers' Secret in the engine container, and where to find each file.
+    tls = next(v for v in pod.spec.volumes if v.name == "modelexpress-worker-tls")
+    assert tls.secret.secret_name == "modelexpress-worker-tls"
+    assert env["MX_WORKER_TLS_CERT_FILE"] == "/var/run/secrets/modelexpress-worker-tls/tls.crt"
+    assert env["MX_WORKER_TLS_CA_FILE"] == "/var/run/secrets/modelexpress-worker-tls/ca.crt"
+    assert ("modelexpress-worker-tls", "/var/run/secrets/modelexpress-worker-tls", True) in [
+        (m.name, m.mount_path, m.read_only) for m in vllm.volume_mounts
+    ]
+
+
 def test_webhook_injects_refuses_and_fails_open(
     kube_api: client.ApiClient,
     custom_objects: client.CustomObjectsApi,
@@ -169,23 +193,7 @@ def test_webhook_injects_refuses_and_fails_open(
         assert not sidecar.env and all(m.name != VOLUME for m in sidecar.volume_mounts or [])
 
         assert env["MX_ZONE"] == "metadata.labels['topology.kubernetes.io/zone']"
-        # Peer authentication: the worker checks its callers, admits the operator, and holds a token of its own.
-        assert env["MX_PEER_AUTH"] == "kubernetes"
-        assert pod.metadata.labels["modelexpress.io/p2p"] == "enabled"  # what the chart's NetworkPolicy selects
-        assert env["MX_PEER_TRUSTED_USERS"] == f"system:serviceaccount:{namespace}:modelexpress-operator"
-        token = next(v for v in pod.spec.volumes if v.name == "modelexpress-peer-token").projected.sources[0]
-        assert (token.service_account_token.audience, token.service_account_token.path) == ("modelexpress", "token")
-        assert ("modelexpress-peer-token", "/var/run/secrets/modelexpress", True) in [
-            (m.name, m.mount_path, m.read_only) for m in vllm.volume_mounts
-        ]
-        # TLS on the WorkerService: the workers' Secret in the engine container, and where to find each file.
-        tls = next(v for v in pod.spec.volumes if v.name == "modelexpress-worker-tls")
-        assert tls.secret.secret_name == "modelexpress-worker-tls"
-        assert env["MX_WORKER_TLS_CERT_FILE"] == "/var/run/secrets/modelexpress-worker-tls/tls.crt"
-        assert env["MX_WORKER_TLS_CA_FILE"] == "/var/run/secrets/modelexpress-worker-tls/ca.crt"
-        assert ("modelexpress-worker-tls", "/var/run/secrets/modelexpress-worker-tls", True) in [
-            (m.name, m.mount_path, m.read_only) for m in vllm.volume_mounts
-        ]
+        _guarded_worker(pod, namespace)
         assert pod.spec.affinity is None  # no node preference unless asked for
 
         _pods_near_their_model_get_a_preferred_affinity(core, custom_objects, namespace)
