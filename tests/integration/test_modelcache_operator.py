@@ -102,6 +102,17 @@ def status_where(
     return probe
 
 
+def enforce_quota(core: client.CoreV1Api, namespace: str, name: str, hard: dict[str, str]) -> None:
+    """A ResourceQuota, once the quota controller has counted what the namespace uses (only then does
+    admission hold new objects to it)."""
+    core.create_namespaced_resource_quota(namespace, {"metadata": {"name": name}, "spec": {"hard": hard}})
+
+    def counted() -> object:
+        return (core.read_namespaced_resource_quota(name, namespace).status or client.V1ResourceQuotaStatus()).used
+
+    wait_for(counted, 30, what=f"quota {name} counted")
+
+
 def cache_events(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, tuple[str, str]]:
     """reason -> (type, message) of the Events about one ModelCache."""
     events = core.list_namespaced_event(
@@ -278,16 +289,7 @@ def test_a_failed_job_is_retried_after_the_interval_through_a_refused_attempt(
     core, batch = client.CoreV1Api(kube_api), client.BatchV1Api(kube_api)
     apply_cache(custom_objects, namespace, "again", source="hf://org/tiny", storage={"size": "1Gi"})
     first = wait_for(lambda: node.job_pods(namespace, "again-dl-g1-1"), 30, what="first pod")[0]
-    core.create_namespaced_resource_quota(
-        namespace, {"metadata": {"name": "one-job"}, "spec": {"hard": {"count/jobs.batch": "1"}}}
-    )
-    wait_for(
-        lambda: (
-            (core.read_namespaced_resource_quota("one-job", namespace).status or client.V1ResourceQuotaStatus()).used
-        ),
-        30,
-        what="quota usage",
-    )
+    enforce_quota(core, namespace, "one-job", {"count/jobs.batch": "1"})
     node.mark_running(namespace, first.metadata.name)
     node.mark_terminated(namespace, first.metadata.name, 1, "hub unreachable")  # exit 1: NetworkError, retryable
     failed = wait_for(status_where(custom_objects, namespace, "again", lambda s: s.get("phase") == "Failed"), 60)
@@ -475,16 +477,7 @@ def test_a_refused_child_object_is_a_condition_with_the_api_servers_reason(
     """A ResourceQuota that allows no PVC: the API server's 403 becomes the cache's condition and Event
     (not a traceback in the operator's log); once the quota is gone, the retry creates the PVC."""
     core = client.CoreV1Api(kube_api)
-    core.create_namespaced_resource_quota(
-        namespace, {"metadata": {"name": "no-claims"}, "spec": {"hard": {"persistentvolumeclaims": "0"}}}
-    )
-    wait_for(
-        lambda: (
-            (core.read_namespaced_resource_quota("no-claims", namespace).status or client.V1ResourceQuotaStatus()).hard
-        ),
-        30,
-        what="quota status",
-    )
+    enforce_quota(core, namespace, "no-claims", {"persistentvolumeclaims": "0"})
     apply_cache(custom_objects, namespace, "quota", source="hf://org/tiny", storage={"size": "1Gi"})
     status = wait_for(status_where(custom_objects, namespace, "quota", lambda s: bool(s.get("conditions"))), 30)
     ready = condition({"status": status}, "Ready") or {}
