@@ -22,7 +22,7 @@ from kubernetes import client
 
 from modelexpress_operator.rbac import CACHE_JOB_RULES
 from tests.harness.fixtures import GROUP, VERSION
-from tests.harness.kube import condition, read_or_none, wait_for
+from tests.harness.kube import condition, get_table, read_or_none, wait_for
 from tests.harness.node import ContainerConfigError, NodeHelper
 from tests.helpers.fake_hub import FakeHub
 
@@ -296,6 +296,10 @@ def test_a_failed_job_is_retried_after_the_interval_through_a_refused_attempt(
     ready = condition({"status": failed}, "Ready") or {}
     assert ready.get("reason") == "NetworkError", ready
     assert "attempt 2 of 3 starts in 3s" in ready["message"], ready["message"]
+    table = get_table(kube_api, f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/modelcaches")
+    columns = [c["name"] for c in table["columnDefinitions"]]
+    (row,) = [dict(zip(columns, r["cells"], strict=True)) for r in table["rows"] if r["cells"][0] == "again"]
+    assert (row["Phase"], row["Reason"]) == ("Failed", "NetworkError")  # kubectl get mxcache
     planned = datetime.fromisoformat(failed["nextRetryTime"])
     assert planned >= datetime.fromisoformat(ready["lastTransitionTime"]) + timedelta(seconds=2)
     refused = wait_for(

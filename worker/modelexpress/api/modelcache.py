@@ -198,6 +198,12 @@ class ModelCache(KubeModel):
         {"name": "Source", "type": "string", "jsonPath": ".spec.source"},
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {
+            "name": "Reason",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+            "description": "what it waits for or why it failed",
+        },
+        {
             "name": "Progress",
             "type": "integer",
             "jsonPath": ".status.progress.percent",
@@ -211,6 +217,13 @@ class ModelCache(KubeModel):
             "jsonPath": ".status.nodes",
             "priority": 1,
             "description": "node-local volume's nodes",
+        },
+        {
+            "name": "Next-Retry",
+            "type": "string",
+            "jsonPath": ".status.nextRetryTime",
+            "priority": 1,
+            "description": "when the next Job starts after a retryable failure",
         },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
