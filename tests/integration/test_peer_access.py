@@ -171,6 +171,17 @@ def test_only_opted_in_pods_of_the_namespace_read_a_guarded_source(
     assert "not accepted by the API server" in _refusal(source.endpoint, tokens["gone"])
     assert "PERMISSION_DENIED" in (why := _refusal(source.endpoint, tokens["plain"])) and "not opted in" in why
     assert f"pods of namespace {other} may not read" in _refusal(source.endpoint, tokens["far"])
+    # Allowed by MX_PEER_NAMESPACES, but the source's own RBAC does not reach that namespace: one line
+    # that says which grant is missing (the source's fix, not the caller's).
+    widened = SourceWorker(
+        IDENTITY, allocate_pool(SPECS), source.settings.model_copy(update={"peer_namespaces": [other]})
+    )
+    widened.start()
+    try:
+        why = _refusal(widened.endpoint, tokens["far"])
+        assert f"this source may not read pods in namespace {other}" in why and "MX_PEER_NAMESPACES" in why, why
+    finally:
+        widened.stop()
     monkeypatch.setenv("MX_PEER_TOKEN_FILE", str(tokens["far"]))
     engine = NixlEngine()
     try:

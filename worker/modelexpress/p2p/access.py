@@ -135,6 +135,14 @@ class PeerAccess:
             pod = self.core.read_namespaced_pod(name, namespace)
             found: dict[str, Any] | None = self.core.api_client.sanitize_for_serialization(pod)
         except client.ApiException as exc:
+            if exc.status == 403:  # this source's own RBAC: say so where its operator will look, and to the caller
+                reason = (
+                    f"this source may not read pods in namespace {namespace} to check pod {name}: grant its "
+                    f"ServiceAccount get on pods there (the chart does for workers.namespaces) or remove "
+                    f"{namespace} from MX_PEER_NAMESPACES"
+                )
+                log.warning("%s", reason)
+                raise RefusedError(grpc.StatusCode.UNAVAILABLE, reason) from None
             if exc.status != 404:
                 raise RefusedError(
                     grpc.StatusCode.UNAVAILABLE, f"cannot read pod {namespace}/{name} now ({exc.reason})"
