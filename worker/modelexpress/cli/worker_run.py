@@ -80,7 +80,7 @@ def _run_source(
         source.stop()
         registry.close()
         server = source.server
-        print(f"stopped; peers reported {source.served_pulls} pull(s), {source.served_bytes} bytes; at most "
+        print(f"stopped; peers reported {source.served_pulls} pull(s), {size(source.served_bytes)}; at most "
               f"{server.peak_pullers} target(s) at once, {server.refused_pullers} turned away as busy", flush=True)  # fmt: skip
 
 
