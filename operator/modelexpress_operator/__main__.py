@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import sys
 
 import kopf
+
+from modelexpress_operator.settings import OperatorSettingsError, load_operator_settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,6 +32,11 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.metrics_port is not None:
         os.environ["MX_OPERATOR_METRICS_PORT"] = str(args.metrics_port)
+    try:  # before kopf: its startup handlers would retry a bad setting every minute, with a traceback
+        load_operator_settings()
+    except OperatorSettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     if args.namespace and args.peering:
         os.environ.setdefault("MX_OPERATOR_PEERING_NAMESPACE", args.namespace[0])
     import modelexpress_operator.handlers  # noqa: F401 - registers the handlers

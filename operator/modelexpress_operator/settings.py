@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from modelexpress.errors import UserError
 
 
 class OperatorSettings(BaseSettings):
@@ -96,3 +98,29 @@ class OperatorSettings(BaseSettings):
     def heartbeat_secs(self) -> float:
         """How often workers are asked to resend their status: three beats per TTL."""
         return max(0.2, self.status_ttl_secs / 3)
+
+
+class OperatorSettingsError(UserError, ValueError):
+    """Bad `MX_OPERATOR_*` values; the message names each variable, its value and what is accepted."""
+
+
+def _variable(name: str) -> str:
+    field = OperatorSettings.model_fields.get(name)
+    if field is None and name.isupper():  # an alias reports itself: the variable as it was set
+        return name
+    alias = field.validation_alias if field is not None else None
+    if isinstance(alias, AliasChoices) and alias.choices:
+        return " or ".join(str(choice) for choice in alias.choices)
+    return f"MX_OPERATOR_{name.upper()}"
+
+
+def load_operator_settings() -> OperatorSettings:
+    """`OperatorSettings` from the environment, or `OperatorSettingsError` naming each bad variable."""
+    try:
+        return OperatorSettings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "?"
+            problems.append(f"{_variable(name)}={error.get('input')!r}: {error['msg']}")
+        raise OperatorSettingsError("; ".join(problems)) from None

@@ -4,6 +4,9 @@ is accepted, exit 2, never a traceback; `--format` is accepted wherever a user t
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,3 +115,26 @@ def test_sources_ls_honours_the_global_format(
 def test_sizes_never_round_to_zero(nbytes: int, text: str) -> None:
     assert size(nbytes) == text
     assert rate(5.9e9) == "5.9 GB/s" and rate(2.66e8) == "266 MB/s"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"MX_OPERATOR_RETRY_INTERVAL_SECS": "abc"}, "error: MX_OPERATOR_RETRY_INTERVAL_SECS='abc': Input should be a valid number"),
+        ({"MX_STATUS_TTL_SECS": "-1"}, "error: MX_STATUS_TTL_SECS='-1': Input should be greater than 0"),
+        ({"MX_OPERATOR_RETRY_LIMIT": "0"}, "error: MX_OPERATOR_RETRY_LIMIT='0': Input should be greater than or equal to 1"),
+    ],
+)  # fmt: skip
+def test_bad_operator_variables_stop_it_at_once_with_one_line(env: dict[str, str], expected: str) -> None:
+    """The operator's entry point, as the chart runs it: a bad setting is one line and exit 2 before
+    kopf starts (whose startup handlers would retry it every minute with a traceback)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "modelexpress_operator", "--standalone", "--health-port", "0"],
+        env={**os.environ, **env, "KUBECONFIG": "/nonexistent"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip() == done.stderr.strip().splitlines()[0] and done.stderr.startswith(expected), done.stderr
