@@ -131,8 +131,11 @@ class YamlFileSource(PydanticBaseSettingsSource):
             raise ConfigError(f"configuration file {self._path} cannot be read: {exc.strerror}") from None
         try:
             data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"configuration file {self._path} is not valid YAML: {exc}") from None
+        except yaml.YAMLError as exc:  # one line: where, and what the parser expected
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"configuration file {self._path} is not valid YAML{where}: {what}") from None
         if data is None:
             return {}
         if not isinstance(data, dict):
