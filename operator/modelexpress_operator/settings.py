@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from modelexpress.config.environment import describe_environment_error
 from modelexpress.errors import UserError
 
 
@@ -104,23 +105,9 @@ class OperatorSettingsError(UserError, ValueError):
     """Bad `MX_OPERATOR_*` values; the message names each variable, its value and what is accepted."""
 
 
-def _variable(name: str) -> str:
-    field = OperatorSettings.model_fields.get(name)
-    if field is None and name.isupper():  # an alias reports itself: the variable as it was set
-        return name
-    alias = field.validation_alias if field is not None else None
-    if isinstance(alias, AliasChoices) and alias.choices:
-        return " or ".join(str(choice) for choice in alias.choices)
-    return f"MX_OPERATOR_{name.upper()}"
-
-
 def load_operator_settings() -> OperatorSettings:
     """`OperatorSettings` from the environment, or `OperatorSettingsError` naming each bad variable."""
     try:
         return OperatorSettings()
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            name = str(error["loc"][0]) if error["loc"] else "?"
-            problems.append(f"{_variable(name)}={error.get('input')!r}: {error['msg']}")
-        raise OperatorSettingsError("; ".join(problems)) from None
+        raise OperatorSettingsError(describe_environment_error(exc, OperatorSettings, "MX_OPERATOR_")) from None

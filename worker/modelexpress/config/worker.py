@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from modelexpress.config.environment import describe_environment_error
 from modelexpress.errors import UserError
 
 
@@ -141,21 +142,9 @@ class WorkerSettingsError(UserError, ValueError):
     """Bad `MX_*` values; the message names each variable, its value and what is accepted."""
 
 
-def _variable(name: str) -> str:
-    field = WorkerSettings.model_fields.get(name)
-    alias = field.validation_alias if field is not None else None
-    if isinstance(alias, AliasChoices) and alias.choices:
-        return str(alias.choices[0])
-    return f"MX_{name.upper()}"
-
-
 def load_worker_settings(**overrides: object) -> WorkerSettings:
     """`WorkerSettings` from the environment (and `overrides`), or `WorkerSettingsError` naming each bad variable."""
     try:
         return WorkerSettings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            name = str(error["loc"][0]) if error["loc"] else "?"
-            problems.append(f"{_variable(name)}={error.get('input')!r}: {error['msg']}")
-        raise WorkerSettingsError("; ".join(problems)) from None
+        raise WorkerSettingsError(describe_environment_error(exc, WorkerSettings, "MX_")) from None
