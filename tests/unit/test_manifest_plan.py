@@ -92,7 +92,9 @@ def test_manifest_stream_errors_are_caught() -> None:
         (lambda page: page.nbytes.pop(), "columns have different lengths"),
         (lambda page: page.dims.append(3), "shapes need 4 dims, got 5"),
         (lambda page: page.non_parameters.append(9), "non-parameter index 9 out of range"),
-        (lambda page: page.shared_prefix_lengths.__setitem__(1, 500), "prefix longer than the previous name"),
+        (lambda page: page.shared_prefix_lengths.__setitem__(1, 500), "tensor 1: prefix longer than the previous name"),
+        (lambda page: page.shared_prefix_lengths.__setitem__(0, 1), "tensor 0: prefix longer than the previous name"),
+        (lambda page: page.ranks.__setitem__(0, 0), "shapes need 3 dims, got 4"),
         (lambda page: page.dtypes.__setitem__(2, 99), "unknown dtype 99"),
     ],
 )
@@ -136,6 +138,25 @@ def test_match_lists_first_differences() -> None:
     assert "2 tensor(s) do not match" in text
     assert "local float16[8] != source bfloat16[8]" in text
     assert "extra.weight: not served by the source" in text
+
+
+def test_pages_of_one_rank_and_of_mixed_ranks_decode_alike_and_match() -> None:
+    """Pages whose shapes all have one rank take a faster path than pages of mixed ranks (scalars
+    included): both give back the manifest, and a shape that differs is found among names that all match."""
+    shapes = [(4, 2), (3, 5), (6, 1), (2, 2), (), (7,), (1, 2, 3, 4), (5,), (2, 3)]
+    specs = [TensorSpec(f"model.layers.{i}.weight", "float32", shape) for i, shape in enumerate(shapes)]
+    layout = allocate_pool(specs)
+    manifest = Manifest.build(IDENTITY, layout)
+    for page_size in (4, 3, 1):  # [rank 2 x4], then mixed pages; one tensor per page
+        back = Manifest.from_chunks(list(manifest.to_chunks(page_size=page_size)))
+        assert back == manifest and [e.shape for e in back.tensors] == shapes
+    assert match(layout, manifest) == manifest.by_name()
+    changed = [*specs[:4], TensorSpec(specs[4].name, "float32", (1,)), *specs[5:]]
+    with pytest.raises(
+        TensorMismatchError,
+        match=r"1 tensor\(s\) do not match.*layers\.4\.weight: local float32\[1\] != source float32\[\]",
+    ):
+        match(allocate_pool(changed), manifest)
 
 
 def test_small_pooled_tensors_coalesce_into_one_descriptor() -> None:

@@ -9,6 +9,7 @@ names share long prefixes such as `model.layers.17.mlp.`), shapes packed.
 from __future__ import annotations
 
 import itertools
+import operator
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -65,7 +66,7 @@ class Manifest:
         return sum(t.nbytes for t in self.tensors)
 
     def by_name(self) -> dict[str, TensorEntry]:
-        return {t.name: t for t in self.tensors}
+        return dict(zip(map(operator.itemgetter(0), self.tensors), self.tensors, strict=True))
 
     # --- building ---------------------------------------------------------------------------------
 
@@ -182,47 +183,46 @@ def _encode_page(first: int, entries: Sequence[TensorEntry]) -> worker_pb2.Tenso
 
 
 def _decode_page(page: worker_pb2.TensorPage, first: int) -> list[TensorEntry]:
+    """The entries of one page. Per-tensor work is left to C (map, zip, join) where it can be: a target
+    decodes every page of every source before its first READ."""
     count = len(page.name_suffixes)
     columns = (page.shared_prefix_lengths, page.dtypes, page.ranks, page.nbytes, page.region_ids, page.offsets)
     if any(len(column) != count for column in (*columns, page.checksums)):
         raise ManifestError(f"manifest page at tensor {first}: its columns have different lengths")
+    keeps = list(page.shared_prefix_lengths)
     names: list[str] = []
     previous = ""
-    for i, (suffix, keep) in enumerate(zip(page.name_suffixes, page.shared_prefix_lengths, strict=True)):
-        if keep > len(previous):
-            raise ManifestError(f"tensor {first + i}: prefix longer than the previous name")
+    for suffix, keep in zip(page.name_suffixes, keeps, strict=True):
         previous = previous[:keep] + suffix
         names.append(previous)
+    # each kept prefix must fit in the name before it (slicing would silently shorten it)
+    if count and (keeps[0] != 0 or not all(map(operator.le, keeps[1:], map(len, names)))):
+        bad = next(i for i, keep in enumerate(keeps) if keep > (len(names[i - 1]) if i else 0))
+        raise ManifestError(f"tensor {first + bad}: prefix longer than the previous name")
     try:
         dtypes = [WIRE_TO_NAME[d] for d in page.dtypes]
     except KeyError as exc:
         raise ManifestError(f"manifest page at tensor {first}: unknown dtype {exc}") from None
     dims = list(page.dims)
-    if sum(page.ranks) != len(dims):
-        raise ManifestError(f"manifest page at tensor {first}: shapes need {sum(page.ranks)} dims, got {len(dims)}")
-    shapes: list[tuple[int, ...]] = []
-    at = 0
-    for rank in page.ranks:
-        shapes.append(tuple(dims[at : at + rank]))
-        at += rank
+    ranks = list(page.ranks)
+    if sum(ranks) != len(dims):
+        raise ManifestError(f"manifest page at tensor {first}: shapes need {sum(ranks)} dims, got {len(dims)}")
+    shapes: list[tuple[int, ...]]
+    if ranks and min(ranks) == max(ranks) > 0:  # one rank for the whole page (the usual case): tuples by zip
+        shapes = list(zip(*[iter(dims)] * ranks[0], strict=True))
+    else:
+        ends = list(itertools.accumulate(ranks))
+        shapes = [tuple(dims[end - rank : end]) for rank, end in zip(ranks, ends, strict=True)]
     parameters = [True] * count
     for index in page.non_parameters:
         if index >= count:
             raise ManifestError(f"manifest page at tensor {first}: non-parameter index {index} out of range")
         parameters[index] = False
-    return list(
-        map(
-            TensorEntry,
-            names,
-            dtypes,
-            shapes,
-            page.nbytes,
-            page.region_ids,
-            page.offsets,
-            page.checksums,
-            parameters,
-        )
+    rows = zip(
+        names, dtypes, shapes, page.nbytes, page.region_ids, page.offsets, page.checksums, parameters, strict=True
     )
+    # tuple.__new__ builds each named tuple in C; the class's own __new__ is a Python function
+    return list(map(tuple.__new__, itertools.repeat(TensorEntry), rows))
 
 
 def _common_prefix(a: str, b: str) -> int:
@@ -235,15 +235,14 @@ def _common_prefix(a: str, b: str) -> int:
 
 def _version(entries: Sequence[TensorEntry]) -> str:
     """A digest of every field of every entry (names, then each numeric column packed)."""
-    digest = xxhash.xxh3_64("\n".join(e.name for e in entries).encode())
-    digest.update(" ".join(e.dtype for e in entries).encode())
-    digest.update(array("Q", itertools.chain.from_iterable((len(e.shape), *e.shape) for e in entries)).tobytes())
-    for column in (
-        [e.nbytes for e in entries],
-        [e.region_id for e in entries],
-        [e.offset for e in entries],
-        [e.checksum for e in entries],
-        [int(e.is_parameter) for e in entries],
-    ):
-        digest.update(array("Q", column).tobytes())
+    field = operator.itemgetter
+    digest = xxhash.xxh3_64("\n".join(map(field(0), entries)).encode())
+    digest.update(" ".join(map(field(1), entries)).encode())
+    shapes = list(map(field(2), entries))
+    # (rank, *dims) of every entry, flattened without a Python step per entry
+    ranked = itertools.chain.from_iterable(zip(zip(map(len, shapes)), shapes, strict=True))
+    digest.update(array("Q", itertools.chain.from_iterable(ranked)).tobytes())
+    for index in (3, 4, 5, 6):  # nbytes, region_id, offset, checksum
+        digest.update(array("Q", map(field(index), entries)).tobytes())
+    digest.update(array("Q", map(int, map(field(7), entries))).tobytes())  # is_parameter
     return digest.hexdigest()
