@@ -88,7 +88,7 @@ async def retry_failed_download(
         generation = int(meta.get("generation") or 0)
         due = runtime.caches.retry_due(status, generation, datetime.now(UTC))
         if due is None or due > 0:
-            await stopped.wait(check if due is None else min(due, check))
+            await asyncio.sleep(check if due is None else min(due, check))
             continue
         namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
         try:
@@ -98,11 +98,11 @@ async def retry_failed_download(
             await asyncio.to_thread(runtime.caches.write_status, namespace, name, update)
         except Exception as exc:  # the next check tries again
             logger.warning("retrying the download of %s failed: %s", name, exc)
-            await stopped.wait(check)
+            await asyncio.sleep(check)
             continue
         await asyncio.to_thread(runtime.caches.announce, namespace, name, uid, status, update)
         # kopf's view catches up with the status just written before the next check reads it
-        await stopped.wait(min(1.0, check))
+        await asyncio.sleep(min(1.0, check))
 
 
 @kopf.daemon(API_GROUP, API_VERSION, "modelcaches", cancellation_timeout=5)
@@ -114,9 +114,7 @@ async def evict_unused_cache(
     runtime: Runtime = memo.runtime
     custom = runtime.caches.custom
     while not stopped:
-        await stopped.wait(runtime.settings.eviction_check_secs)
-        if stopped:
-            return
+        await asyncio.sleep(runtime.settings.eviction_check_secs)
         try:
             current = cast(
                 dict[str, Any],
