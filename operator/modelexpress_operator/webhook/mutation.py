@@ -112,41 +112,44 @@ def _field_env(name: str, path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
+def _default_env(env: list[dict[str, Any]], wanted: list[dict[str, Any]]) -> None:
+    """Add the variables of `wanted` the container does not set itself (its own value wins)."""
+    present = {e.get("name") for e in env}
+    env.extend(e for e in wanted if e["name"] not in present)
+
+
+def _mount(pod: dict[str, Any], container: dict[str, Any], volume: dict[str, Any], path: str) -> None:
+    """The volume in the pod and mounted read-only in the container at `path`, each once (by name)."""
+    volumes: list[dict[str, Any]] = pod["spec"].setdefault("volumes", [])
+    if not any(v.get("name") == volume["name"] for v in volumes):
+        volumes.append(volume)
+    mounts: list[dict[str, Any]] = container.setdefault("volumeMounts", [])
+    if not any(m.get("name") == volume["name"] for m in mounts):
+        mounts.append({"name": volume["name"], "mountPath": path, "readOnly": True})
+
+
 def _peer_token(pod: dict[str, Any], container: dict[str, Any], env: list[dict[str, Any]], operator: str) -> None:
     """Peer authentication: a projected token of audience `modelexpress` (rotated by the kubelet, useless
     against the API server, dead with the pod) and the settings that make the worker check its callers."""
-    present = {e.get("name") for e in env}
-    wanted = [
+    _default_env(env, [
         {"name": "MX_PEER_AUTH", "value": "kubernetes"},
         {"name": "MX_PEER_TRUSTED_USERS", "value": operator},
         {"name": "MX_PEER_TOKEN_FILE", "value": f"{PEER_TOKEN_DIR}/token"},
-    ]
-    env.extend(e for e in wanted if e["name"] not in present)
-    volumes: list[dict[str, Any]] = pod["spec"].setdefault("volumes", [])
-    if not any(v.get("name") == PEER_TOKEN_VOLUME for v in volumes):
-        token = {"audience": "modelexpress", "expirationSeconds": PEER_TOKEN_SECONDS, "path": "token"}
-        volumes.append({"name": PEER_TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": token}]}})
-    mounts: list[dict[str, Any]] = container.setdefault("volumeMounts", [])
-    if not any(m.get("name") == PEER_TOKEN_VOLUME for m in mounts):
-        mounts.append({"name": PEER_TOKEN_VOLUME, "mountPath": PEER_TOKEN_DIR, "readOnly": True})
+    ])  # fmt: skip
+    token = {"audience": "modelexpress", "expirationSeconds": PEER_TOKEN_SECONDS, "path": "token"}
+    volume = {"name": PEER_TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": token}]}}
+    _mount(pod, container, volume, PEER_TOKEN_DIR)
 
 
 def _worker_tls(pod: dict[str, Any], container: dict[str, Any], env: list[dict[str, Any]], secret: str) -> None:
     """TLS on the WorkerService: the Secret's certificate and key to serve with, its CA to verify peers."""
-    present = {e.get("name") for e in env}
-    wanted = [
+    _default_env(env, [
         {"name": "MX_WORKER_TLS_CERT_FILE", "value": f"{TLS_DIR}/tls.crt"},
         {"name": "MX_WORKER_TLS_KEY_FILE", "value": f"{TLS_DIR}/tls.key"},
         {"name": "MX_WORKER_TLS_CA_FILE", "value": f"{TLS_DIR}/ca.crt"},
-    ]
-    env.extend(e for e in wanted if e["name"] not in present)
-    volumes: list[dict[str, Any]] = pod["spec"].setdefault("volumes", [])
-    if not any(v.get("name") == TLS_VOLUME for v in volumes):
-        # the kubelet's default file mode: engines run as any user, and an fsGroup is not a given
-        volumes.append({"name": TLS_VOLUME, "secret": {"secretName": secret}})
-    mounts: list[dict[str, Any]] = container.setdefault("volumeMounts", [])
-    if not any(m.get("name") == TLS_VOLUME for m in mounts):
-        mounts.append({"name": TLS_VOLUME, "mountPath": TLS_DIR, "readOnly": True})
+    ])  # fmt: skip
+    # the kubelet's default file mode: engines run as any user, and an fsGroup is not a given
+    _mount(pod, container, {"name": TLS_VOLUME, "secret": {"secretName": secret}}, TLS_DIR)
 
 
 def prefer_nodes(pod: dict[str, Any], nodes: list[str]) -> None:
@@ -177,7 +180,6 @@ def mutate(
     ranks = _int_annotation(pod, RANKS_PER_POD, 1, 1, 64)
     port = _int_annotation(pod, WORKER_PORT, settings.worker_port, 1, 65535 - ranks + 1)
     env: list[dict[str, Any]] = container.setdefault("env", [])
-    present = {e.get("name") for e in env}
     wanted: list[dict[str, Any]] = [
         {"name": "VLLM_PLUGINS", "value": "modelexpress"},
         {"name": "MODEL_EXPRESS_URL", "value": settings.server_url},
@@ -195,7 +197,7 @@ def mutate(
     ]
     if cache is not None:
         wanted.append({"name": "HF_HUB_CACHE", "value": CACHE_MOUNT})
-    env.extend(e for e in wanted if e["name"] not in present)
+    _default_env(env, wanted)
 
     ports: list[dict[str, Any]] = container.setdefault("ports", [])
     taken = {p.get("containerPort") for p in ports}
@@ -213,11 +215,5 @@ def mutate(
     if settings.worker_tls_secret is not None:
         _worker_tls(pod, container, env, settings.worker_tls_secret)
     if cache is not None:
-        volumes: list[dict[str, Any]] = pod["spec"].setdefault("volumes", [])
-        if not any(v.get("name") == VOLUME for v in volumes):
-            volumes.append(
-                {"name": VOLUME, "persistentVolumeClaim": {"claimName": cache_claim(cache), "readOnly": True}}
-            )
-        mounts: list[dict[str, Any]] = container.setdefault("volumeMounts", [])
-        if not any(m.get("name") == VOLUME for m in mounts):
-            mounts.append({"name": VOLUME, "mountPath": CACHE_MOUNT, "readOnly": True})
+        claim = {"claimName": cache_claim(cache), "readOnly": True}
+        _mount(pod, container, {"name": VOLUME, "persistentVolumeClaim": claim}, CACHE_MOUNT)
