@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from modelexpress import PEER_TOKEN_FILE
 from modelexpress.config.environment import describe_environment_error
 from modelexpress.errors import UserError
 
@@ -63,7 +64,7 @@ class OperatorSettings(BaseSettings):
     """A Secret (`tls.crt`, `tls.key`, `ca.crt`) in the workers' namespaces that the webhook mounts into
     opted-in pods so that they serve the WorkerService over TLS and verify their peers (unset: plaintext).
     The operator verifies workers with `MX_WORKER_TLS_CA_FILE`."""
-    peer_token_file: str = "/var/run/secrets/modelexpress/token"
+    peer_token_file: str = PEER_TOKEN_FILE
     """The operator's token for workers that admit authenticated peers only (a projected ServiceAccount
     token of audience `modelexpress`; absent: none is sent)."""
     topology_zone_label: str = "topology.kubernetes.io/zone"

@@ -8,6 +8,10 @@ from typing import Any
 
 API_GROUP = "modelexpress.io"
 API_VERSION = "v1alpha1"
+PEER_TOKEN_FILE = "/var/run/secrets/modelexpress/token"
+"""Where a worker (and the operator) finds its projected peer token unless told otherwise."""
+WORKER_TLS_SERVER_NAME = "modelexpress-worker"
+"""The name every worker's certificate carries and callers check (workers are dialled by IP)."""
 
 
 def __getattr__(name: str) -> Any:
@@ -24,4 +28,4 @@ def __getattr__(name: str) -> Any:
     return found
 
 
-__all__ = ["API_GROUP", "API_VERSION", "__version__"]
+__all__ = ["API_GROUP", "API_VERSION", "PEER_TOKEN_FILE", "WORKER_TLS_SERVER_NAME", "__version__"]

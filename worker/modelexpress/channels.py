@@ -15,7 +15,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
-SERVER_NAME = "modelexpress-worker"
+from modelexpress import WORKER_TLS_SERVER_NAME
+
 MESSAGE_LIMIT = 64 << 20
 
 
@@ -24,7 +25,7 @@ def _tls() -> tuple[grpc.ChannelCredentials, list[tuple[str, Any]]] | None:
     if not ca_file:
         return None
     credentials = grpc.ssl_channel_credentials(root_certificates=Path(ca_file).read_bytes())
-    name = os.environ.get("MX_WORKER_TLS_SERVER_NAME") or SERVER_NAME
+    name = os.environ.get("MX_WORKER_TLS_SERVER_NAME") or WORKER_TLS_SERVER_NAME
     return credentials, [("grpc.ssl_target_name_override", name), ("grpc.default_authority", name)]
 
 

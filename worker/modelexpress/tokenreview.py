@@ -21,10 +21,11 @@ from typing import Any, cast
 
 from kubernetes import client
 
+from modelexpress import PEER_TOKEN_FILE
+
 log = logging.getLogger(__name__)
 CACHE_SECONDS = 60.0
 REFUSAL_CACHE_SECONDS = 5.0
-PEER_TOKEN_FILE = "/var/run/secrets/modelexpress/token"
 POD_NAME = "authentication.kubernetes.io/pod-name"
 POD_UID = "authentication.kubernetes.io/pod-uid"
 

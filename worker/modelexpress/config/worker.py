@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from modelexpress import PEER_TOKEN_FILE, WORKER_TLS_SERVER_NAME
 from modelexpress.config.environment import describe_environment_error
 from modelexpress.errors import UserError
 
@@ -69,7 +70,7 @@ class WorkerSettings(BaseSettings):
     """Private key of `MX_WORKER_TLS_CERT_FILE` (PEM)."""
     worker_tls_ca_file: str | None = None
     """Dial other workers' WorkerServices over TLS, trusting this CA (PEM)."""
-    worker_tls_server_name: str = "modelexpress-worker"
+    worker_tls_server_name: str = WORKER_TLS_SERVER_NAME
     """Name a worker's certificate is checked for (workers are dialled by IP)."""
     peer_auth: Literal["off", "kubernetes"] = "off"
     """`kubernetes`: this source admits only callers presenting a pod-bound ServiceAccount token of an
@@ -84,7 +85,7 @@ class WorkerSettings(BaseSettings):
     """User names admitted without a pod: the operator's ServiceAccount, which follows every worker."""
     peer_audience: str = "modelexpress"
     """Audience a peer's token must be issued for (the projected token the webhook mounts)."""
-    peer_token_file: str = "/var/run/secrets/modelexpress/token"
+    peer_token_file: str = PEER_TOKEN_FILE
     """This worker's own peer token, sent on every call to a source (read on each call: it rotates)."""
     artifact_transfer: bool = True
     """Receive a peer's compiled artifacts (vLLM's compile cache) with its weights, and serve this
