@@ -17,7 +17,7 @@ from typing import Any, cast
 from kubernetes import client
 
 from modelexpress import API_GROUP, API_VERSION
-from modelexpress.api import ModelCacheSpec, ModelCacheStatus
+from modelexpress.api import RETRY_ANNOTATION, ModelCacheSpec, ModelCacheStatus
 from modelexpress.api.common import set_condition
 from modelexpress.cache.errors import DownloadError
 from modelexpress.cache.huggingface import plan_download
@@ -46,6 +46,11 @@ _PROGRESS = {"Sizing", "Downloading", "Retrying", "Downloaded", "Evicted"}
 """Ready reasons that are a cache's normal course; any other is a Warning Event."""
 REFUSED_RETRY_SECS = 15
 """Pause before asking the API server again for a Job it refused (as for a refused PVC at creation)."""
+
+
+def retry_command(name: str) -> str:
+    """How a user asks for one more attempt without changing the spec (the retry annotation)."""
+    return f'kubectl annotate mxcache {name} {RETRY_ANNOTATION}="$(date +%s)" --overwrite'
 
 
 class WaitingError(Exception):
@@ -141,7 +146,7 @@ class CacheController:
         except WaitingError as exc:
             return self._waiting(status, generation, *exc.args)
         except DownloadError as exc:
-            return self._failed(status, generation, exc.reason.value, str(exc))
+            return self._failed(status, name, generation, exc.reason.value, str(exc))
         except SizingNeeded as exc:
             attempt = max(1, attempt_of(status.job_name, generation)) if _is_sizing(status.job_name) else 1
             try:
@@ -165,11 +170,13 @@ class CacheController:
         status.conditions = set_condition(status.conditions, "Ready", "False", reason, message, generation)
         raise _Retry(_wire(status), message)
 
-    def _failed(self, status: ModelCacheStatus, generation: int, reason: str, message: str) -> dict[str, Any]:
-        self._fail(status, generation, reason, message)
+    def _failed(
+        self, status: ModelCacheStatus, name: str, generation: int, reason: str, message: str
+    ) -> dict[str, Any]:
+        self._fail(status, name, generation, reason, message)
         return _wire(status)
 
-    def _fail(self, status: ModelCacheStatus, generation: int, reason: str, message: str) -> None:
+    def _fail(self, status: ModelCacheStatus, name: str, generation: int, reason: str, message: str) -> None:
         """Phase Failed with its reason; after a retryable failure with attempts left, the next Job is
         planned `MX_OPERATOR_RETRY_INTERVAL_SECS` from now (`nextRetryTime`) and the message says so."""
         status.phase = status.phase.FAILED
@@ -181,7 +188,12 @@ class CacheController:
                 status.next_retry_time = (datetime.now(UTC) + timedelta(seconds=delay)).replace(microsecond=0)
                 message = f"{message}; attempt {attempt + 1} of {limit} starts in {delay:g}s"
             else:
-                message = f"{message}; no attempt left (MX_OPERATOR_RETRY_LIMIT={limit}): change the spec to try again"
+                message = (
+                    f"{message}; no attempt left (MX_OPERATOR_RETRY_LIMIT={limit}): "
+                    f"fix the cause, then try again with `{retry_command(name)}`"
+                )
+        else:
+            message = f"{message}; once fixed, try again with `{retry_command(name)}` (or change the spec)"
         status.conditions = set_condition(status.conditions, "Ready", "False", reason, message, generation)
 
     def _source_bytes(self, spec: ModelCacheSpec) -> int:
@@ -325,7 +337,7 @@ class CacheController:
             failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
             exit_code, message = pod_result(failed[-1]) if failed else (None, {})
             reason, text = failure_of(exit_code, message, job)
-            self._fail(status, generation, reason, text)
+            self._fail(status, cache_name, generation, reason, text)
         self._patch(namespace, cache_name, status)
         self.announce(namespace, cache_name, cache["metadata"]["uid"], before, status.to_api())
 
@@ -357,7 +369,7 @@ class CacheController:
         else:
             reason, text = failure_of(exit_code, result, job) if not complete else ("SizingFailed", "")
             text = text or f"sizing Job {job['metadata']['name']} reported no size; set spec.storage.size"
-            self._fail(status, generation, reason, text)
+            self._fail(status, name, generation, reason, text)
         self._patch(namespace, name, status)
         self.announce(namespace, name, uid, before, status.to_api())
 
@@ -458,29 +470,44 @@ class CacheController:
     # --- retries and deletion -------------------------------------------------------------------
 
     def retry_due(self, status: dict[str, Any], generation: int, now: datetime) -> float | None:
-        """Seconds until the planned retry of this generation (0: now); None when none is planned."""
+        """Seconds until the planned retry of this generation (0: now); None when none is planned (a
+        plan is only ever made with an attempt left, or for a retry the API server refused)."""
         parsed = ModelCacheStatus.model_validate(status or {})
         if (
             parsed.next_retry_time is None
             or parsed.observed_generation != generation
             or parsed.phase not in ("Failed", "Pending")
-            or attempt_of(parsed.job_name, generation) >= self.settings.retry_limit
         ):
             return None
         return max(0.0, (parsed.next_retry_time - now).total_seconds())
 
     def retry(
-        self, namespace: str, name: str, uid: str, spec: ModelCacheSpec, generation: int, status: dict[str, Any]
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        spec: ModelCacheSpec,
+        generation: int,
+        status: dict[str, Any],
+        why: str = "",
     ) -> dict[str, Any]:
-        """A new Job after a retryable failure (the failed one stays for its logs). When the API server
-        refuses it (a quota, a policy), the status says why and the same attempt is tried again later."""
+        """The next attempt's Job (the failed one stays for its logs): a sizing Job again after a failed
+        sizing, else the claim (made again after an eviction) and a download Job. When the API server
+        refuses either (a quota, a policy), the status says why and the same attempt is tried again later;
+        a failure the operator sees itself (the hub says the model does not exist) is the cache's again."""
         parsed = ModelCacheStatus.model_validate(status or {})
         attempt = attempt_of(parsed.job_name, generation) + 1
-        again = self._ensure_sizing_job if _is_sizing(parsed.job_name) else self._ensure_job
         parsed.phase = parsed.phase.PENDING
         parsed.next_retry_time = None
         try:
-            parsed.job_name = again(namespace, name, uid, spec, generation, attempt)
+            if _is_sizing(parsed.job_name):
+                parsed.job_name = self._ensure_sizing_job(namespace, name, uid, spec, generation, attempt)
+            else:
+                try:
+                    parsed.claim_name = self._ensure_claim(namespace, name, uid, spec, parsed.source_bytes)
+                    parsed.job_name = self._ensure_job(namespace, name, uid, spec, generation, attempt)
+                except SizingNeeded:
+                    parsed.job_name = self._ensure_sizing_job(namespace, name, uid, spec, generation, attempt)
         except WaitingError as refused:
             reason, message = refused.args
             parsed.next_retry_time = (datetime.now(UTC) + timedelta(seconds=REFUSED_RETRY_SECS)).replace(microsecond=0)
@@ -488,10 +515,55 @@ class CacheController:
                 parsed.conditions, "Ready", "False", reason, f"attempt {attempt}: {message}", generation
             )
             return _wire(parsed)
+        except DownloadError as exc:
+            return self._failed(parsed, name, generation, exc.reason.value, str(exc))
         parsed.conditions = set_condition(
-            parsed.conditions, "Ready", "False", "Retrying", f"attempt {attempt}: Job {parsed.job_name}", generation
+            parsed.conditions,
+            "Ready",
+            "False",
+            "Retrying",
+            f"attempt {attempt}{why}: Job {parsed.job_name}",
+            generation,
         )
         return _wire(parsed)
+
+    def requested_retry(
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        spec: ModelCacheSpec,
+        generation: int,
+        status: dict[str, Any],
+        token: str,
+    ) -> dict[str, Any]:
+        """Act on a new value of the retry annotation: a Failed or Evicted cache starts its next attempt
+        now (whatever the reason it failed for, and with or without automatic attempts left); in any other
+        phase there is nothing to retry, and an Event says so. The value is recorded either way
+        (`status.lastHandledRetry`), so the same request is never acted on twice. Returns the status
+        written when a retry started (for `announce`), else empty."""
+        parsed = ModelCacheStatus.model_validate(status or {})
+        if not token or token == parsed.last_handled_retry:
+            return {}
+        settled = parsed.observed_generation == generation
+        if settled and parsed.phase in ("Failed", "Evicted"):
+            log.info("ModelCache %s/%s: retry %r requested while %s", namespace, name, token, parsed.phase)
+            update = self.retry(namespace, name, uid, spec, generation, status, f" (requested by {RETRY_ANNOTATION})")
+            update["lastHandledRetry"] = token
+            self.write_status(namespace, name, update)
+            return update
+        phase = parsed.phase if settled else "being reconciled"
+        involved = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "ModelCache", "name": name,
+                    "namespace": namespace, "uid": uid}  # fmt: skip
+        post_event(self.api, involved, "Normal", "RetryIgnored",
+                   f"{RETRY_ANNOTATION}={token}: the cache is {phase}; a retry acts on a Failed or Evicted cache")  # fmt: skip
+        # only this field: the rest of the status (a planned retry, the Job's progress) stays as it is
+        API_REQUESTS.labels("patch", "modelcaches/status").inc()
+        self.custom.patch_namespaced_custom_object_status(
+            API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": {"lastHandledRetry": token}},
+            _content_type=_MERGE,
+        )  # fmt: skip
+        return {}
 
     def evict_if_unused(
         self, namespace: str, name: str, spec: ModelCacheSpec, generation: int, status: dict[str, Any], now: datetime
@@ -521,7 +593,7 @@ class CacheController:
             "False",
             "Evicted",
             f"unused for {int(idle.total_seconds())}s (eviction.unusedThreshold {int(threshold.total_seconds())}s); "
-            f"{released}; change the spec or re-create the ModelCache to download it again",
+            f"{released}; download it again with `{retry_command(name)}`",
             generation,
         )
         return _wire(parsed)

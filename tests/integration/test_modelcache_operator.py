@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from modelexpress.api import RETRY_ANNOTATION
 from modelexpress_operator.rbac import CACHE_JOB_RULES
 from tests.harness.fixtures import GROUP, VERSION
 from tests.harness.kube import condition, get_table, read_or_none, wait_for
@@ -325,6 +326,71 @@ def test_a_failed_job_is_retried_after_the_interval_through_a_refused_attempt(
     done = wait_for(status_where(custom_objects, namespace, "again", lambda s: s.get("phase") == "Ready"), 60)
     assert done["jobName"] == "again-dl-g1-2" and "nextRetryTime" not in done, done
     assert batch.read_namespaced_job("again-dl-g1-1", namespace).status.failed  # kept for its logs
+
+
+def annotate_retry(custom: client.CustomObjectsApi, namespace: str, name: str, value: str) -> None:
+    """`kubectl annotate mxcache NAME modelexpress.io/retry=VALUE --overwrite`."""
+    patch = {"metadata": {"annotations": {RETRY_ANNOTATION: value}}}
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "modelcaches", name, patch)
+
+
+def test_the_retry_annotation_starts_one_more_attempt_of_a_failed_or_evicted_cache(
+    kube_api: client.ApiClient,
+    custom_objects: client.CustomObjectsApi,
+    namespace: str,
+    node: NodeHelper,
+    cache_operator: Any,
+    hub: FakeHub,
+) -> None:
+    """A failure retrying cannot fix (the model is not on the hub yet) is final until the user fixes the
+    cause and annotates the cache: the next attempt starts at once, without a spec change; an evicted
+    cache downloads again the same way (its PVC made again); a request in any other phase is recorded
+    and answered with an Event, and no value is acted on twice."""
+    core, batch = client.CoreV1Api(kube_api), client.BatchV1Api(kube_api)
+    apply_cache(
+        custom_objects, namespace, "later", source="hf://org/later", storage={"size": "1Gi"},
+        eviction={"unusedThreshold": "2s"},
+    )  # fmt: skip
+    wait_for(status_where(custom_objects, namespace, "later", lambda s: s.get("jobName") == "later-dl-g1-1"), 30)
+    annotate_retry(custom_objects, namespace, "later", "early")  # nothing failed yet
+    wait_for(status_where(custom_objects, namespace, "later", lambda s: s.get("lastHandledRetry") == "early"), 30)
+    told = cache_events(core, namespace, "later")
+    assert told["RetryIgnored"][0] == "Normal" and "the cache is Pending" in told["RetryIgnored"][1], told
+    assert node.run_job_pod(namespace, "later-dl-g1-1", timeout=120).exit_code == 3  # NotFound
+    failed = wait_for(status_where(custom_objects, namespace, "later", lambda s: s.get("phase") == "Failed"), 60)
+    ready = condition({"status": failed}, "Ready") or {}
+    assert ready.get("reason") == "NotFound" and not failed.get("nextRetryTime"), failed
+    assert f'kubectl annotate mxcache later {RETRY_ANNOTATION}="$(date +%s)" --overwrite' in ready["message"]
+
+    hub.add("org/later", FILES)  # the cause is fixed
+    annotate_retry(custom_objects, namespace, "later", "1")
+    retrying = wait_for(
+        status_where(custom_objects, namespace, "later", lambda s: s.get("lastHandledRetry") == "1"), 30
+    )
+    assert retrying["jobName"] == "later-dl-g1-2" and retrying["phase"] == "Pending", retrying
+    message = (condition({"status": retrying}, "Ready") or {})["message"]
+    assert message == f"attempt 2 (requested by {RETRY_ANNOTATION}): Job later-dl-g1-2", message
+    assert node.run_job_pod(namespace, "later-dl-g1-2", timeout=120).exit_code == 0
+    evicted = wait_for(status_where(custom_objects, namespace, "later", lambda s: s.get("phase") == "Evicted"), 60)
+    assert (
+        "download it again with `kubectl annotate mxcache later" in condition({"status": evicted}, "Ready")["message"]
+    )
+    wait_for(lambda: read_or_none(core.read_namespaced_persistent_volume_claim, "later-cache", namespace) is None, 30)
+
+    annotate_retry(custom_objects, namespace, "later", "1")  # the same value again: already handled
+    annotate_retry(custom_objects, namespace, "later", "2")
+    again = wait_for(status_where(custom_objects, namespace, "later", lambda s: s.get("lastHandledRetry") == "2"), 30)
+    assert again["jobName"] == "later-dl-g1-3", again
+    assert read_or_none(core.read_namespaced_persistent_volume_claim, "later-cache", namespace)  # made again
+    assert node.run_job_pod(namespace, "later-dl-g1-3", timeout=120).exit_code == 0
+    wait_for(
+        status_where(custom_objects, namespace, "later",
+                     lambda s: s.get("jobName") == "later-dl-g1-3" and s.get("phase") in ("Ready", "Evicted")), 60,
+    )  # fmt: skip
+    jobs = batch.list_namespaced_job(namespace, label_selector="modelexpress.io/cache=later").items
+    assert {j.metadata.name for j in jobs} <= {"later-dl-g1-3"}, jobs  # no attempt twice; evicted ones gone
+    generation = custom_objects.get_namespaced_custom_object(GROUP, VERSION, namespace, "modelcaches", "later")
+    assert generation["metadata"]["generation"] == 1  # never a spec change
 
 
 def test_missing_secret_is_a_clear_condition_and_credentials_reach_the_job(

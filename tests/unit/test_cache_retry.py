@@ -18,7 +18,7 @@ def _failed(
 ) -> tuple[CacheController, dict[str, object]]:
     controller = CacheController(client.ApiClient(), OperatorSettings(retry_limit=limit, retry_interval_secs=interval))
     status = ModelCacheStatus(observed_generation=2, job_name=f"c-dl-g2-{attempt}")
-    controller._fail(status, 2, reason, "the download Job failed")
+    controller._fail(status, "c", 2, reason, "the download Job failed")
     return controller, _wire(status)
 
 
@@ -44,7 +44,8 @@ def test_a_retryable_failure_plans_the_next_attempt_after_the_interval() -> None
 def test_the_last_attempt_plans_nothing_and_says_how_to_go_on() -> None:
     controller, status = _failed("NetworkError", attempt=3, limit=3)
     assert status["nextRetryTime"] is None  # sent as null: a merge patch removes a stale plan
-    assert "no attempt left (MX_OPERATOR_RETRY_LIMIT=3)" in _message(status)
+    assert "no attempt left (MX_OPERATOR_RETRY_LIMIT=3): fix the cause, then try again with" in _message(status)
+    assert 'kubectl annotate mxcache c modelexpress.io/retry="$(date +%s)" --overwrite' in _message(status)
     assert controller.retry_due(status, 2, datetime.now(UTC) + timedelta(days=1)) is None
 
 
@@ -52,4 +53,5 @@ def test_the_last_attempt_plans_nothing_and_says_how_to_go_on() -> None:
 def test_a_failure_retrying_cannot_fix_is_final(reason: str) -> None:
     controller, status = _failed(reason, attempt=1)
     assert status["nextRetryTime"] is None and "attempt" not in _message(status)
+    assert "once fixed, try again with `kubectl annotate mxcache c modelexpress.io/retry=" in _message(status)
     assert controller.retry_due(status, 2, datetime.now(UTC) + timedelta(days=1)) is None

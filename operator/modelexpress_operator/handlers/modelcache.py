@@ -2,7 +2,8 @@
 
 The spec handlers and the Job-event handler both end in `CacheController`; a daemon per cache starts
 a new Job when a retryable failure's `nextRetryTime` comes (nobody has to delete a Job by hand), and
-another evicts a cache left unused.
+another evicts a cache left unused. A new value of the `modelexpress.io/retry` annotation starts the
+next attempt of a Failed or Evicted cache at once.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import kopf
 from pydantic import ValidationError
 
 from modelexpress import API_GROUP, API_VERSION
-from modelexpress.api import ModelCacheSpec
+from modelexpress.api import RETRY_ANNOTATION, ModelCacheSpec
 from modelexpress_operator.cachejobs import CACHE_LABEL
 from modelexpress_operator.caches import _Retry
 from modelexpress_operator.errors import invalid_spec
@@ -56,6 +57,27 @@ async def reconcile_cache(
     patch.status.update(update)
     await asyncio.to_thread(runtime.caches.announce, meta["namespace"], meta["name"], meta["uid"], dict(status), update)
     RECONCILES.labels("modelcaches", "ok").inc()
+
+
+@kopf.on.event(API_GROUP, API_VERSION, "modelcaches", annotations={RETRY_ANNOTATION: kopf.PRESENT})
+async def retry_on_request(
+    body: kopf.Body, meta: kopf.Meta, status: kopf.Status, memo: kopf.Memo, type: str | None, **_: Any
+) -> None:
+    """`kubectl annotate mxcache NAME modelexpress.io/retry=...`: one more attempt now, without a spec
+    change (after fixing a Secret, a quota, the hub; after an eviction). Level-triggered on every event
+    of an annotated cache, since kopf keeps its own `modelexpress.io/` annotations out of its diffs; a
+    value is acted on once (`status.lastHandledRetry`)."""
+    token = str((meta.get("annotations") or {}).get(RETRY_ANNOTATION) or "")
+    if type == "DELETED" or not token or status.get("lastHandledRetry") == token:
+        return
+    runtime: Runtime = memo.runtime
+    namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
+    generation = int(meta.get("generation") or 0)
+    update = await asyncio.to_thread(
+        runtime.caches.requested_retry, namespace, name, uid, _spec(body.spec), generation, dict(status), token
+    )
+    if update:
+        await asyncio.to_thread(runtime.caches.announce, namespace, name, uid, dict(status), update)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={CACHE_LABEL: kopf.PRESENT})

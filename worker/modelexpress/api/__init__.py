@@ -7,6 +7,7 @@ Pydantic models are the single source of truth: `make generate` writes `crds/*.y
 from modelexpress.api.common import Condition, ConditionStatus, KubeModel, LocalObjectReference
 from modelexpress.api.crd import CRD_KINDS, build_crd, crd_filename, structural_schema
 from modelexpress.api.modelcache import (
+    RETRY_ANNOTATION,
     ModelCache,
     ModelCacheEviction,
     ModelCachePhase,
@@ -27,6 +28,7 @@ from modelexpress.api.modelmetadata import (
 
 __all__ = [
     "CRD_KINDS",
+    "RETRY_ANNOTATION",
     "Condition",
     "ConditionStatus",
     "KubeModel",

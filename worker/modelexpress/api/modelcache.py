@@ -24,6 +24,9 @@ from modelexpress.api.common import (
 from modelexpress.durations import Duration
 
 SOURCE_PATTERN = r"^((hf|ngc|s3|gs|az)://[^\s]+|/[^\s]*)$"
+RETRY_ANNOTATION = "modelexpress.io/retry"
+"""A new value on a Failed or Evicted ModelCache starts one more download now, without changing its spec
+(`kubectl annotate mxcache NAME modelexpress.io/retry="$(date +%s)" --overwrite`)."""
 
 
 class ModelCachePhase(StrEnum):
@@ -185,6 +188,8 @@ class ModelCacheStatus(KubeModel):
     next_retry_time: datetime | None = None
     """When the operator starts the next Job after a retryable failure, or tries again to create one the API
     server refused; empty when no retry is planned."""
+    last_handled_retry: str | None = Field(default=None, max_length=256)
+    """The value of the `modelexpress.io/retry` annotation the operator last acted on."""
 
 
 class ModelCache(KubeModel):
