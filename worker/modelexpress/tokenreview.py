@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -22,6 +20,7 @@ from typing import Any, cast
 from kubernetes import client
 
 from modelexpress import PEER_TOKEN_FILE
+from modelexpress.expiring import ExpiringCache
 
 log = logging.getLogger(__name__)
 CACHE_SECONDS = 60.0
@@ -63,8 +62,9 @@ class TokenReviewer:
             rest.setLevel(logging.INFO)
         self.auth = client.AuthenticationV1Api(api)
         self.audiences = audiences or None
-        self._lock = threading.Lock()
-        self._cache: dict[str, tuple[float, ReviewedUser | None, str]] = {}
+        self._answers: ExpiringCache[str, tuple[ReviewedUser | None, str]] = ExpiringCache(
+            lambda answer: CACHE_SECONDS if answer[0] is not None else REFUSAL_CACHE_SECONDS
+        )
 
     def review(self, token: str) -> ReviewedUser | None:
         return self.review_with_reason(token)[0]
@@ -72,11 +72,9 @@ class TokenReviewer:
     def review_with_reason(self, token: str) -> tuple[ReviewedUser | None, str]:
         """The caller, or None and the API server's reason for refusing the token."""
         key = hashlib.sha256(token.encode()).hexdigest()
-        now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit and now - hit[0] < (CACHE_SECONDS if hit[1] is not None else REFUSAL_CACHE_SECONDS):
-                return hit[1], hit[2]
+        hit = self._answers.get(key)
+        if hit is not None:
+            return hit
         body = client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token, audiences=self.audiences))
         reply = cast(
             dict[str, Any], self.auth.api_client.sanitize_for_serialization(self.auth.create_token_review(body))
@@ -88,8 +86,7 @@ class TokenReviewer:
             found = status.get("user") or {}
             user = ReviewedUser(str(found.get("username") or ""), dict(found.get("extra") or {}))
             reason = ""
-        with self._lock:
-            self._cache[key] = (now, user, reason)
+        self._answers.put(key, (user, reason))
         if user is None:
             log.info("a caller presented a token the API server did not accept: %s", reason)
         return user, reason

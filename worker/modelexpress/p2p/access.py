@@ -16,8 +16,6 @@ NIXL connection either. Decisions are cached briefly by token hash (tokenreview.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +24,7 @@ import grpc
 from kubernetes import client
 
 from modelexpress import metrics
+from modelexpress.expiring import ExpiringCache
 from modelexpress.tokenreview import CACHE_SECONDS, TokenReviewer, bearer_token
 
 log = logging.getLogger(__name__)
@@ -76,8 +75,8 @@ class PeerAccess:
         self.policy = policy
         self.reviewer = TokenReviewer(api, [audience])
         self.core = client.CoreV1Api(api)
-        self._lock = threading.Lock()
-        self._pods: dict[tuple[str, str], tuple[float, dict[str, Any] | None]] = {}
+        # (namespace, name) -> the pod as read, or None when it does not exist (a list: a cacheable answer)
+        self._pods: ExpiringCache[tuple[str, str], list[dict[str, Any] | None]] = ExpiringCache(CACHE_SECONDS)
 
     def admit(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> str:
         """Who the caller is (for the log), or RefusedError with the reason."""
@@ -126,11 +125,9 @@ class PeerAccess:
         return f"pod {namespace}/{pod[0]}"
 
     def _pod(self, namespace: str, name: str) -> dict[str, Any] | None:
-        now = time.monotonic()
-        with self._lock:
-            hit = self._pods.get((namespace, name))
-            if hit and now - hit[0] < CACHE_SECONDS:
-                return hit[1]
+        hit = self._pods.get((namespace, name))
+        if hit is not None:
+            return hit[0]
         try:
             pod = self.core.read_namespaced_pod(name, namespace)
             found: dict[str, Any] | None = self.core.api_client.sanitize_for_serialization(pod)
@@ -148,8 +145,7 @@ class PeerAccess:
                     grpc.StatusCode.UNAVAILABLE, f"cannot read pod {namespace}/{name} now ({exc.reason})"
                 ) from None
             found = None
-        with self._lock:
-            self._pods[(namespace, name)] = (now, found)
+        self._pods.put((namespace, name), [found])
         return found
 
 
