@@ -527,31 +527,38 @@ class CacheController:
         )
         return _wire(parsed)
 
-    def requested_retry(
-        self,
-        namespace: str,
-        name: str,
-        uid: str,
-        spec: ModelCacheSpec,
-        generation: int,
-        status: dict[str, Any],
-        token: str,
-    ) -> dict[str, Any]:
+    def requested_retry(self, namespace: str, name: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
         """Act on a new value of the retry annotation: a Failed or Evicted cache starts its next attempt
         now (whatever the reason it failed for, and with or without automatic attempts left); in any other
         phase there is nothing to retry, and an Event says so. The value is recorded either way
-        (`status.lastHandledRetry`), so the same request is never acted on twice. Returns the status
-        written when a retry started (for `announce`), else empty."""
-        parsed = ModelCacheStatus.model_validate(status or {})
+        (`status.lastHandledRetry`), so the same request is never acted on twice: the cache is read
+        afresh first, since the event that asked may be older than the status that answered it.
+        Returns what happened (`requested`, `ignored`, or `handled` already), the status before and the
+        status written (for `announce`)."""
+        API_REQUESTS.labels("get", "modelcaches").inc()
+        try:
+            cache = cast(
+                dict[str, Any],
+                self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name),
+            )
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return "handled", {}, {}
+            raise
+        meta, status = cache["metadata"], dict(cache.get("status") or {})
+        token = str((meta.get("annotations") or {}).get(RETRY_ANNOTATION) or "")
+        parsed = ModelCacheStatus.model_validate(status)
         if not token or token == parsed.last_handled_retry:
-            return {}
+            return "handled", status, status
+        uid, generation = str(meta["uid"]), int(meta.get("generation") or 0)
         settled = parsed.observed_generation == generation
         if settled and parsed.phase in ("Failed", "Evicted"):
             log.info("ModelCache %s/%s: retry %r requested while %s", namespace, name, token, parsed.phase)
+            spec = ModelCacheSpec.model_validate(cache.get("spec") or {})
             update = self.retry(namespace, name, uid, spec, generation, status, f" (requested by {RETRY_ANNOTATION})")
             update["lastHandledRetry"] = token
             self.write_status(namespace, name, update)
-            return update
+            return "requested", status, update
         phase = parsed.phase if settled else "being reconciled"
         involved = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "ModelCache", "name": name,
                     "namespace": namespace, "uid": uid}  # fmt: skip
@@ -563,7 +570,7 @@ class CacheController:
             API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": {"lastHandledRetry": token}},
             _content_type=_MERGE,
         )  # fmt: skip
-        return {}
+        return "ignored", status, {**status, "lastHandledRetry": token}
 
     def evict_if_unused(
         self, namespace: str, name: str, spec: ModelCacheSpec, generation: int, status: dict[str, Any], now: datetime

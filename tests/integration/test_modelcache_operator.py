@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from prometheus_client import REGISTRY
 
 from modelexpress.api import RETRY_ANNOTATION
 from modelexpress_operator.rbac import CACHE_JOB_RULES
@@ -328,6 +329,12 @@ def test_a_failed_job_is_retried_after_the_interval_through_a_refused_attempt(
     assert batch.read_namespaced_job("again-dl-g1-1", namespace).status.failed  # kept for its logs
 
 
+def retries_counted(outcome: str) -> float:
+    """The operator's `modelexpress_operator_reconciles_total` for ModelCaches with this outcome."""
+    labels = {"resource": "modelcaches", "outcome": outcome}
+    return REGISTRY.get_sample_value("modelexpress_operator_reconciles_total", labels) or 0.0
+
+
 def annotate_retry(custom: client.CustomObjectsApi, namespace: str, name: str, value: str) -> None:
     """`kubectl annotate mxcache NAME modelexpress.io/retry=VALUE --overwrite`."""
     patch = {"metadata": {"annotations": {RETRY_ANNOTATION: value}}}
@@ -347,6 +354,7 @@ def test_the_retry_annotation_starts_one_more_attempt_of_a_failed_or_evicted_cac
     cache downloads again the same way (its PVC made again); a request in any other phase is recorded
     and answered with an Event, and no value is acted on twice."""
     core, batch = client.CoreV1Api(kube_api), client.BatchV1Api(kube_api)
+    counted = {outcome: retries_counted(outcome) for outcome in ("retry-requested", "retry-ignored")}
     apply_cache(
         custom_objects, namespace, "later", source="hf://org/later", storage={"size": "1Gi"},
         eviction={"unusedThreshold": "2s"},
@@ -391,6 +399,9 @@ def test_the_retry_annotation_starts_one_more_attempt_of_a_failed_or_evicted_cac
     assert {j.metadata.name for j in jobs} <= {"later-dl-g1-3"}, jobs  # no attempt twice; evicted ones gone
     generation = custom_objects.get_namespaced_custom_object(GROUP, VERSION, namespace, "modelcaches", "later")
     assert generation["metadata"]["generation"] == 1  # never a spec change
+    # the operator runs in this process: its metrics count the two retries and the ignored request
+    assert retries_counted("retry-requested") - counted["retry-requested"] == 2
+    assert retries_counted("retry-ignored") - counted["retry-ignored"] == 1
 
 
 def test_missing_secret_is_a_clear_condition_and_credentials_reach_the_job(

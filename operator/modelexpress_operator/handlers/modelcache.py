@@ -60,24 +60,21 @@ async def reconcile_cache(
 
 
 @kopf.on.event(API_GROUP, API_VERSION, "modelcaches", annotations={RETRY_ANNOTATION: kopf.PRESENT})
-async def retry_on_request(
-    body: kopf.Body, meta: kopf.Meta, status: kopf.Status, memo: kopf.Memo, type: str | None, **_: Any
-) -> None:
+async def retry_on_request(meta: kopf.Meta, status: kopf.Status, memo: kopf.Memo, type: str | None, **_: Any) -> None:
     """`kubectl annotate mxcache NAME modelexpress.io/retry=...`: one more attempt now, without a spec
     change (after fixing a Secret, a quota, the hub; after an eviction). Level-triggered on every event
     of an annotated cache, since kopf keeps its own `modelexpress.io/` annotations out of its diffs; a
     value is acted on once (`status.lastHandledRetry`)."""
-    token = str((meta.get("annotations") or {}).get(RETRY_ANNOTATION) or "")
+    token = (meta.get("annotations") or {}).get(RETRY_ANNOTATION)
     if type == "DELETED" or not token or status.get("lastHandledRetry") == token:
-        return
+        return  # the common case, every other event of an annotated cache: no API call
     runtime: Runtime = memo.runtime
-    namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
-    generation = int(meta.get("generation") or 0)
-    update = await asyncio.to_thread(
-        runtime.caches.requested_retry, namespace, name, uid, _spec(body.spec), generation, dict(status), token
-    )
-    if update:
-        await asyncio.to_thread(runtime.caches.announce, namespace, name, uid, dict(status), update)
+    namespace, name = str(meta["namespace"]), str(meta["name"])
+    outcome, before, after = await asyncio.to_thread(runtime.caches.requested_retry, namespace, name)
+    if outcome != "handled":
+        RECONCILES.labels("modelcaches", f"retry-{outcome}").inc()
+    if outcome == "requested":
+        await asyncio.to_thread(runtime.caches.announce, namespace, name, str(meta["uid"]), before, after)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={CACHE_LABEL: kopf.PRESENT})
@@ -122,6 +119,7 @@ async def retry_failed_download(
             logger.warning("retrying the download of %s failed: %s", name, exc)
             await asyncio.sleep(check)
             continue
+        RECONCILES.labels("modelcaches", "retry-scheduled").inc()
         await asyncio.to_thread(runtime.caches.announce, namespace, name, uid, status, update)
         # kopf's view catches up with the status just written before the next check reads it
         await asyncio.sleep(min(1.0, check))
