@@ -7,6 +7,7 @@ closed ports, mismatched layouts.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 import subprocess
@@ -15,10 +16,12 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+import modelexpress.p2p.pull as pull_module
 from hack.make_tiny_model import tiny_model, write
 from modelexpress.p2p.checksum import tensor_bytes
 from modelexpress.p2p.identity import WorkerIdentity
@@ -82,6 +85,32 @@ def test_pull_from_one_source_is_bit_identical(
     assert result.sources == [src.endpoint]
     assert result.bytes == layout.total_bytes
     assert not result.fell_back and not result.failed_sources
+
+
+def test_the_cyclic_gc_is_paused_while_a_pull_plans_and_moves_bytes_and_restored_after(
+    model_dir: Path, engine: NixlEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Matching a manifest and planning thousands of tensors allocate objects in bulk: a full collection
+    there walks every object of a serving engine. The pull pauses the collector and turns it back on."""
+    seen: dict[str, list[bool]] = {"match": [], "post": []}
+    real_match, real_post = pull_module.match, pull_module._Pull._post
+
+    def match(*args: Any, **kwargs: Any) -> Any:
+        seen["match"].append(gc.isenabled())
+        return real_match(*args, **kwargs)
+
+    def post(self: Any, *args: Any, **kwargs: Any) -> Any:
+        seen["post"].append(gc.isenabled())
+        return real_post(self, *args, **kwargs)
+
+    monkeypatch.setattr(pull_module, "match", match)
+    monkeypatch.setattr(pull_module._Pull, "_post", post)
+    assert gc.isenabled()
+    with sources(tmp_path, 1, "--model-dir", str(model_dir)) as (src,):
+        result = pull(_target(model_dir, engine), IDENTITY, [src.endpoint], engine, FAST)
+    assert not result.fell_back
+    assert seen["match"] == [False] and seen["post"] and not any(seen["post"]), seen
+    assert gc.isenabled()
 
 
 def test_reads_are_striped_across_every_source(
