@@ -39,9 +39,10 @@ CACHE_JOB_RULES: list[dict[str, Any]] = [
 ]
 
 SERVER_RULES: list[dict[str, Any]] = [
-    # The server in cluster mode: ensure creates or reuses a ModelCache and follows its status,
-    # list reads them, delete deletes them (the operator's finalizer frees the storage).
-    {"apiGroups": [API_GROUP], "resources": ["modelcaches"], "verbs": ["get", "list", "create", "delete"]},
+    # The server in cluster mode: ensure creates or reuses a ModelCache and follows its status (patch:
+    # the retry annotation when asked again for a model whose cache failed), list reads them, delete
+    # deletes them (the operator's finalizer frees the storage).
+    {"apiGroups": [API_GROUP], "resources": ["modelcaches"], "verbs": ["get", "list", "create", "patch", "delete"]},
 ]
 
 SERVER_TOKEN_REVIEW_RULES: list[dict[str, Any]] = [

@@ -166,12 +166,13 @@ def test_ensure_creates_one_modelcache_reports_progress_and_streams_from_the_cla
                                      "modelcaches", name) is None, 30, what="ModelCache deleted")  # fmt: skip
 
 
-def test_ensure_of_a_missing_model_reports_the_operators_reason(
+def test_ensure_of_a_missing_model_reports_the_operators_reason_and_asking_again_tries_again(
     kube_api: client.ApiClient,
     namespace: str,
     node: NodeHelper,
     cache_operator: Any,  # noqa: F811
     cluster_server: str,
+    hub: FakeHub,  # noqa: F811
 ) -> None:
     token = service_account_token(kube_api, namespace, "mx-client")
     updates: list[server_pb2.ModelStatusUpdate] = []
@@ -188,12 +189,27 @@ def test_ensure_of_a_missing_model_reports_the_operators_reason(
 
     waiter = threading.Thread(target=ensure)
     waiter.start()
-    job = f"{cache_name(parse_source('hf://org/absent'), 'main')}-dl-g1-1"
-    wait_for(lambda: read_or_none(client.BatchV1Api(kube_api).read_namespaced_job, job, namespace), 60, what="Job")
-    assert node.run_job_pod(namespace, job, timeout=120).exit_code == 3  # the downloader's "not found"
+    name = cache_name(parse_source("hf://org/absent"), "main")
+    batch = client.BatchV1Api(kube_api)
+    wait_for(lambda: read_or_none(batch.read_namespaced_job, f"{name}-dl-g1-1", namespace), 60, what="Job")
+    assert node.run_job_pod(namespace, f"{name}-dl-g1-1", timeout=120).exit_code == 3  # the downloader's "not found"
     waiter.join(120)
     assert updates[-1].status == server_pb2.MODEL_STATUS_ERROR
     assert updates[-1].reason == "NotFound" and "check the model name" in updates[-1].message
+
+    # The model is published; the same request again is a new attempt of the same ModelCache, not the old error.
+    hub.add("org/absent", BIG)
+    updates.clear()
+    waiter = threading.Thread(target=ensure)
+    waiter.start()
+    wait_for(lambda: read_or_none(batch.read_namespaced_job, f"{name}-dl-g1-2", namespace), 60, what="second Job")
+    assert node.run_job_pod(namespace, f"{name}-dl-g1-2", timeout=120).exit_code == 0
+    waiter.join(120)
+    assert updates[-1].status == server_pb2.MODEL_STATUS_DOWNLOADED, updates[-1]
+    cache = client.CustomObjectsApi(kube_api).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, "modelcaches", name
+    )
+    assert cache["metadata"]["generation"] == 1 and cache["status"]["lastHandledRetry"].startswith("server-")
 
 
 def _list_and_stream_from_the_claim(stub: server_pb2_grpc.ModelServiceStub, commit: str, total: int) -> None:

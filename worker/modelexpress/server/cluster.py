@@ -4,8 +4,9 @@
 status until Ready or Failed, reporting the Job's progress as it goes: the download itself is the
 operator's cache Job, never a second download path. ModelCaches the server creates download into
 the ReadWriteMany claim the server mounts (`MX_SERVER_CACHE_CLAIM`), so it can stream their files to
-clients without shared storage. *delete* deletes the ModelCache; its finalizer applies the retention
-policy.
+clients without shared storage. Asked again for a model whose cache failed, *ensure* has the operator
+start one more attempt (`modelexpress.io/retry`) rather than repeat the old failure. *delete* deletes
+the ModelCache; its finalizer applies the retention policy.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import secrets
 import threading
 import time
 from datetime import datetime
@@ -22,7 +24,7 @@ from typing import Any, cast
 from kubernetes import client
 
 from modelexpress import API_GROUP, API_VERSION
-from modelexpress.api.modelcache import ModelCache, ModelCachePhase
+from modelexpress.api.modelcache import RETRY_ANNOTATION, ModelCache, ModelCachePhase
 from modelexpress.cache.database import CachedModel
 from modelexpress.cache.errors import DownloadError, FailureReason
 from modelexpress.cache.local import cache_directory
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 PLURAL = ModelCache.PLURAL
 CREATED_BY = f"{API_GROUP}/created-by"
 POLL_SECONDS = 0.5
+RETRY_ANSWER_SECONDS = 30.0
+"""How long a retry request may wait for the operator to take it up before *ensure* gives up."""
 
 
 def cache_name(source: ModelSource, revision: str) -> str:
@@ -187,6 +191,9 @@ class ClusterStore:
             obj = None
         if obj is None:
             self._create(name, source, revision, allow, ignore)
+        elif (obj.get("status") or {}).get("phase") == ModelCachePhase.FAILED:
+            # Asked again after a failure (the cause may be fixed now): one more attempt, not the old verdict.
+            self._request_retry(name)
         reported: tuple[int, int] | None = None
         while not self._closed.is_set():
             obj = self._get(name)
@@ -216,6 +223,26 @@ class ClusterStore:
                 reported = now
             self._closed.wait(POLL_SECONDS)
         raise DownloadError(FailureReason.NETWORK, "the server is shutting down; ask again")
+
+    def _request_retry(self, name: str) -> None:
+        """Ask the operator for the failed cache's next attempt (a new value of its retry annotation) and
+        wait until it has taken the request up, so that the old failure is not read as the answer."""
+        token = f"server-{int(time.time())}-{secrets.token_hex(4)}"
+        patch = {"metadata": {"annotations": {RETRY_ANNOTATION: token}}}
+        self.custom.patch_namespaced_custom_object(API_GROUP, API_VERSION, self.namespace, PLURAL, name, patch)
+        log.info("ModelCache %s/%s failed before: asked the operator for another attempt", self.namespace, name)
+        deadline = time.monotonic() + RETRY_ANSWER_SECONDS
+        while not self._closed.is_set():
+            obj = self._get(name)
+            if obj is None or (obj.get("status") or {}).get("lastHandledRetry") == token:
+                return
+            if time.monotonic() > deadline:
+                raise DownloadError(
+                    FailureReason.NETWORK,
+                    f"ModelCache {self.namespace}/{name} failed before, and the operator did not take up a retry "
+                    f"request ({RETRY_ANNOTATION}) within {RETRY_ANSWER_SECONDS:g}s: is it running?",
+                )
+            self._closed.wait(POLL_SECONDS)
 
     # --- files ----------------------------------------------------------------------------------
     def files_root(self, model: CachedModel) -> Path:
