@@ -193,7 +193,7 @@ class ClusterStore:
             self._create(name, source, revision, allow, ignore)
         elif (obj.get("status") or {}).get("phase") == ModelCachePhase.FAILED:
             # Asked again after a failure (the cause may be fixed now): one more attempt, not the old verdict.
-            self._request_retry(name)
+            self._request_retry(name, (obj.get("status") or {}).get("lastHandledRetry"))
         reported: tuple[int, int] | None = None
         while not self._closed.is_set():
             obj = self._get(name)
@@ -224,9 +224,10 @@ class ClusterStore:
             self._closed.wait(POLL_SECONDS)
         raise DownloadError(FailureReason.NETWORK, "the server is shutting down; ask again")
 
-    def _request_retry(self, name: str) -> None:
+    def _request_retry(self, name: str, handled: str | None) -> None:
         """Ask the operator for the failed cache's next attempt (a new value of its retry annotation) and
-        wait until it has taken the request up, so that the old failure is not read as the answer."""
+        wait until it has taken a request up (`lastHandledRetry` moved on from `handled`: ours, or another
+        client's that came just before or after), so that the old failure is not read as the answer."""
         token = f"server-{int(time.time())}-{secrets.token_hex(4)}"
         patch = {"metadata": {"annotations": {RETRY_ANNOTATION: token}}}
         self.custom.patch_namespaced_custom_object(API_GROUP, API_VERSION, self.namespace, PLURAL, name, patch)
@@ -234,7 +235,7 @@ class ClusterStore:
         deadline = time.monotonic() + RETRY_ANSWER_SECONDS
         while not self._closed.is_set():
             obj = self._get(name)
-            if obj is None or (obj.get("status") or {}).get("lastHandledRetry") == token:
+            if obj is None or (obj.get("status") or {}).get("lastHandledRetry") != handled:
                 return
             if time.monotonic() > deadline:
                 raise DownloadError(
