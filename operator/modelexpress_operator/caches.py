@@ -410,13 +410,11 @@ class CacheController:
         self._patch(namespace, cache_name, status)
         self.announce(namespace, cache_name, cache["metadata"]["uid"], before, status.to_api())
 
-    def _cache_of_job(
-        self, namespace: str, name: str, job: str
-    ) -> tuple[dict[str, Any], dict[str, Any], ModelCacheStatus] | None:
-        """The ModelCache, its status as read and parsed, when `job` is its current Job (None when the
-        cache is gone or the Job is an older attempt's)."""
+    def _read(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The ModelCache as the API server has it now (None when it is gone)."""
+        API_REQUESTS.labels("get", "modelcaches").inc()
         try:
-            cache = cast(
+            return cast(
                 dict[str, Any],
                 self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name),
             )
@@ -424,6 +422,15 @@ class CacheController:
             if exc.status == 404:
                 return None
             raise
+
+    def _cache_of_job(
+        self, namespace: str, name: str, job: str
+    ) -> tuple[dict[str, Any], dict[str, Any], ModelCacheStatus] | None:
+        """The ModelCache, its status as read and parsed, when `job` is its current Job (None when the
+        cache is gone or the Job is an older attempt's)."""
+        cache = self._read(namespace, name)
+        if cache is None:
+            return None
         before = dict(cache.get("status") or {})
         status = ModelCacheStatus.model_validate(before)
         return (cache, before, status) if status.job_name == job else None
@@ -535,16 +542,9 @@ class CacheController:
         afresh first, since the event that asked may be older than the status that answered it.
         Returns what happened (`requested`, `ignored`, or `handled` already), the status before and the
         status written (for `announce`)."""
-        API_REQUESTS.labels("get", "modelcaches").inc()
-        try:
-            cache = cast(
-                dict[str, Any],
-                self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name),
-            )
-        except client.ApiException as exc:
-            if exc.status == 404:
-                return "handled", {}, {}
-            raise
+        cache = self._read(namespace, name)
+        if cache is None:
+            return "handled", {}, {}
         meta, status = cache["metadata"], dict(cache.get("status") or {})
         token = str((meta.get("annotations") or {}).get(RETRY_ANNOTATION) or "")
         parsed = ModelCacheStatus.model_validate(status)
