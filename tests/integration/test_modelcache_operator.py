@@ -404,6 +404,42 @@ def test_the_retry_annotation_starts_one_more_attempt_of_a_failed_or_evicted_cac
     assert retries_counted("retry-ignored") - counted["retry-ignored"] == 1
 
 
+@pytest.mark.parametrize("cache_operator", [RETRYING], ids=["checks-every-3s"], indirect=True)
+def test_a_retry_request_whose_handler_failed_is_answered_by_the_next_check(
+    custom_objects: client.CustomObjectsApi,
+    namespace: str,
+    node: NodeHelper,
+    cache_operator: Any,
+    hub: FakeHub,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kopf never runs an event handler again: when answering the request fails (the API server was
+    unreachable a moment), the cache's retry daemon answers it a check later instead of dropping it."""
+    from modelexpress_operator.caches import CacheController
+
+    apply_cache(custom_objects, namespace, "dropped", source="hf://org/dropped", storage={"size": "1Gi"})
+    assert node.run_job_pod(namespace, "dropped-dl-g1-1", timeout=120).exit_code == 3  # NotFound: final
+    wait_for(status_where(custom_objects, namespace, "dropped", lambda s: s.get("phase") == "Failed"), 60)
+    calls: list[str] = []
+    real = CacheController.requested_retry
+
+    def flaky(self: CacheController, namespace: str, name: str) -> Any:
+        calls.append(name)
+        if len(calls) == 1:
+            raise ConnectionError("the API server went away for a moment")
+        return real(self, namespace, name)
+
+    monkeypatch.setattr(CacheController, "requested_retry", flaky)
+    hub.add("org/dropped", FILES)
+    annotate_retry(custom_objects, namespace, "dropped", "1")
+    answered = wait_for(
+        status_where(custom_objects, namespace, "dropped", lambda s: s.get("lastHandledRetry") == "1"), 30
+    )
+    assert answered["jobName"] == "dropped-dl-g1-2" and len(calls) >= 2, (answered, calls)
+    assert node.run_job_pod(namespace, "dropped-dl-g1-2", timeout=120).exit_code == 0
+    wait_for(status_where(custom_objects, namespace, "dropped", lambda s: s.get("phase") == "Ready"), 60)
+
+
 def test_missing_secret_is_a_clear_condition_and_credentials_reach_the_job(
     kube_api: client.ApiClient,
     custom_objects: client.CustomObjectsApi,

@@ -65,10 +65,18 @@ async def retry_on_request(meta: kopf.Meta, status: kopf.Status, memo: kopf.Memo
     change (after fixing a Secret, a quota, the hub; after an eviction). Level-triggered on every event
     of an annotated cache, since kopf keeps its own `modelexpress.io/` annotations out of its diffs; a
     value is acted on once (`status.lastHandledRetry`)."""
-    token = (meta.get("annotations") or {}).get(RETRY_ANNOTATION)
-    if type == "DELETED" or not token or status.get("lastHandledRetry") == token:
+    if type == "DELETED" or _unanswered_retry(meta, status) is None:
         return  # the common case, every other event of an annotated cache: no API call
-    runtime: Runtime = memo.runtime
+    await _answer_retry(memo.runtime, meta)
+
+
+def _unanswered_retry(meta: kopf.Meta, status: Any) -> str | None:
+    """The retry annotation's value when the status has not answered it yet."""
+    token = (meta.get("annotations") or {}).get(RETRY_ANNOTATION)
+    return str(token) if token and (status or {}).get("lastHandledRetry") != token else None
+
+
+async def _answer_retry(runtime: Runtime, meta: kopf.Meta) -> None:
     namespace, name = str(meta["namespace"]), str(meta["name"])
     outcome, before, after = await asyncio.to_thread(runtime.caches.requested_retry, namespace, name)
     if outcome != "handled":
@@ -99,12 +107,22 @@ async def retry_failed_download(
     body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any
 ) -> None:
     """Starts the next Job at the cache's `status.nextRetryTime` (planned after a retryable failure, or
-    after the API server refused the last try). `body` is kopf's live view: waiting costs no API call."""
+    after the API server refused the last try). `body` is kopf's live view: waiting costs no API call.
+    Also answers a retry request still unanswered a whole check after it was first seen (its event
+    handler failed, and kopf does not run event handlers again)."""
     runtime: Runtime = memo.runtime
     check = min(_RETRY_CHECK_SECS, runtime.settings.retry_interval_secs)
+    seen: str | None = None
     while not stopped:
         meta, status = body.meta, dict(body.get("status") or {})
         generation = int(meta.get("generation") or 0)
+        unanswered = _unanswered_retry(meta, status)
+        if unanswered is not None and unanswered == seen:
+            try:
+                await _answer_retry(runtime, meta)
+            except Exception as exc:  # the next check tries again
+                logger.warning("answering the retry request on %s failed: %s", meta["name"], exc)
+        seen = unanswered
         due = runtime.caches.retry_due(status, generation, datetime.now(UTC))
         if due is None or due > 0:
             await asyncio.sleep(check if due is None else min(due, check))
