@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: the whole suite as two pytest processes at once. The real-vLLM modules (replicas that
 # keep the CPU busy, no control plane) run beside everything else (mostly waiting on the control
-# plane, on peers and on Jobs), which halves the wall time on a 2-core machine (22 -> 12 min here).
+# plane, on peers and on Jobs), which about halves the wall time on a 2-core machine (22 -> 12 min
+# here, side by side in the same hour).
 # The vLLM run's report follows the other's; the exit status is non-zero when either failed.
 # Arguments go to both runs (`bash hack/test.sh -x`); for a subset, call pytest itself.
 set -euo pipefail
