@@ -121,10 +121,13 @@ class CacheController:
             old is not None and (old.get("reason"), old.get("message")) == (new.get("reason"), new.get("message"))
         ):
             return
+        kind = "Normal" if after.get("phase") != "Failed" and new.get("reason") in _PROGRESS else "Warning"
+        self._event(namespace, name, uid, kind, str(new.get("reason") or "Unknown"), str(new.get("message") or ""))
+
+    def _event(self, namespace: str, name: str, uid: str, kind: str, reason: str, message: str) -> None:
         involved = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "ModelCache", "name": name,
                     "namespace": namespace, "uid": uid}  # fmt: skip
-        kind = "Normal" if after.get("phase") != "Failed" and new.get("reason") in _PROGRESS else "Warning"
-        post_event(self.api, involved, kind, str(new.get("reason") or "Unknown"), str(new.get("message") or ""))
+        post_event(self.api, involved, kind, reason, message)
 
     # --- spec -> PVC + Job ----------------------------------------------------------------------
 
@@ -469,9 +472,13 @@ class CacheController:
         self._patch(namespace, name, ModelCacheStatus.model_validate(status))
 
     def _patch(self, namespace: str, name: str, status: ModelCacheStatus) -> None:
+        self._merge_status(namespace, name, _wire(status))
+
+    def _merge_status(self, namespace: str, name: str, fields: dict[str, Any]) -> None:
+        """Merge-patch `fields` into the ModelCache's status; the fields not named are left as they are."""
         API_REQUESTS.labels("patch", "modelcaches/status").inc()
         self.custom.patch_namespaced_custom_object_status(
-            API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": _wire(status)}, _content_type=_MERGE
+            API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": fields}, _content_type=_MERGE
         )
 
     # --- retries and deletion -------------------------------------------------------------------
@@ -560,16 +567,10 @@ class CacheController:
             self.write_status(namespace, name, update)
             return "requested", status, update
         phase = parsed.phase if settled else "being reconciled"
-        involved = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "ModelCache", "name": name,
-                    "namespace": namespace, "uid": uid}  # fmt: skip
-        post_event(self.api, involved, "Normal", "RetryIgnored",
-                   f"{RETRY_ANNOTATION}={token}: the cache is {phase}; a retry acts on a Failed or Evicted cache")  # fmt: skip
+        self._event(namespace, name, uid, "Normal", "RetryIgnored",
+                    f"{RETRY_ANNOTATION}={token}: the cache is {phase}; a retry acts on a Failed or Evicted cache")  # fmt: skip
         # only this field: the rest of the status (a planned retry, the Job's progress) stays as it is
-        API_REQUESTS.labels("patch", "modelcaches/status").inc()
-        self.custom.patch_namespaced_custom_object_status(
-            API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": {"lastHandledRetry": token}},
-            _content_type=_MERGE,
-        )  # fmt: skip
+        self._merge_status(namespace, name, {"lastHandledRetry": token})
         return "ignored", status, {**status, "lastHandledRetry": token}
 
     def evict_if_unused(
