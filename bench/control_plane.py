@@ -21,7 +21,7 @@ from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.manifest import Manifest
 from modelexpress.p2p.memory import TensorSpec, allocate_pool
 from modelexpress.p2p.nixl_engine import NixlEngine
-from modelexpress.p2p.plan import descriptors, make_chunks, match
+from modelexpress.p2p.plan import SourceMap, make_chunks, match
 from modelexpress.p2p.service import WorkerInfo, WorkerServer
 
 
@@ -44,10 +44,8 @@ def control_plane(count: int) -> dict[str, float]:
         fetched_at = time.perf_counter()
         entries = match(target, fetched)
         matched_at = time.perf_counter()
-        local = {p.spec.name: p for p in target.placements}
-        local_bases = {r.id: r.address for r in target.regions}
-        remote_bases = {r.id: r.address for r in fetched.regions}
-        runs = [descriptors(c, local, local_bases, entries, remote_bases) for c in make_chunks(target)]
+        source = SourceMap(target, entries, {r.id: r.address for r in fetched.regions})
+        runs = [source.descriptors(c) for c in make_chunks(target)]
         done = time.perf_counter()
         client.close()
     finally:

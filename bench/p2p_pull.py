@@ -9,7 +9,9 @@ target measures:
 - set-up: the fixed part of a pull, before its first READ (status, manifest, agent metadata, matching);
 - copy: `torch` copying the same bytes inside one process (on the GPU: a device-to-device copy).
 Layouts: `large` (16 tensors), `small` (4096 tensors) of --mib in all, and `llama8b` (the 291 bf16
-tensor shapes of Llama-3-8B, 15 GiB, whatever --mib says).
+tensor shapes of Llama-3-8B, 15 GiB, whatever --mib says). Every layout's source runs for the whole
+benchmark and the layouts are timed in turn, round after round (best of --reps rounds), so that the
+small/large ratio compares the same minutes of a machine whose speed drifts.
 Targets (issue 22): host: ours >= 0.9 of raw NIXL on large tensors, small >= 0.8 of the large rate, also
 with --checksum row-sum-64; GPU: unverified >= 0.9 of raw on llama8b and large 8 GiB, ours >= 0.6 of
 the copy, small >= 0.5 of the large rate.
@@ -37,7 +39,7 @@ from modelexpress.p2p.client import WorkerClient
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.memory import TensorSpec, allocate_pool
 from modelexpress.p2p.nixl_engine import NixlEngine
-from modelexpress.p2p.pull import PullOptions, PullResult, pull
+from modelexpress.p2p.pull import PullOptions, pull
 from modelexpress.p2p.source import SourceWorker
 
 MIB = 1 << 20
@@ -85,72 +87,100 @@ def _copy_seconds(nbytes: int, reps: int, device: str) -> float:
     return best_of(reps, _synchronized(device, lambda: dst.copy_(src)))[0]
 
 
-def measure(layout: str, total: int, reps: int, device: str, options: PullOptions) -> dict[str, float]:
-    nbytes = sum(spec.nbytes for spec in _specs(layout, total))
-    # the copy baseline first, so its buffers are gone before the source and the target allocate theirs
-    copy_s = _copy_seconds(nbytes, reps, device)
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_serve, args=(child, layout, total, device))
-    proc.start()
-    try:
-        endpoint = parent.recv()
-        identity = WorkerIdentity(model_name=f"bench/{layout}")
-        engine = NixlEngine()
-        target = allocate_pool(_specs(layout, total), device)
-        engine.register(target)
-        client = WorkerClient(endpoint)
+class _Layout:
+    """One layout under test: its source process, and a target registered with its own NIXL agent."""
+
+    def __init__(self, layout: str, total: int, device: str, options: PullOptions) -> None:
+        self.name = layout
+        self.nbytes = sum(spec.nbytes for spec in _specs(layout, total))
+        self.options = options
+        self.identity = WorkerIdentity(model_name=f"bench/{layout}")
+        ctx = mp.get_context("spawn")
+        self.parent, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child, layout, total, device))
+        self.proc.start()
+        self.endpoint = self.parent.recv()
+        self.engine = NixlEngine()
+        self.target = allocate_pool(_specs(layout, total), device)
+        self.engine.register(self.target)
+        client = WorkerClient(self.endpoint)
         manifest = client.manifest()
-        remote = engine.add_remote(client.agent_metadata().metadata)
-        src_region, dst_region = manifest.regions[0], target.regions[0]
-        length = min(src_region.length, dst_region.length)
-
-        def raw() -> None:
-            read = engine.start_read(
-                remote,
-                [(dst_region.address, src_region.address, length)],
-                dst_region.kind,
-                dst_region.device_id,
-                src_region.kind,
-                src_region.device_id,
-            )
-            while (state := engine.state(read)) == "PROC":
-                pass
-            engine.release(read)
-            if state != "DONE":
-                raise RuntimeError("raw READ failed")
-
-        raw()  # connection wire-up, not timed
-        raw_s = best_of(reps, raw)[0]
+        self.remote = self.engine.add_remote(client.agent_metadata().metadata)
         client.close()
-        ours_s, setup_s = _pull_seconds(reps, lambda: pull(target, identity, [endpoint], engine, options))
-        unverified = dataclasses.replace(options, verification="off")
-        bare_s, _ = _pull_seconds(reps, lambda: pull(target, identity, [endpoint], engine, unverified))
-        engine.remove_remote(remote)
-        engine.deregister_all()
-    finally:
-        parent.send("stop")
-        proc.join(60)
-    return {
-        "bytes": nbytes,
-        "raw": nbytes / raw_s / 1e9,
-        "ours": nbytes / ours_s / 1e9,
-        "unverified": nbytes / bare_s / 1e9,
-        "copy": nbytes / copy_s / 1e9,
-        "setup_ms": setup_s * 1e3,
-    }
+        self.src, self.dst = manifest.regions[0], self.target.regions[0]
+        self.raw()  # connection wire-up, not timed
+        self.times: dict[str, list[float]] = {"raw": [], "ours": [], "unverified": [], "setup": []}
 
+    def raw(self) -> None:
+        length = min(self.src.length, self.dst.length)
+        read = self.engine.start_read(
+            self.remote,
+            [(self.dst.address, self.src.address, length)],
+            self.dst.kind,
+            self.dst.device_id,
+            self.src.kind,
+            self.src.device_id,
+        )
+        while (state := self.engine.state(read)) == "PROC":
+            pass
+        self.engine.release(read)
+        if state != "DONE":
+            raise RuntimeError("raw READ failed")
 
-def _pull_seconds(reps: int, run: Callable[[], PullResult]) -> tuple[float, float]:
-    """Best wall time of a whole pull, and the best of its fixed part: what happens before the first
-    READ (gRPC status, manifest, agent metadata, matching), the wall time less `PullResult.seconds`."""
-    best, setup = float("inf"), float("inf")
-    for _ in range(reps):
+    def round(self, device: str) -> None:
+        """One timing of each: raw NIXL, our pull, our pull unverified."""
         started = time.perf_counter()
-        result = run()
-        wall = time.perf_counter() - started
-        best, setup = min(best, wall), min(setup, wall - result.seconds)
-    return best, setup
+        _synchronized(device, self.raw)()
+        self.times["raw"].append(time.perf_counter() - started)
+        for key, options in (
+            ("ours", self.options),
+            ("unverified", dataclasses.replace(self.options, verification="off")),
+        ):
+            started = time.perf_counter()
+            result = pull(self.target, self.identity, [self.endpoint], self.engine, options)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - started
+            self.times[key].append(wall)
+            if key == "ours":
+                self.times["setup"].append(wall - result.seconds)
+
+    def close(self) -> None:
+        self.engine.remove_remote(self.remote)
+        self.engine.deregister_all()
+        self.parent.send("stop")
+        self.proc.join(60)
+
+    def figures(self, copy_s: float) -> dict[str, float]:
+        best = {key: min(values) for key, values in self.times.items()}
+        return {
+            "bytes": self.nbytes,
+            "raw": self.nbytes / best["raw"] / 1e9,
+            "ours": self.nbytes / best["ours"] / 1e9,
+            "unverified": self.nbytes / best["unverified"] / 1e9,
+            "copy": self.nbytes / copy_s / 1e9,
+            "setup_ms": best["setup"] * 1e3,
+        }
+
+
+def measure(
+    layouts: list[str], total: int, reps: int, device: str, options: PullOptions
+) -> dict[str, dict[str, float]]:
+    """Every layout's figures, the layouts measured in alternation, round after round, so that a ratio
+    between two of them compares the same minutes of a machine whose speed drifts."""
+    # the copy baselines first, so their buffers are gone before the sources and targets allocate theirs
+    copies = {name: _copy_seconds(sum(s.nbytes for s in _specs(name, total)), reps, device) for name in layouts}
+    under_test: list[_Layout] = []
+    try:
+        for name in layouts:
+            under_test.append(_Layout(name, total, device, options))
+        for _ in range(reps):
+            for layout in under_test:
+                layout.round(device)
+        return {layout.name: layout.figures(copies[layout.name]) for layout in under_test}
+    finally:
+        for layout in under_test:
+            layout.close()
 
 
 def main() -> int:
@@ -173,11 +203,12 @@ def main() -> int:
     options = PullOptions(chunk_bytes=args.chunk_mib * MIB or None, max_inflight=args.inflight)
     total = args.mib * MIB
     layouts = [name.strip() for name in args.layouts.split(",") if name.strip()]
-    results = {layout: measure(layout, total, args.reps, args.device, options) for layout in layouts}
+    results = measure(layouts, total, args.reps, args.device, options)
     memory = "host memory" if args.device == "cpu" else "GPU memory"
     print(
         f"p2p_pull: {memory}, two processes, chunks of {args.chunk_mib or 'default'} MiB, {args.inflight} in flight, "
-        f"source checksum {args.checksum} (GB/s, best of {args.reps}; set-up: the pull's fixed part before its READs)"
+        f"source checksum {args.checksum} (GB/s, best of {args.reps} rounds, the layouts in turn each round; "
+        "set-up: the pull's fixed part before its READs)"
     )
     for layout, r in results.items():
         print(

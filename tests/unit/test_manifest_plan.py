@@ -14,9 +14,12 @@ from modelexpress.p2p.memory import ALIGNMENT, Region, TensorLayout, TensorSpec,
 from modelexpress.p2p.plan import (
     DEFAULT_CHUNK_BYTES,
     TAIL_BYTES,
+    Chunk,
+    Descriptor,
+    Piece,
+    SourceMap,
     TensorMismatchError,
     default_chunk_bytes,
-    descriptors,
     make_chunks,
     match,
     tensors_of_chunks,
@@ -166,13 +169,7 @@ def test_small_pooled_tensors_coalesce_into_one_descriptor() -> None:
     entries = match(local, manifest)
     chunks = make_chunks(local, chunk_bytes=64 << 20)
     assert len(chunks) == 1
-    runs = descriptors(
-        chunks[0],
-        {p.spec.name: p for p in local.placements},
-        {r.id: r.address for r in local.regions},
-        entries,
-        {r.id: r.address for r in manifest.regions},
-    )
+    runs = SourceMap(local, entries, {r.id: r.address for r in manifest.regions}).descriptors(chunks[0])
     assert len(runs) == 1
     assert runs[0].length == local.placements[-1].offset + 100
 
@@ -186,14 +183,108 @@ def test_different_layouts_split_descriptors_and_chunks_split_big_tensors() -> N
     assert [c.nbytes for c in chunks] == [1024, 1024, 1024, 928]
     owners = tensors_of_chunks(chunks)
     assert owners["a"] == {0} and owners["b"] == {0, 1, 2, 3}
-    runs = descriptors(
-        chunks[0],
-        {p.spec.name: p for p in local.placements},
-        {r.id: r.address for r in local.regions},
-        match(local, manifest),
-        {r.id: r.address for r in manifest.regions},
-    )
+    runs = SourceMap(local, match(local, manifest), {r.id: r.address for r in manifest.regions}).descriptors(chunks[0])
     assert [r.length for r in runs] == [1000, 24]  # not contiguous on the source: two runs
+
+
+def _piece_by_piece(chunk: Chunk, local: TensorLayout, manifest: Manifest) -> list[Descriptor]:
+    """The reference: each piece's addresses, merged with the run before it when both sides continue at
+    the same distance (< ALIGNMENT of padding) in the same regions."""
+    placements = {p.spec.name: p for p in local.placements}
+    entries = manifest.by_name()
+    local_bases = {r.id: r.address for r in local.regions}
+    remote_bases = {r.id: r.address for r in manifest.regions}
+    runs: list[list[int]] = []
+    for piece in chunk.pieces:
+        mine, theirs = placements[piece.name], entries[piece.name]
+        here = local_bases[mine.region_id] + mine.offset + piece.start
+        there = remote_bases[theirs.region_id] + theirs.offset + piece.start
+        if runs:
+            lo, ro, length, lr, rr = runs[-1]
+            gap = here - (lo + length)
+            if (lr, rr) == (mine.region_id, theirs.region_id) and gap == there - (ro + length) and 0 <= gap < ALIGNMENT:
+                runs[-1][2] += gap + piece.length
+                continue
+        runs.append([here, there, piece.length, mine.region_id, theirs.region_id])
+    return [Descriptor(r[0], r[1], r[2]) for r in runs if r[2]]
+
+
+@pytest.mark.parametrize("chunk_bytes", [64 << 20, 5000, 1024, 100])
+def test_source_map_descriptors_equal_the_piece_by_piece_merge(chunk_bytes: int) -> None:
+    sizes = [100, 4096, 0, 7, 8192, 300, 1, 0, 5000, 256, 12288, 33]
+    specs = [TensorSpec(f"t{i}", "uint8", (n,)) for i, n in enumerate(sizes)]
+    local = allocate_pool(specs)
+    layouts = {
+        "same pool": allocate_pool(specs),
+        "reversed": allocate_pool(list(reversed(specs))),
+        "shuffled in two pools": _two_pools([specs[i] for i in (3, 0, 1, 2, 9, 10, 11, 4, 5, 6, 7, 8)]),
+        "one allocation each": adopt_tensors({s.name: torch.zeros(s.shape, dtype=torch.uint8) for s in specs}),
+    }
+    for label, remote in layouts.items():
+        manifest = Manifest.build(IDENTITY, remote, checksums={s.name: 0 for s in specs})
+        source = SourceMap(local, match(local, manifest), {r.id: r.address for r in manifest.regions})
+        for chunk in make_chunks(local, chunk_bytes):
+            assert source.descriptors(chunk) == _piece_by_piece(chunk, local, manifest), (label, chunk)
+    # the local side in many regions too (the source in one pool)
+    scattered = adopt_tensors({s.name: torch.zeros(s.shape, dtype=torch.uint8) for s in specs})
+    manifest = Manifest.build(IDENTITY, layouts["same pool"], checksums={s.name: 0 for s in specs})
+    source = SourceMap(scattered, match(scattered, manifest), {r.id: r.address for r in manifest.regions})
+    for chunk in make_chunks(scattered, chunk_bytes):
+        assert source.descriptors(chunk) == _piece_by_piece(chunk, scattered, manifest), chunk
+    # a repair chunk: one piece of one tensor
+    repair = Chunk.of(99, (make_chunks(scattered, 1000)[5].pieces[0],))
+    assert source.descriptors(repair) == _piece_by_piece(repair, scattered, manifest)
+
+
+def _two_pools(specs: list[TensorSpec]) -> TensorLayout:
+    first, second = allocate_pool(specs[:5]), allocate_pool(specs[5:], region_id=1)
+    return TensorLayout(
+        [*first.regions, *second.regions],
+        [*first.placements, *second.placements],
+        {**first.tensors, **second.tensors},
+        [*first.buffers(), *second.buffers()],
+    )
+
+
+def _chunks_piece_by_piece(layout: TensorLayout, chunk_bytes: int) -> list[Chunk]:
+    """The reference: walk the tensors in stream order, cutting pieces off each until the chunk's
+    target (at most half of what is left, down to TAIL_BYTES) is reached."""
+
+    def target(left: int) -> int:
+        return max(1, min(chunk_bytes, max(min(chunk_bytes, TAIL_BYTES), left // 2)))
+
+    remaining = sum(p.spec.nbytes for p in layout.placements)
+    chunks: list[Chunk] = []
+    current: list[Piece] = []
+    size, goal = 0, target(remaining)
+    for placement in sorted(layout.placements, key=lambda p: (p.region_id, p.offset)):
+        start = 0
+        while start < placement.spec.nbytes:
+            take = min(placement.spec.nbytes - start, goal - size)
+            current.append(Piece(placement.spec.name, start, take))
+            size, start = size + take, start + take
+            if size == goal:
+                chunks.append(Chunk.of(len(chunks), tuple(current)))
+                remaining -= size
+                current, size, goal = [], 0, target(remaining)
+    if current:
+        chunks.append(Chunk.of(len(chunks), tuple(current)))
+    return chunks
+
+
+@pytest.mark.parametrize("chunk_bytes", [64 << 20, 1 << 20, 8192, 5000, 1000, 300])
+def test_chunks_equal_the_piece_by_piece_walk(chunk_bytes: int) -> None:
+    sizes = [100, 4096, 0, 7, 8192, 300, 1, 0, 5000, 256, 12288, 33, 3 << 20, 0]
+    layouts = [
+        allocate_pool([TensorSpec(f"t{i}", "uint8", (n,)) for i, n in enumerate(sizes)]),
+        adopt_tensors({f"t{i}": torch.zeros(n, dtype=torch.uint8) for i, n in enumerate(sizes)}),
+        allocate_pool([TensorSpec("empty", "uint8", (0,))]),
+        allocate_pool([TensorSpec(f"e{i}", "uint8", (1000,)) for i in range(3000)]),  # chunk edges on tensor edges
+    ]
+    for layout in layouts:
+        chunks = make_chunks(layout, chunk_bytes)
+        assert chunks == _chunks_piece_by_piece(layout, chunk_bytes)
+        assert all(type(p) is Piece for c in chunks for p in c.pieces)
 
 
 def test_chunks_taper_at_the_end_and_cover_every_byte_once() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -49,22 +49,32 @@ class WorkerClient:
         detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
         return SourceUnavailableError(f"{what} from {self.endpoint} failed ({code}): {detail}")
 
-    def manifest(self, page_size: int = 0) -> Manifest:
+    def ask_manifest(self, page_size: int = 0) -> Iterator[worker_pb2.ManifestChunk]:
+        """Send the manifest request now; its pages arrive while the caller does other things, and
+        `manifest(asked)` reads them (closing the client cancels it)."""
+        stream: Iterator[worker_pb2.ManifestChunk] = self._stub.GetManifest(
+            worker_pb2.GetManifestRequest(page_size=page_size), timeout=self.timeout, metadata=self._credentials()
+        )
+        return stream
+
+    def manifest(self, page_size: int = 0, asked: Iterator[worker_pb2.ManifestChunk] | None = None) -> Manifest:
         try:
-            stream = self._stub.GetManifest(
-                worker_pb2.GetManifestRequest(page_size=page_size), timeout=self.timeout, metadata=self._credentials()
-            )
-            return Manifest.from_chunks(stream)
+            return Manifest.from_chunks(asked if asked is not None else self.ask_manifest(page_size))
         except grpc.RpcError as exc:
             raise self._fail("fetching the manifest", exc) from exc
         except ManifestError as exc:
             raise SourceUnavailableError(f"the manifest from {self.endpoint} is unusable: {exc}") from exc
 
-    def agent_metadata(self) -> worker_pb2.AgentMetadata:
+    def ask_agent_metadata(self) -> grpc.Future:  # type: ignore[type-arg]
+        """Send the agent metadata request now; `agent_metadata(asked)` waits for the answer."""
+        future: grpc.Future = self._stub.GetAgentMetadata.future(  # type: ignore[type-arg]
+            worker_pb2.GetAgentMetadataRequest(), timeout=self.timeout, metadata=self._credentials()
+        )
+        return future
+
+    def agent_metadata(self, asked: grpc.Future | None = None) -> worker_pb2.AgentMetadata:  # type: ignore[type-arg]
         try:
-            reply: worker_pb2.AgentMetadata = self._stub.GetAgentMetadata(
-                worker_pb2.GetAgentMetadataRequest(), timeout=self.timeout, metadata=self._credentials()
-            )
+            reply: worker_pb2.AgentMetadata = (asked or self.ask_agent_metadata()).result()
             return reply
         except grpc.RpcError as exc:
             raise self._fail("fetching NIXL agent metadata", exc) from exc

@@ -65,6 +65,10 @@ def link_source(
     one of LINK_ERRORS (the client closed) when it cannot be used."""
     client = WorkerClient(endpoint, timeout=timeout)
     try:
+        # the three questions go out together, so their round trips overlap: the status decides, and
+        # on a refusal closing the client cancels the other two
+        manifest_asked = client.ask_manifest()
+        metadata_asked = client.ask_agent_metadata()
         status = client.attach(functools.partial(deaths.mark, endpoint))
         state = STATE_NAMES.get(status.state, "Unknown")
         if state != "Ready":
@@ -74,11 +78,11 @@ def link_source(
                 f"source {endpoint} now answers for pod UID {status.pod_uid or '(none)'}, not the recorded "
                 f"{expected_pod}: the pod was replaced"
             )
-        manifest = client.manifest()
+        manifest = client.manifest(asked=manifest_asked)
         differences = identity.differences(manifest.identity)
         if differences:
             raise ValueError(f"source {endpoint} has another identity: {'; '.join(differences)}")
-        meta = client.agent_metadata()
+        meta = client.agent_metadata(metadata_asked)
         return SourceLink(endpoint, client, manifest, engine.add_remote(meta.metadata))
     except BaseException:
         client.close()

@@ -39,9 +39,10 @@ from modelexpress.p2p.notices import pulled
 from modelexpress.p2p.plan import (
     Chunk,
     Piece,
+    SourceMap,
+    Stream,
     TensorMismatchError,
     default_chunk_bytes,
-    descriptors,
     make_chunks,
     match,
     tensors_of_chunks,
@@ -130,7 +131,7 @@ class _Source:
     client: WorkerClient
     entries: dict[str, TensorEntry]
     remote_agent: str
-    region_bases: dict[int, int]
+    runs: SourceMap
     region_kinds: dict[int, tuple[str, int]]
     algorithm: str = XXH3_64
     inflight: list[_InFlight] = field(default_factory=list)
@@ -153,18 +154,22 @@ class _State:
     pinned: dict[int, str] = field(default_factory=dict)
     tried: collections.defaultdict[str, set[str]] = field(default_factory=lambda: collections.defaultdict(set))
     verified: set[str] = field(default_factory=set)
-    hashes: StreamingChecksums = field(init=False)
     # xxh3 is fed piece by piece as bytes land; other algorithms reduce whole tensors where they live
     streaming: bool = True
     # row-sum-64 sources: block sums accumulated per arrived chunk, one host sync per batch of verdicts
+    row_sums: bool = False
+    # the accumulators of either kind, one entry per tensor: built by the verify thread's first job, so
+    # that they are made beside the first READ rather than before it, and used by that thread only
+    hashes: StreamingChecksums | None = None
     rowsums: RowSums | None = None
     # tensors to check (None: all); the rest are accepted as they arrive, into `unchecked`
     sample: set[str] | None = None
     unchecked: set[str] = field(default_factory=set)
     late: set[str] = field(default_factory=set)
     policy: str = "full"
-    # verification results arrive here from the checksum thread: (tensor, matched; None: not checked)
-    results: queue.SimpleQueue[tuple[str, bool | None]] = field(default_factory=queue.SimpleQueue)
+    # verdicts arrive here from the checksum thread, a batch at a time (one wake-up of the pull per
+    # batch, not per tensor): (tensor, matched; None: not checked)
+    results: queue.SimpleQueue[list[tuple[str, bool | None]]] = field(default_factory=queue.SimpleQueue)
     outstanding: int = 0
     refetched: int = 0
     done_bytes: int = 0
@@ -173,7 +178,6 @@ class _State:
         return self.policy != "off" and (self.sample is None or name in self.sample)
 
     def __post_init__(self) -> None:
-        self.hashes = StreamingChecksums(self.layout)
         self.total = sum(c.nbytes for c in self.chunks)  # repair chunks re-read bytes, they add none
         self.owners = tensors_of_chunks(self.chunks)
         self.remaining = {name: set(indices) for name, indices in self.owners.items()}
@@ -197,7 +201,8 @@ class _Pull:
         self.progress = progress
         self.chunk_bytes = options.chunk_bytes or default_chunk_bytes(layout)
         self.local = {p.spec.name: p for p in layout.placements}
-        self.local_bases = {r.id: r.address for r in layout.regions}
+        self.sizes = {p.spec.name: p.spec.nbytes for p in layout.placements}
+        self.stream: Stream | None = None
         self.local_kinds = {r.id: (r.kind, r.device_id) for r in layout.regions}
         self.sources: list[_Source] = []
         self.failed: dict[str, str] = {}
@@ -278,10 +283,16 @@ class _Pull:
             link.client,
             entries,
             link.remote_agent,
-            {r.id: r.address for r in regions},
+            SourceMap(self.layout, entries, {r.id: r.address for r in regions}, self._stream()),
             {r.id: (r.kind, r.device_id) for r in regions},
             link.manifest.checksum_algorithm,
         )
+
+    def _stream(self) -> Stream:
+        """The local byte stream in columns, made on first use (a pull that finds no source needs none)."""
+        if self.stream is None:
+            self.stream = Stream(self.layout)
+        return self.stream
 
     def _alive(self) -> list[_Source]:
         return [s for s in self.sources if s.failure is None]
@@ -306,7 +317,7 @@ class _Pull:
     # --- transfer -------------------------------------------------------------------------------
 
     def _post(self, source: _Source, chunk: Chunk) -> ReadHandle:
-        runs = descriptors(chunk, self.local, self.local_bases, source.entries, source.region_bases)
+        runs = source.runs.descriptors(chunk)
         first = chunk.pieces[0]
         local_kind, local_dev = self.local_kinds[self.local[first.name].region_id]
         remote_kind, remote_dev = source.region_kinds[source.entries[first.name].region_id]
@@ -334,16 +345,17 @@ class _Pull:
         """Plan the chunks and move them, verified, until every tensor is in or nothing can progress."""
         policy = self.options.verification
         state = _State(
-            make_chunks(self.layout, self.chunk_bytes),
+            make_chunks(self.layout, self.chunk_bytes, self._stream()),
             self.layout,
             streaming=all(s.algorithm == XXH3_64 for s in self.sources),
             policy=policy,
             sample=self._sample() if policy == "sampled" else None,
+            row_sums=policy != "off" and bool(self.sources) and all(s.algorithm == ROW_SUM_64 for s in self.sources),
         )
-        if policy != "off" and self.sources and all(s.algorithm == ROW_SUM_64 for s in self.sources):
-            state.rowsums = RowSums(self.layout, list(state.owners))
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mx-verify")
         try:
+            if policy != "off":
+                pool.submit(self._prepare_checksums, state, list(state.owners))
             # zero-byte tensors have no chunk: verify them at once
             if self.sources:
                 empty = [p.spec.name for p in self.layout.placements if p.spec.name not in state.owners]
@@ -370,8 +382,9 @@ class _Pull:
         return state
 
     def _report(self, state: _State, missing: list[str], start: float) -> PullResult:
-        pulled = sum(self.local[n].spec.nbytes for n in state.verified)
-        checked = pulled - sum(self.local[n].spec.nbytes for n in state.unchecked)
+        size = self.sizes.__getitem__
+        pulled = sum(map(size, state.verified))
+        checked = pulled - sum(map(size, state.unchecked))
         metrics.PULL_BYTES.inc(pulled)
         metrics.PULL_VERIFIED_BYTES.labels(state.policy).inc(checked)
         return PullResult(
@@ -427,8 +440,7 @@ class _Pull:
             except Exception:  # a failed checksum must be reported, never lost
                 log.exception("verifying %d tensor(s) failed", len(names))
                 verdicts = {}
-            for name in names:
-                state.results.put((name, verdicts.get(name, False)))
+            state.results.put([(name, verdicts.get(name, False)) for name in names])
 
         pool.submit(job)
 
@@ -512,17 +524,22 @@ class _Pull:
         """Hash the arrived pieces in the background; `complete` tensors (their last piece is among
         them) get their verdict through the results queue. Tensors the policy does not check are
         accepted as they complete."""
-        for name in complete:
-            if not state.checks(name):
-                state.outstanding += 1
-                state.results.put((name, None))
-        late = [n for n in complete if n in state.late]
-        self._submit_verification(state, pool, late, source)
-        pieces = [p for p in pieces if state.checks(p.name) and p.name not in state.late]
-        complete = [n for n in complete if state.checks(n) and n not in state.late]
+        if state.policy == "off":  # nothing is checked, and nothing can make it checked: in at once
+            state.verified.update(complete)
+            state.unchecked.update(complete)
+            return
+        if state.policy == "sampled" or state.late:  # the full policy with nothing late checks them all
+            accepted: list[tuple[str, bool | None]] = [(name, None) for name in complete if not state.checks(name)]
+            if accepted:
+                state.outstanding += len(accepted)
+                state.results.put(accepted)
+            late = [n for n in complete if n in state.late]
+            self._submit_verification(state, pool, late, source)
+            pieces = [p for p in pieces if state.checks(p.name) and p.name not in state.late]
+            complete = [n for n in complete if state.checks(n) and n not in state.late]
         if not pieces and not complete:
             return
-        if state.rowsums is not None:
+        if state.row_sums:
             self._submit_row_sums(state, pool, pieces, complete, source)
             return
         if not state.streaming:
@@ -532,21 +549,35 @@ class _Pull:
 
         def job() -> None:
             digests: dict[str, int] = {}
+            hashes = state.hashes
             for piece in pieces:
                 try:
-                    digest = state.hashes.add(piece.name, piece.start, piece.length)
+                    if hashes is None:
+                        raise RuntimeError("the streaming checksums could not be set up")
+                    digest = hashes.add(piece.name, piece.start, piece.length)
                 except Exception:  # a failed checksum must be reported, never lost
                     log.exception("checksumming %s failed", piece.name)
                     continue
                 if digest is not None:
                     digests[piece.name] = digest
+            verdicts: list[tuple[str, bool | None]] = []
             for name in complete:
-                ok = digests.get(name) == source.entries[name].checksum
-                if name not in digests:
-                    state.hashes.forget(name)
-                state.results.put((name, ok))
+                verdicts.append((name, digests.get(name) == source.entries[name].checksum))
+                if name not in digests and hashes is not None:
+                    hashes.forget(name)
+            state.results.put(verdicts)
 
         pool.submit(job)
+
+    def _prepare_checksums(self, state: _State, names: list[str]) -> None:
+        """The verify thread's first job: the accumulators the arriving pieces are fed to."""
+        try:
+            if state.row_sums:
+                state.rowsums = RowSums(self.layout, names)
+            elif state.streaming:
+                state.hashes = StreamingChecksums(self.layout)
+        except Exception:  # every verdict that needed them is then a failure, reported, never lost
+            log.exception("setting up the checksums of %d tensor(s) failed", len(names))
 
     def _submit_row_sums(
         self, state: _State, pool: ThreadPoolExecutor, pieces: list[Piece], complete: list[str], source: _Source
@@ -554,20 +585,20 @@ class _Pull:
         """row-sum-64: the chunk's rows are reduced on the target's device as it lands, on a stream of
         the verify thread's own (the READs still in flight do not wait for it), and the tensors it
         completed are read back together: one host sync per chunk, not per tensor."""
-        rowsums = state.rowsums
-        assert rowsums is not None
         state.outstanding += len(complete)
 
         def job() -> None:
             try:
+                rowsums = state.rowsums
+                if rowsums is None:
+                    raise RuntimeError("the row-sum accumulators could not be set up")
                 with side_stream(self.layout):
                     rowsums.add_pieces([(p.name, p.start, p.length) for p in pieces])
                     sums = rowsums.totals(complete) if complete else {}
             except Exception:  # a failed checksum must be reported, never lost
                 log.exception("checksumming %d tensor(s) failed", len(complete))
                 sums = {}
-            for name in complete:
-                state.results.put((name, sums.get(name) == source.entries[name].checksum))
+            state.results.put([(name, sums.get(name) == source.entries[name].checksum) for name in complete])
 
         pool.submit(job)
 
@@ -575,30 +606,36 @@ class _Pull:
         """Act on the verdicts that came back; with `wait`, block up to that long for the first one."""
         while True:
             try:
-                name, ok = state.results.get(timeout=wait) if wait else state.results.get_nowait()
+                batch = state.results.get(timeout=wait) if wait else state.results.get_nowait()
             except queue.Empty:
                 return
             wait = 0.0
-            state.outstanding -= 1
-            if ok is None:
-                if state.checks(name):  # accepted unchecked before an escalation that it now falls under
-                    self._submit_verification(state, pool, [name], self._deliverer(state, name))
-                    continue
-                state.verified.add(name)
-                state.unchecked.add(name)
-                continue
-            if ok:
-                state.verified.add(name)
-                continue
-            if state.policy == "sampled":
-                self._escalate(state, pool)
-            metrics.CHECKSUM_MISMATCHES.inc()
-            state.refetched += 1
-            implicated = {state.delivered_by[i].endpoint for i in state.owners.get(name, ()) if i in state.delivered_by}
-            for endpoint in implicated:
-                self.corrupt.setdefault(endpoint, []).append(name)
-            state.tried[name] |= implicated if len(implicated) == 1 else set()
-            self._schedule_repair(state, name, implicated)
+            state.outstanding -= len(batch)
+            for name, ok in batch:
+                if ok:
+                    state.verified.add(name)
+                elif ok is None:
+                    self._accept_unchecked(state, pool, name)
+                else:
+                    self._checksum_failed(state, pool, name)
+
+    def _accept_unchecked(self, state: _State, pool: ThreadPoolExecutor, name: str) -> None:
+        if state.checks(name):  # accepted unchecked before an escalation that it now falls under
+            self._submit_verification(state, pool, [name], self._deliverer(state, name))
+            return
+        state.verified.add(name)
+        state.unchecked.add(name)
+
+    def _checksum_failed(self, state: _State, pool: ThreadPoolExecutor, name: str) -> None:
+        if state.policy == "sampled":
+            self._escalate(state, pool)
+        metrics.CHECKSUM_MISMATCHES.inc()
+        state.refetched += 1
+        implicated = {state.delivered_by[i].endpoint for i in state.owners.get(name, ()) if i in state.delivered_by}
+        for endpoint in implicated:
+            self.corrupt.setdefault(endpoint, []).append(name)
+        state.tried[name] |= implicated if len(implicated) == 1 else set()
+        self._schedule_repair(state, name, implicated)
 
     def _escalate(self, state: _State, pool: ThreadPoolExecutor) -> None:
         """A sampled tensor failed: its source cannot be trusted with the rest, so every tensor is now
@@ -642,7 +679,7 @@ class _Pull:
         nbytes = self.local[name].spec.nbytes
         indices: set[int] = set()
         for start in range(0, nbytes, self.chunk_bytes):
-            chunk = Chunk(len(state.chunks), (Piece(name, start, min(self.chunk_bytes, nbytes - start)),))
+            chunk = Chunk.of(len(state.chunks), (Piece(name, start, min(self.chunk_bytes, nbytes - start)),))
             state.chunks.append(chunk)
             state.pinned[chunk.index] = chosen
             state.pending.append(chunk.index)
