@@ -225,6 +225,15 @@ def test_source_map_descriptors_equal_the_piece_by_piece_merge(chunk_bytes: int)
         source = SourceMap(local, match(local, manifest), {r.id: r.address for r in manifest.regions})
         for chunk in make_chunks(local, chunk_bytes):
             assert source.descriptors(chunk) == _piece_by_piece(chunk, local, manifest), (label, chunk)
+    # the local side listing its tensors out of stream order
+    pool = allocate_pool(specs)
+    shuffled = TensorLayout(
+        pool.regions, [pool.placements[i] for i in (5, 0, 11, 2, 9, 1, 3, 10, 4, 6, 8, 7)], pool.tensors, pool.buffers()
+    )
+    manifest = Manifest.build(IDENTITY, layouts["reversed"], checksums={s.name: 0 for s in specs})
+    source = SourceMap(shuffled, match(shuffled, manifest), {r.id: r.address for r in manifest.regions})
+    for chunk in make_chunks(shuffled, chunk_bytes):
+        assert source.descriptors(chunk) == _piece_by_piece(chunk, shuffled, manifest), chunk
     # the local side in many regions too (the source in one pool)
     scattered = adopt_tensors({s.name: torch.zeros(s.shape, dtype=torch.uint8) for s in specs})
     manifest = Manifest.build(IDENTITY, layouts["same pool"], checksums={s.name: 0 for s in specs})
@@ -234,6 +243,18 @@ def test_source_map_descriptors_equal_the_piece_by_piece_merge(chunk_bytes: int)
     # a repair chunk: one piece of one tensor
     repair = Chunk.of(99, (make_chunks(scattered, 1000)[5].pieces[0],))
     assert source.descriptors(repair) == _piece_by_piece(repair, scattered, manifest)
+
+
+def test_a_source_tensor_in_a_region_its_manifest_does_not_describe_is_refused_by_name() -> None:
+    specs = _specs(3)
+    local = allocate_pool(specs)
+    manifest = Manifest.build(IDENTITY, allocate_pool(specs), checksums={s.name: 0 for s in specs})
+    entries = match(local, manifest)
+    entries[specs[1].name] = entries[specs[1].name]._replace(region_id=7)
+    with pytest.raises(
+        TensorMismatchError, match=rf"{specs[1].name}: in the source's region 7, which is not described"
+    ):
+        SourceMap(local, entries, {r.id: r.address for r in manifest.regions})
 
 
 def _two_pools(specs: list[TensorSpec]) -> TensorLayout:
