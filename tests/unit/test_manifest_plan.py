@@ -130,6 +130,23 @@ def test_identity_differences_are_listed() -> None:
     assert WorkerIdentity.from_proto(IDENTITY.to_proto()) == IDENTITY
 
 
+def test_match_takes_the_source_order_or_any_other_and_ignores_tensors_only_the_source_has() -> None:
+    specs = _specs(30)
+    same = Manifest.build(IDENTITY, allocate_pool(specs), checksums={s.name: i for i, s in enumerate(specs)})
+    shuffled = Manifest.build(IDENTITY, allocate_pool(specs[::-1]), checksums={s.name: i for i, s in enumerate(specs)})
+    more = [*specs, TensorSpec("lm_head.bias", "bfloat16", (4,))]
+    larger = Manifest.build(IDENTITY, allocate_pool(more), checksums={s.name: i for i, s in enumerate(more)})
+    local = allocate_pool(specs)
+    for manifest in (same, shuffled, larger):
+        entries = match(local, manifest)
+        assert list(entries) == [s.name for s in specs]  # in our order, ours only
+        assert all(entries[s.name] == manifest.by_name()[s.name] for s in specs)
+    with pytest.raises(
+        TensorMismatchError, match=r"1 tensor\(s\) do not match.*local float16\[8\] != source bfloat16\[8\]"
+    ):
+        match(allocate_pool([*specs[:5], TensorSpec(specs[5].name, "float16", (8,)), *specs[6:]]), same)
+
+
 def test_match_lists_first_differences() -> None:
     source = Manifest.build(IDENTITY, allocate_pool(_specs(30)))
     local_specs = _specs(30)

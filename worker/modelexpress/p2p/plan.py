@@ -66,14 +66,20 @@ class Descriptor:
 
 def match(layout: TensorLayout, manifest: Manifest, limit: int = 10) -> dict[str, TensorEntry]:
     """The remote entry of every local tensor; raises listing the first `limit` differences."""
-    remote = manifest.by_name()
     specs = list(map(operator.attrgetter("spec"), layout.placements))
     names = list(map(operator.attrgetter("name"), specs))
+    ours = list(map(operator.attrgetter("dtype", "shape"), specs))
+    # the usual case, the same tensors in the same order (both sides built the same model): compared
+    # column by column, without a lookup per name
+    served = manifest.tensors
+    if list(map(operator.itemgetter(0), served)) == names and list(map(operator.itemgetter(1, 2), served)) == ours:
+        return dict(zip(names, served, strict=True))
+    remote = manifest.by_name()
     found = list(map(remote.get, names))
-    # the common case, everything served as we hold it, compared without a Python step per tensor
+    # everything served as we hold it, in another order (or among other tensors)
     if None not in found:
         theirs = list(map(operator.itemgetter(1, 2), found))  # type: ignore[arg-type]
-        if theirs == list(map(operator.attrgetter("dtype", "shape"), specs)):
+        if theirs == ours:
             return dict(zip(names, found, strict=True))
     problems: list[str] = []
     for placement in layout.placements:
