@@ -8,8 +8,9 @@ target measures:
 - unverified: the same with `verification="off"` (what checking costs is the difference);
 - set-up: the fixed part of a pull, before its first READ (status, manifest, agent metadata, matching);
 - copy: `torch` copying the same bytes inside one process (on the GPU: a device-to-device copy).
-Layouts: `large` (16 tensors), `small` (4096 tensors) of --mib in all, and `llama8b` (the 291 bf16
-tensor shapes of Llama-3-8B, 15 GiB, whatever --mib says). Every layout's source runs for the whole
+Layouts: `large` (16 tensors), `small` (4096 tensors), `moe` (100,000 tensors, the count of a large
+mixture-of-experts model's rank) of --mib in all, and `llama8b` (the 291 bf16 tensor shapes of
+Llama-3-8B, 15 GiB, whatever --mib says). Every layout's source runs for the whole
 benchmark and the layouts are timed in turn, round after round (best of --reps rounds), so that the
 small/large ratio compares the same minutes of a machine whose speed drifts.
 Targets (issue 22): host: ours >= 0.9 of raw NIXL on large tensors, small >= 0.8 of the large rate, also
@@ -43,6 +44,7 @@ from modelexpress.p2p.pull import PullOptions, pull
 from modelexpress.p2p.source import SourceWorker
 
 MIB = 1 << 20
+TENSOR_COUNTS = {"large": 16, "small": 4096, "moe": 100_000}
 
 
 def llama8b_shapes() -> list[tuple[int, ...]]:
@@ -56,7 +58,7 @@ def llama8b_shapes() -> list[tuple[int, ...]]:
 def _specs(layout: str, total: int) -> list[TensorSpec]:
     if layout == "llama8b":
         return [TensorSpec(f"model.tensors.{i}", "bfloat16", shape) for i, shape in enumerate(llama8b_shapes())]
-    count = 16 if layout == "large" else 4096
+    count = TENSOR_COUNTS[layout]
     return [TensorSpec(f"model.layers.{i}.weight", "bfloat16", (total // count // 2,)) for i in range(count)]
 
 
@@ -188,7 +190,7 @@ def main() -> int:
     parser.add_argument("--mib", type=int, default=1024)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--layouts", default="large,small", help="comma-separated: large, small, llama8b")
+    parser.add_argument("--layouts", default="large,small", help="comma-separated: large, small, moe, llama8b")
     parser.add_argument("--chunk-mib", type=int, default=0, help="0: the default for the memory kind")
     parser.add_argument("--inflight", type=int, default=PullOptions.max_inflight)
     parser.add_argument(

@@ -10,7 +10,15 @@ import torch
 
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.manifest import Manifest, ManifestError
-from modelexpress.p2p.memory import ALIGNMENT, Region, TensorLayout, TensorSpec, adopt_tensors, allocate_pool
+from modelexpress.p2p.memory import (
+    ALIGNMENT,
+    ROW_ALIGNMENT,
+    Region,
+    TensorLayout,
+    TensorSpec,
+    adopt_tensors,
+    allocate_pool,
+)
 from modelexpress.p2p.plan import (
     DEFAULT_CHUNK_BYTES,
     TAIL_BYTES,
@@ -191,6 +199,16 @@ def test_small_pooled_tensors_coalesce_into_one_descriptor() -> None:
     assert runs[0].length == local.placements[-1].offset + 100
 
 
+def test_pooled_tensors_on_4k_boundaries_coalesce_across_their_padding() -> None:
+    specs = [TensorSpec(f"experts.{i}.weight", "bfloat16", (5368,)) for i in range(2000)]  # 10736 bytes each
+    local, remote = allocate_pool(specs), allocate_pool(specs)
+    assert local.placements[1].offset == 12288  # 1552 bytes of padding after each tensor
+    manifest = Manifest.build(IDENTITY, remote, checksums={s.name: 0 for s in specs})
+    source = SourceMap(local, match(local, manifest), {r.id: r.address for r in manifest.regions})
+    chunks = make_chunks(local, chunk_bytes=8 << 20)
+    assert [len(source.descriptors(c)) for c in chunks] == [1] * len(chunks)
+
+
 def test_different_layouts_split_descriptors_and_chunks_split_big_tensors() -> None:
     specs = [TensorSpec("a", "uint8", (1000,)), TensorSpec("b", "uint8", (3000,))]
     local = allocate_pool(specs)
@@ -206,7 +224,7 @@ def test_different_layouts_split_descriptors_and_chunks_split_big_tensors() -> N
 
 def _piece_by_piece(chunk: Chunk, local: TensorLayout, manifest: Manifest) -> list[Descriptor]:
     """The reference: each piece's addresses, merged with the run before it when both sides continue at
-    the same distance (< ALIGNMENT of padding) in the same regions."""
+    the same distance (< ROW_ALIGNMENT of padding) in the same regions."""
     placements = {p.spec.name: p for p in local.placements}
     entries = manifest.by_name()
     local_bases = {r.id: r.address for r in local.regions}
@@ -219,7 +237,11 @@ def _piece_by_piece(chunk: Chunk, local: TensorLayout, manifest: Manifest) -> li
         if runs:
             lo, ro, length, lr, rr = runs[-1]
             gap = here - (lo + length)
-            if (lr, rr) == (mine.region_id, theirs.region_id) and gap == there - (ro + length) and 0 <= gap < ALIGNMENT:
+            if (
+                (lr, rr) == (mine.region_id, theirs.region_id)
+                and gap == there - (ro + length)
+                and 0 <= gap < ROW_ALIGNMENT
+            ):
                 runs[-1][2] += gap + piece.length
                 continue
         runs.append([here, there, piece.length, mine.region_id, theirs.region_id])

@@ -19,7 +19,7 @@ import numpy
 
 from modelexpress.bulk import without_gc
 from modelexpress.p2p.manifest import Manifest, TensorEntry
-from modelexpress.p2p.memory import ALIGNMENT, Placement, TensorLayout
+from modelexpress.p2p.memory import ROW_ALIGNMENT, Placement, TensorLayout
 
 DEFAULT_CHUNK_BYTES = 64 << 20
 # A GPU reads 64 MiB in tens of microseconds, less than posting a READ costs in Python: bigger chunks.
@@ -190,8 +190,10 @@ def tensors_of_chunks(chunks: list[Chunk]) -> dict[str, set[int]]:
 class SourceMap:
     """Where the local byte stream lies at one source, built once per source (at link time, before the
     READs): the stream, in layout order, cut into maximal runs of tensors that continue at the same
-    distance on both sides, in the same regions, with less than ALIGNMENT of padding between them
-    (identical on both sides, so it is read along rather than splitting the run). A chunk's
+    distance on both sides, in the same regions, with less than ROW_ALIGNMENT of padding between them
+    (identical on both sides, so it is read along rather than splitting the run: a pool puts tensors
+    of 4 KiB or more on 4 KiB boundaries, and a run broken at every such tensor whose size is not a
+    multiple of 4 KiB would be one descriptor per tensor, the slowest way to READ GPU memory). A chunk's
     descriptors then cost one step per run it touches, not one per tensor: a pooled model of 4096
     small tensors is one run."""
 
@@ -215,7 +217,7 @@ class SourceMap:
         lr, rr = stream.region_ids, remote_region_ids
         gap = local[1:] - end[:-1]
         continues = (
-            (lr[1:] == lr[:-1]) & (rr[1:] == rr[:-1]) & (delta[1:] == delta[:-1]) & (gap >= 0) & (gap < ALIGNMENT)
+            (lr[1:] == lr[:-1]) & (rr[1:] == rr[:-1]) & (delta[1:] == delta[:-1]) & (gap >= 0) & (gap < ROW_ALIGNMENT)
         )
         opens = numpy.concatenate([numpy.ones(min(1, count), dtype=bool), ~continues])
         firsts = numpy.flatnonzero(opens)
