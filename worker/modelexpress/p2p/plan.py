@@ -152,8 +152,8 @@ class Stream:
         offsets = numpy.fromiter(map(attrgetter("offset"), placements), dtype=numpy.int64, count=count)
         sizes = numpy.fromiter(map(attrgetter("spec.nbytes"), placements), dtype=numpy.int64, count=count)
         ordered = (regions[1:] > regions[:-1]) | ((regions[1:] == regions[:-1]) & (offsets[1:] >= offsets[:-1]))
-        keep = numpy.flatnonzero(sizes) if ordered.all() else numpy.lexsort((offsets, regions))  # stable, as sorted()
-        keep = keep[sizes[keep] > 0]  # empty tensors have no bytes in the stream
+        order = numpy.arange(count) if ordered.all() else numpy.lexsort((offsets, regions))  # stable, as sorted()
+        keep = order[sizes[order] > 0]  # empty tensors have no bytes in the stream
         pick = keep.tolist()
         self.placements: list[Placement] = list(map(placements.__getitem__, pick))
         self.names: list[str] = list(map(attrgetter("spec.name"), self.placements))

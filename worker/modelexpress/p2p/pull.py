@@ -413,11 +413,11 @@ class _Pull:
             if covered >= goal and chosen:
                 break
             chosen.add(name)
-            covered += self.local[name].spec.nbytes
+            covered += self.sizes[name]
         return chosen
 
     def _coverage(self, state: _State) -> float:
-        sampled = sum(self.local[n].spec.nbytes for n in state.sample or ())
+        sampled = sum(map(self.sizes.__getitem__, state.sample or ()))
         return sampled / self.layout.total_bytes if self.layout.total_bytes else 1.0
 
     def _verify_many(self, names: list[str], source: _Source | None) -> dict[str, bool]:
@@ -676,7 +676,7 @@ class _Pull:
         chosen = candidates[0]
         state.tried[name].add(chosen)
         log.warning("checksum mismatch on %s; fetching it again from %s", name, chosen)
-        nbytes = self.local[name].spec.nbytes
+        nbytes = self.sizes[name]
         indices: set[int] = set()
         for start in range(0, nbytes, self.chunk_bytes):
             chunk = Chunk.of(len(state.chunks), (Piece(name, start, min(self.chunk_bytes, nbytes - start)),))
