@@ -155,6 +155,7 @@ class Stream:
         order = numpy.arange(count) if ordered.all() else numpy.lexsort((offsets, regions))  # stable, as sorted()
         keep = order[sizes[order] > 0]  # empty tensors have no bytes in the stream
         pick = keep.tolist()
+        self.empty: list[str] = [placements[i].spec.name for i in numpy.flatnonzero(sizes == 0).tolist()]
         self.placements: list[Placement] = list(map(placements.__getitem__, pick))
         self.names: list[str] = list(map(attrgetter("spec.name"), self.placements))
         self.region_ids = regions[keep]
@@ -176,15 +177,6 @@ class Stream:
 
 def _chunk_size(remaining: int, chunk_bytes: int, floor: int) -> int:
     return max(1, min(chunk_bytes, max(floor, remaining // 2)))
-
-
-def tensors_of_chunks(chunks: list[Chunk]) -> dict[str, set[int]]:
-    """For each tensor, the chunks that carry some of its bytes (it is complete when all have arrived)."""
-    owners: dict[str, set[int]] = {}
-    for chunk in chunks:
-        for piece in chunk.pieces:
-            owners.setdefault(piece.name, set()).add(chunk.index)
-    return owners
 
 
 class SourceMap:

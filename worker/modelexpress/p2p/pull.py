@@ -22,12 +22,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from functools import cached_property
+from typing import Literal, NamedTuple, get_args
 
 import torch
 
 from modelexpress import metrics
 from modelexpress.bulk import gc_paused
+from modelexpress.p2p.arrivals import Arrivals
 from modelexpress.p2p.checksum import ROW_SUM_64, XXH3_64, StreamingChecksums, checksums
 from modelexpress.p2p.client import SourceBusyError, WorkerClient
 from modelexpress.p2p.identity import WorkerIdentity
@@ -45,7 +47,6 @@ from modelexpress.p2p.plan import (
     default_chunk_bytes,
     make_chunks,
     match,
-    tensors_of_chunks,
 )
 from modelexpress.p2p.rowsums import RowSums, side_stream
 
@@ -139,15 +140,21 @@ class _Source:
     served: int = 0
 
 
+class Verdicts(NamedTuple):
+    """A batch of verdicts, as columns: each tensor, and whether it matched (None: not checked)."""
+
+    names: list[str]
+    matched: list[bool | None]
+
+
 @dataclass
 class _State:
     """Book-keeping of one pull: chunks pending, in which tensors, delivered by whom, verified."""
 
     chunks: list[Chunk]
-    layout: TensorLayout
+    stream: Stream
     total: int = field(init=False)
-    owners: dict[str, set[int]] = field(init=False)
-    remaining: dict[str, set[int]] = field(init=False)
+    arrivals: Arrivals = field(init=False)
     pending: collections.deque[int] = field(init=False)
     delivered_by: dict[int, _Source] = field(default_factory=dict)
     # repair chunks carry one tensor's bytes only and may come from one source only
@@ -168,8 +175,8 @@ class _State:
     late: set[str] = field(default_factory=set)
     policy: str = "full"
     # verdicts arrive here from the checksum thread, a batch at a time (one wake-up of the pull per
-    # batch, not per tensor): (tensor, matched; None: not checked)
-    results: queue.SimpleQueue[list[tuple[str, bool | None]]] = field(default_factory=queue.SimpleQueue)
+    # batch, not per tensor)
+    results: queue.SimpleQueue[Verdicts] = field(default_factory=queue.SimpleQueue)
     outstanding: int = 0
     refetched: int = 0
     done_bytes: int = 0
@@ -179,8 +186,7 @@ class _State:
 
     def __post_init__(self) -> None:
         self.total = sum(c.nbytes for c in self.chunks)  # repair chunks re-read bytes, they add none
-        self.owners = tensors_of_chunks(self.chunks)
-        self.remaining = {name: set(indices) for name, indices in self.owners.items()}
+        self.arrivals = Arrivals(self.chunks, self.stream)
         self.pending = collections.deque(c.index for c in self.chunks)
 
 
@@ -200,8 +206,6 @@ class _Pull:
         self.options = options
         self.progress = progress
         self.chunk_bytes = options.chunk_bytes or default_chunk_bytes(layout)
-        self.local = {p.spec.name: p for p in layout.placements}
-        self.sizes = {p.spec.name: p.spec.nbytes for p in layout.placements}
         self.stream: Stream | None = None
         self.local_kinds = {r.id: (r.kind, r.device_id) for r in layout.regions}
         self.sources: list[_Source] = []
@@ -288,6 +292,11 @@ class _Pull:
             link.manifest.checksum_algorithm,
         )
 
+    @cached_property
+    def sizes(self) -> dict[str, int]:
+        """Each tensor's bytes by name (for sampling, coverage, repairs and partial reports)."""
+        return {p.spec.name: p.spec.nbytes for p in self.layout.placements}
+
     def _stream(self) -> Stream:
         """The local byte stream in columns, made on first use (a pull that finds no source needs none)."""
         if self.stream is None:
@@ -319,7 +328,9 @@ class _Pull:
     def _post(self, source: _Source, chunk: Chunk) -> ReadHandle:
         runs = source.runs.descriptors(chunk)
         first = chunk.pieces[0]
-        local_kind, local_dev = self.local_kinds[self.local[first.name].region_id]
+        stream = self._stream()
+        position = chunk.first if chunk.first >= 0 else stream.position(first.name)
+        local_kind, local_dev = self.local_kinds[stream.placements[position].region_id]
         remote_kind, remote_dev = source.region_kinds[source.entries[first.name].region_id]
         return self.engine.start_read(
             source.remote_agent,
@@ -346,7 +357,7 @@ class _Pull:
         policy = self.options.verification
         state = _State(
             make_chunks(self.layout, self.chunk_bytes, self._stream()),
-            self.layout,
+            self._stream(),
             streaming=all(s.algorithm == XXH3_64 for s in self.sources),
             policy=policy,
             sample=self._sample() if policy == "sampled" else None,
@@ -355,11 +366,10 @@ class _Pull:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mx-verify")
         try:
             if policy != "off":
-                pool.submit(self._prepare_checksums, state, list(state.owners))
+                pool.submit(self._prepare_checksums, state, state.stream.names)
             # zero-byte tensors have no chunk: verify them at once
             if self.sources:
-                empty = [p.spec.name for p in self.layout.placements if p.spec.name not in state.owners]
-                self._submit_verification(state, pool, empty, None)
+                self._submit_verification(state, pool, state.stream.empty, None)
             idle = _MIN_IDLE
             while True:
                 self._reap_dead(state)
@@ -382,9 +392,14 @@ class _Pull:
         return state
 
     def _report(self, state: _State, missing: list[str], start: float) -> PullResult:
-        size = self.sizes.__getitem__
-        pulled = sum(map(size, state.verified))
-        checked = pulled - sum(map(size, state.unchecked))
+        everything = len(state.verified) == len(self.layout.placements)
+        pulled = state.stream.total if everything else sum(map(self.sizes.__getitem__, state.verified))
+        if not state.unchecked:
+            checked = pulled
+        elif len(state.unchecked) == len(state.verified):  # policy off
+            checked = 0
+        else:
+            checked = pulled - sum(map(self.sizes.__getitem__, state.unchecked))
         metrics.PULL_BYTES.inc(pulled)
         metrics.PULL_VERIFIED_BYTES.labels(state.policy).inc(checked)
         return PullResult(
@@ -440,7 +455,7 @@ class _Pull:
             except Exception:  # a failed checksum must be reported, never lost
                 log.exception("verifying %d tensor(s) failed", len(names))
                 verdicts = {}
-            state.results.put([(name, verdicts.get(name, False)) for name in names])
+            state.results.put(Verdicts(names, [verdicts.get(name, False) for name in names]))
 
         pool.submit(job)
 
@@ -508,15 +523,9 @@ class _Pull:
         state.done_bytes += chunk.nbytes
         if self.progress:
             self.progress(min(state.done_bytes, state.total), state.total)
-        fresh, complete = [], []
-        for piece in chunk.pieces:
-            waiting = state.remaining[piece.name]
-            if chunk.index in waiting:
-                waiting.discard(chunk.index)
-                fresh.append(piece)
-                if not waiting:
-                    complete.append(piece.name)
-        self._submit_pieces(state, pool, fresh, complete, source)
+        complete = state.arrivals.arrive(chunk)
+        if complete is not None:  # None: nothing waited for this chunk any more
+            self._submit_pieces(state, pool, list(chunk.pieces), complete, source)
 
     def _submit_pieces(
         self, state: _State, pool: ThreadPoolExecutor, pieces: list[Piece], complete: list[str], source: _Source
@@ -529,10 +538,10 @@ class _Pull:
             state.unchecked.update(complete)
             return
         if state.policy == "sampled" or state.late:  # the full policy with nothing late checks them all
-            accepted: list[tuple[str, bool | None]] = [(name, None) for name in complete if not state.checks(name)]
+            accepted = [name for name in complete if not state.checks(name)]
             if accepted:
                 state.outstanding += len(accepted)
-                state.results.put(accepted)
+                state.results.put(Verdicts(accepted, [None] * len(accepted)))
             late = [n for n in complete if n in state.late]
             self._submit_verification(state, pool, late, source)
             pieces = [p for p in pieces if state.checks(p.name) and p.name not in state.late]
@@ -560,12 +569,13 @@ class _Pull:
                     continue
                 if digest is not None:
                     digests[piece.name] = digest
-            verdicts: list[tuple[str, bool | None]] = []
-            for name in complete:
-                verdicts.append((name, digests.get(name) == source.entries[name].checksum))
-                if name not in digests and hashes is not None:
-                    hashes.forget(name)
-            state.results.put(verdicts)
+            entries = source.entries
+            matched: list[bool | None] = [digests.get(name) == entries[name].checksum for name in complete]
+            if hashes is not None and len(digests) < len(complete):
+                for name in complete:
+                    if name not in digests:
+                        hashes.forget(name)
+            state.results.put(Verdicts(complete, matched))
 
         pool.submit(job)
 
@@ -598,7 +608,8 @@ class _Pull:
             except Exception:  # a failed checksum must be reported, never lost
                 log.exception("checksumming %d tensor(s) failed", len(complete))
                 sums = {}
-            state.results.put([(name, sums.get(name) == source.entries[name].checksum) for name in complete])
+            entries = source.entries
+            state.results.put(Verdicts(complete, [sums.get(name) == entries[name].checksum for name in complete]))
 
         pool.submit(job)
 
@@ -610,8 +621,11 @@ class _Pull:
             except queue.Empty:
                 return
             wait = 0.0
-            state.outstanding -= len(batch)
-            for name, ok in batch:
+            state.outstanding -= len(batch.names)
+            if batch.matched.count(True) == len(batch.matched):  # the usual batch: all in, in one step
+                state.verified.update(batch.names)
+                continue
+            for name, ok in zip(*batch, strict=True):
                 if ok:
                     state.verified.add(name)
                 elif ok is None:
@@ -631,7 +645,8 @@ class _Pull:
             self._escalate(state, pool)
         metrics.CHECKSUM_MISMATCHES.inc()
         state.refetched += 1
-        implicated = {state.delivered_by[i].endpoint for i in state.owners.get(name, ()) if i in state.delivered_by}
+        delivered = state.delivered_by
+        implicated = {delivered[i].endpoint for i in state.arrivals.chunks_of(name) if i in delivered}
         for endpoint in implicated:
             self.corrupt.setdefault(endpoint, []).append(name)
         state.tried[name] |= implicated if len(implicated) == 1 else set()
@@ -642,10 +657,7 @@ class _Pull:
         checked, those accepted unchecked included (any that fails is fetched again)."""
         log.warning("a sampled tensor failed its checksum; verifying every tensor of this pull")
         # unsampled tensors part of which has arrived unhashed: checked whole once complete
-        state.late = {
-            name for name, waiting in state.remaining.items()
-            if waiting and waiting != state.owners.get(name) and not state.checks(name)
-        }  # fmt: skip
+        state.late = {name for name in state.arrivals.partly_arrived() if not state.checks(name)}
         state.policy, state.sample = "full", None
         accepted, state.unchecked = sorted(state.unchecked), set()
         state.verified -= set(accepted)
@@ -658,8 +670,7 @@ class _Pull:
 
     def _deliverer(self, state: _State, name: str) -> _Source | None:
         """The source that delivered the tensor's first chunk (whose checksum it is checked against)."""
-        first = min(state.owners.get(name) or {-1})
-        return state.delivered_by.get(first)
+        return state.delivered_by.get(min(state.arrivals.chunks_of(name), default=-1))
 
     def _schedule_repair(self, state: _State, name: str, implicated: set[str]) -> None:
         """Fetch the whole tensor again from one source, unimplicated sources first; give up when none is left.
@@ -670,8 +681,7 @@ class _Pull:
         candidates = sorted(alive, key=lambda ep: ep in implicated)
         if not candidates:
             log.warning("no source left to fetch %s from; it will come from the fallback", name)
-            state.owners.pop(name, None)
-            state.remaining.pop(name, None)
+            state.arrivals.drop(name)
             return
         chosen = candidates[0]
         state.tried[name].add(chosen)
@@ -684,8 +694,7 @@ class _Pull:
             state.pinned[chunk.index] = chosen
             state.pending.append(chunk.index)
             indices.add(chunk.index)
-        state.owners[name] = set(indices)
-        state.remaining[name] = set(indices)
+        state.arrivals.refetch(name, indices)
 
     def _repin_orphaned_repairs(self, state: _State) -> None:
         """A repair pinned to a source that has since failed moves to the next candidate (or is dropped)."""
@@ -705,9 +714,9 @@ class _Pull:
         return not self._alive() and not state.outstanding
 
     def _complete_with_fallback(self, state: _State, fallback: Fallback | None) -> list[str]:
+        if len(state.verified) == len(self.layout.placements):
+            return []
         missing = [p.spec.name for p in self.layout.placements if p.spec.name not in state.verified]
-        if not missing:
-            return missing
         if fallback is None:
             raise NoSourceError(
                 f"{len(missing)} of {len(self.layout.placements)} tensors could not be pulled "
