@@ -101,3 +101,16 @@ def test_any_single_corrupted_word_and_swapped_rows_change_the_batched_value() -
     rows = words.view(8, 512)
     rows[[1, 2]] = rows[[2, 1]].clone()
     assert row_sums(layout)["w"] != clean
+
+
+def test_last_rows_gathered_in_bounded_batches_match_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a window of 600 words: 3 tensors per gather, so a totals() call of 113 tensors takes dozens of them
+    monkeypatch.setattr(rowsums, "_GATHER_WORDS", 1800)
+    layout = _pool(seed=5)
+    assert row_sums(layout) == _reference(layout)
+    sums = RowSums(layout, ["matrix", "t0.float32.0", "t13.float32.70001"])
+    assert sums.names == ["t0.float32.0", "t13.float32.70001", "matrix"], "layout order, only those named"
+    sums.add_pieces([(name, 0, sums.size(name)) for name in sums.names])
+    assert sums.totals(["matrix", "t0.float32.0"]) == {
+        n: row_sum64(layout.tensors[n]) for n in ("matrix", "t0.float32.0")
+    }

@@ -94,6 +94,15 @@ def row_sum_digest(total: int, size: int) -> int:
     return int(xxhash.xxh3_64_intdigest(struct.pack("<QQ", total & _MASK, size)))
 
 
+_ROW_SUM_KEY = struct.Struct("<QQ")
+
+
+def row_sum_digests(totals: Sequence[int], sizes: Sequence[int]) -> list[int]:
+    """`row_sum_digest` of many tensors at once: `totals` as unsigned 64-bit values (a batch read back
+    from the device), packed and hashed without a Python step per tensor."""
+    return list(map(xxhash.xxh3_64_intdigest, map(_ROW_SUM_KEY.pack, totals, sizes)))
+
+
 def row_sum64(tensor: torch.Tensor) -> int:
     """The `row-sum-64` checksum, reduced on the tensor's device (one wait; `rowsums` batches many)."""
     return row_sum_digest(int(row_sum_total(tensor).item()), tensor_bytes(tensor).numel())

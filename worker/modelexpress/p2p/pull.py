@@ -603,7 +603,7 @@ class _Pull:
                 if rowsums is None:
                     raise RuntimeError("the row-sum accumulators could not be set up")
                 with side_stream(self.layout):
-                    rowsums.add_pieces([(p.name, p.start, p.length) for p in pieces])
+                    rowsums.add_pieces(pieces)
                     sums = rowsums.totals(complete) if complete else {}
             except Exception:  # a failed checksum must be reported, never lost
                 log.exception("checksumming %d tensor(s) failed", len(complete))
