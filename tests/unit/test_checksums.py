@@ -80,3 +80,24 @@ def test_streaming_checksums_match_whole_tensor_checksums_in_any_order() -> None
     assert hashes.add("b", 0, 10) is None
     hashes.forget("b")
     assert hashes.add("b", 0, tensors["b"].numel() * 2) == checksum(tensors["b"])
+
+
+def test_streaming_checksums_of_a_chunk_of_pieces_equal_piece_by_piece() -> None:
+    from modelexpress.p2p.memory import TensorSpec, allocate_pool
+
+    pool = allocate_pool([TensorSpec(f"t{i}", "uint8", (n,)) for i, n in enumerate([5000, 0, 17, 9000, 300])])
+    for i, tensor in enumerate(pool.tensors.values()):
+        tensor.copy_(torch.arange(tensor.numel(), dtype=torch.int64).add_(i * 7).remainder_(251).to(torch.uint8))
+    expected = {name: checksum(tensor) for name, tensor in pool.tensors.items() if tensor.numel()}
+    one_by_one, batched = StreamingChecksums(pool), StreamingChecksums(pool)
+    # a READ's pieces: the tail of one tensor, whole ones, the head of the next; then the rest
+    first = [("t0", 3000, 2000), ("t2", 0, 17), ("t3", 0, 4000)]
+    second = [("t0", 0, 3000), ("t3", 4000, 5000), ("t4", 0, 300)]
+    got: dict[str, int] = {}
+    for chunk in (first, second):
+        reference = {n: d for n, s, length in chunk if (d := one_by_one.add(n, s, length)) is not None}
+        digests = batched.add_pieces(chunk)
+        assert digests == reference
+        got.update(digests)
+    assert got == expected
+    assert batched.add_pieces([("missing", 0, 1), ("t4", 0, 300)]) == {"t4": expected["t4"]}, "a bad piece is left out"

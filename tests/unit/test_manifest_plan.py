@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 import time
+from array import array
 
 import pytest
 import torch
+import xxhash
 
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.manifest import Manifest, ManifestError
@@ -184,6 +186,37 @@ def test_pages_of_one_rank_and_of_mixed_ranks_decode_alike_and_match() -> None:
         match=r"1 tensor\(s\) do not match.*layers\.4\.weight: local float32\[1\] != source float32\[\]",
     ):
         match(allocate_pool(changed), manifest)
+
+
+def _version_entry_by_entry(manifest: Manifest) -> str:
+    """The manifest version as its first release computed it, one entry at a time: sources and targets
+    of different releases must agree on it."""
+    digest = xxhash.xxh3_64("\n".join(e.name for e in manifest.tensors).encode())
+    digest.update(" ".join(e.dtype for e in manifest.tensors).encode())
+    digest.update(array("Q", [v for e in manifest.tensors for v in (len(e.shape), *e.shape)]).tobytes())
+    for index in (3, 4, 5, 6):
+        digest.update(array("Q", [e[index] for e in manifest.tensors]).tobytes())
+    digest.update(array("Q", [int(e.is_parameter) for e in manifest.tensors]).tobytes())
+    return digest.hexdigest()
+
+
+def test_manifest_version_is_the_entry_by_entry_digest_when_built_and_when_received() -> None:
+    shapes = [(4, 2), (), (7,), (1, 2, 3, 4), (5,), (2, 3)]
+    specs = [
+        TensorSpec(f"model.layers.{i}.weight", dtype, shape, is_parameter=i != 2)
+        for i, (dtype, shape) in enumerate(
+            zip(["float32", "bfloat16", "uint8", "int64", "float16", "bool"], shapes, strict=True)
+        )
+    ]
+    layout = allocate_pool(specs)
+    checksums = {s.name: (2**64 - 1 - i if i % 2 else i) for i, s in enumerate(specs)}  # top bit set too
+    manifest = Manifest.build(IDENTITY, layout, checksums=checksums)
+    assert manifest.version == _version_entry_by_entry(manifest)
+    for page_size in (4, 1):
+        assert Manifest.from_chunks(list(manifest.to_chunks(page_size=page_size))).version == manifest.version
+    empty = Manifest.build(IDENTITY, allocate_pool([]), checksums={})
+    assert empty.version == _version_entry_by_entry(empty)
+    assert Manifest.from_chunks(list(empty.to_chunks())) == empty
 
 
 def test_small_pooled_tensors_coalesce_into_one_descriptor() -> None:

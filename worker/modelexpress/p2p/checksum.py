@@ -14,13 +14,18 @@ Two algorithms, named in the manifest by the source:
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Sequence
+from itertools import compress
+from operator import attrgetter
 
 import torch
 import xxhash
 
 from modelexpress.p2p.memory import TensorLayout
+
+log = logging.getLogger(__name__)
 
 XXH3_64 = "xxh3-64"
 ROW_SUM_64 = "row-sum-64"
@@ -136,10 +141,23 @@ class StreamingChecksums:
             for r, b in zip(layout.regions, layout.buffers(), strict=False)
             if r.kind == "DRAM" and b.data_ptr() == r.address  # a buffer is its region's memory, or unused
         }
-        # name -> (view of its region, the tensor's offset in it, its size) for tensors in host memory
-        self._spans = {
-            p.spec.name: (host[p.region_id], p.offset, p.spec.nbytes) for p in layout.placements if p.region_id in host
-        }
+        # name -> (view of its region, the tensor's offset in it, its size) for tensors in host memory,
+        # gathered column by column (no Python step per tensor: a model may have 100k)
+        placements = layout.placements
+        if len(host) < len(layout.regions):
+            placements = list(compress(placements, map(host.__contains__, map(attrgetter("region_id"), placements))))
+        self._spans: dict[str, tuple[memoryview, int, int]] = dict(
+            zip(
+                map(attrgetter("spec.name"), placements),
+                zip(
+                    map(host.__getitem__, map(attrgetter("region_id"), placements)),
+                    map(attrgetter("offset"), placements),
+                    map(attrgetter("spec.nbytes"), placements),
+                    strict=True,
+                ),
+                strict=True,
+            )
+        )
         self._partial: dict[str, tuple[xxhash.xxh3_64, list[int], dict[int, int]]] = {}
 
     def _bytes(self, name: str, start: int, end: int) -> memoryview | torch.Tensor:
@@ -176,6 +194,26 @@ class StreamingChecksums:
             return None
         del self._partial[name]
         return int(hasher.intdigest())
+
+    def add_pieces(self, pieces: Sequence[tuple[str, int, int]]) -> dict[str, int]:
+        """`add` for the pieces one READ delivered: the checksums of the tensors they completed. A piece
+        that cannot be hashed is logged and left out, so its tensor fails its check."""
+        digests: dict[str, int] = {}
+        spans, partial, digest = self._spans, self._partial, xxhash.xxh3_64_intdigest
+        for name, start, length in pieces:
+            span = spans.get(name)
+            if span is not None and start == 0 and length == span[2] and name not in partial:
+                view, offset, _ = span  # a whole tensor in host memory: most pieces of a pooled model
+                digests[name] = digest(view[offset : offset + length])
+                continue
+            try:
+                value = self.add(name, start, length)
+            except Exception:  # a failed checksum must be reported, never lost
+                log.exception("checksumming %s failed", name)
+                continue
+            if value is not None:
+                digests[name] = value
+        return digests
 
     def forget(self, name: str) -> None:
         """Drop what was hashed of `name` (its bytes will arrive again)."""

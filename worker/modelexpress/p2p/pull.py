@@ -557,24 +557,13 @@ class _Pull:
         state.outstanding += len(complete)
 
         def job() -> None:
-            digests: dict[str, int] = {}
-            hashes = state.hashes
-            for piece in pieces:
-                try:
-                    if hashes is None:
-                        raise RuntimeError("the streaming checksums could not be set up")
-                    digest = hashes.add(piece.name, piece.start, piece.length)
-                except Exception:  # a failed checksum must be reported, never lost
-                    log.exception("checksumming %s failed", piece.name)
-                    continue
-                if digest is not None:
-                    digests[piece.name] = digest
+            hashes = state.hashes  # None: setting them up failed (logged), so every verdict is a failure
+            digests = hashes.add_pieces(pieces) if hashes is not None else {}
             entries = source.entries
             matched: list[bool | None] = [digests.get(name) == entries[name].checksum for name in complete]
-            if hashes is not None and len(digests) < len(complete):
-                for name in complete:
-                    if name not in digests:
-                        hashes.forget(name)
+            if hashes is not None:
+                for name in [name for name in complete if name not in digests]:
+                    hashes.forget(name)  # partly hashed: its bytes will arrive again
             state.results.put(Verdicts(complete, matched))
 
         pool.submit(job)
