@@ -461,7 +461,10 @@ def test_sampled_verification_checks_a_fraction_and_escalates_on_a_corrupt_tenso
     assert 0.25 * clean.bytes <= clean.verified_bytes < clean.bytes and clean.unchecked_tensors > 0
     _assert_identical(layout.tensors, original)
     # A source that corrupts every tensor is caught by the sample; then every tensor is checked and
-    # the bad ones come again from the healthy source.
+    # the bad ones come again from the healthy source. It flips each tensor's first byte, so only the
+    # tensors whose first chunk it delivered are bad, about half: a sample of a quarter of the bytes
+    # (~5 tensors here) missed all of them now and then on a loaded machine; 60% (~13) does not.
+    sampled = dataclasses.replace(sampled, sample_fraction=0.6)
     with (
         sources(tmp_path, 1, "--model-dir", str(model_dir), "--corrupt", env=env) as (bad,),
         sources(tmp_path, 1, "--model-dir", str(model_dir), env=env) as (good,),
