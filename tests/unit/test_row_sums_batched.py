@@ -13,6 +13,7 @@ import torch
 from modelexpress.p2p import rowsums
 from modelexpress.p2p.checksum import ROW_SUM_64, checksums, row_sum64
 from modelexpress.p2p.memory import TensorSpec, adopt_tensors, allocate_pool
+from modelexpress.p2p.plan import Stream
 from modelexpress.p2p.rowsums import RowSums, row_sums
 
 DTYPES = ["float32", "bfloat16", "float16", "int8", "uint8", "float8_e4m3fn", "int64", "bool"]
@@ -114,3 +115,13 @@ def test_last_rows_gathered_in_bounded_batches_match_the_reference(monkeypatch: 
     assert sums.totals(["matrix", "t0.float32.0"]) == {
         n: row_sum64(layout.tensors[n]) for n in ("matrix", "t0.float32.0")
     }
+
+
+def test_accumulators_made_from_a_pulls_stream_match_the_reference() -> None:
+    layout = _pool(seed=6)
+    stream = Stream(layout)
+    sums = RowSums.of_stream(layout, stream)
+    assert sums.names == stream.names and "t0.float32.0" not in sums.names, "the stream's tensors: empty ones have none"
+    sums.add_pieces([(name, 0, sums.size(name)) for name in sums.names])
+    reference = _reference(layout)
+    assert sums.totals(sums.names) == {name: reference[name] for name in stream.names}

@@ -94,12 +94,12 @@ def row_sum_total(tensor: torch.Tensor) -> torch.Tensor:
     return total
 
 
+_ROW_SUM_KEY = struct.Struct("<QQ")  # what is hashed: the weighted sum modulo 2**64, then the byte size
+
+
 def row_sum_digest(total: int, size: int) -> int:
     """The published `row-sum-64` value of a weighted word sum and the tensor's byte size."""
-    return int(xxhash.xxh3_64_intdigest(struct.pack("<QQ", total & _MASK, size)))
-
-
-_ROW_SUM_KEY = struct.Struct("<QQ")
+    return int(xxhash.xxh3_64_intdigest(_ROW_SUM_KEY.pack(total & _MASK, size)))
 
 
 def row_sum_digests(totals: Sequence[int], sizes: Sequence[int]) -> list[int]:

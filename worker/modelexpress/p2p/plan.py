@@ -174,6 +174,13 @@ class Stream:
             self._positions = {name: index for index, name in enumerate(self.names)}
         return self._positions[name]
 
+    def span(self, chunk: Chunk) -> tuple[int, int]:
+        """The stream positions of the chunk's first and last tensor (looked up by name when the chunk
+        was not cut by `make_chunks`)."""
+        head = chunk.first if chunk.first >= 0 else self.position(chunk.pieces[0].name)
+        tail = chunk.last if chunk.last >= 0 else self.position(chunk.pieces[-1].name)
+        return head, tail
+
 
 def _chunk_size(remaining: int, chunk_bytes: int, floor: int) -> int:
     return max(1, min(chunk_bytes, max(floor, remaining // 2)))
@@ -222,8 +229,7 @@ class SourceMap:
     def descriptors(self, chunk: Chunk) -> list[Descriptor]:
         """Coalesced (local, remote, length) runs of a chunk (consecutive pieces of the stream)."""
         first, last = chunk.pieces[0], chunk.pieces[-1]
-        head = chunk.first if chunk.first >= 0 else self._stream.position(first.name)
-        tail = chunk.last if chunk.last >= 0 else self._stream.position(last.name)
+        head, tail = self._stream.span(chunk)
         run, final = self._run[head], self._run[tail]
         low, high = self._local[head] + first.start, self._local[tail] + last.start + last.length
         out: list[Descriptor] = []

@@ -329,8 +329,7 @@ class _Pull:
         runs = source.runs.descriptors(chunk)
         first = chunk.pieces[0]
         stream = self._stream()
-        position = chunk.first if chunk.first >= 0 else stream.position(first.name)
-        local_kind, local_dev = self.local_kinds[stream.placements[position].region_id]
+        local_kind, local_dev = self.local_kinds[stream.placements[stream.span(chunk)[0]].region_id]
         remote_kind, remote_dev = source.region_kinds[source.entries[first.name].region_id]
         return self.engine.start_read(
             source.remote_agent,
@@ -366,7 +365,7 @@ class _Pull:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mx-verify")
         try:
             if policy != "off":
-                pool.submit(self._prepare_checksums, state, state.stream.names)
+                pool.submit(self._prepare_checksums, state)
             # zero-byte tensors have no chunk: verify them at once
             if self.sources:
                 self._submit_verification(state, pool, state.stream.empty, None)
@@ -392,8 +391,7 @@ class _Pull:
         return state
 
     def _report(self, state: _State, missing: list[str], start: float) -> PullResult:
-        everything = len(state.verified) == len(self.layout.placements)
-        pulled = state.stream.total if everything else sum(map(self.sizes.__getitem__, state.verified))
+        pulled = state.stream.total if self._all_verified(state) else sum(map(self.sizes.__getitem__, state.verified))
         if not state.unchecked:
             checked = pulled
         elif len(state.unchecked) == len(state.verified):  # policy off
@@ -568,15 +566,15 @@ class _Pull:
 
         pool.submit(job)
 
-    def _prepare_checksums(self, state: _State, names: list[str]) -> None:
+    def _prepare_checksums(self, state: _State) -> None:
         """The verify thread's first job: the accumulators the arriving pieces are fed to."""
         try:
             if state.row_sums:
-                state.rowsums = RowSums(self.layout, names)
+                state.rowsums = RowSums.of_stream(self.layout, state.stream)
             elif state.streaming:
                 state.hashes = StreamingChecksums(self.layout)
         except Exception:  # every verdict that needed them is then a failure, reported, never lost
-            log.exception("setting up the checksums of %d tensor(s) failed", len(names))
+            log.exception("setting up the checksums of %d tensor(s) failed", len(state.stream.names))
 
     def _submit_row_sums(
         self, state: _State, pool: ThreadPoolExecutor, pieces: list[Piece], complete: list[str], source: _Source
@@ -702,8 +700,11 @@ class _Pull:
             return True
         return not self._alive() and not state.outstanding
 
+    def _all_verified(self, state: _State) -> bool:
+        return len(state.verified) == len(self.layout.placements)  # verified holds names of ours only
+
     def _complete_with_fallback(self, state: _State, fallback: Fallback | None) -> list[str]:
-        if len(state.verified) == len(self.layout.placements):
+        if self._all_verified(state):
             return []
         missing = [p.spec.name for p in self.layout.placements if p.spec.name not in state.verified]
         if fallback is None:

@@ -31,6 +31,7 @@ import torch
 
 from modelexpress.p2p.checksum import ROW_WORDS, row_sum_digests, row_sum_total
 from modelexpress.p2p.memory import ROW_ALIGNMENT, TensorLayout
+from modelexpress.p2p.plan import Stream
 
 ROW_BYTES = ROW_WORDS * 8
 assert ROW_BYTES == ROW_ALIGNMENT
@@ -62,12 +63,37 @@ class RowSums:
     """
 
     def __init__(self, layout: TensorLayout, names: Sequence[str] | None = None) -> None:
+        """The named tensors (all by default), in layout order."""
         placements = layout.placements
         if names is not None:
             wanted = set(names)
             placements = list(compress(placements, map(wanted.__contains__, map(attrgetter("spec.name"), placements))))
         count = len(placements)
-        self.names: list[str] = list(map(attrgetter("spec.name"), placements))
+        self._build(
+            layout,
+            list(map(attrgetter("spec.name"), placements)),
+            _column(map(attrgetter("region_id"), placements), count),
+            _column(map(attrgetter("offset"), placements), count),
+            _column(map(attrgetter("spec.nbytes"), placements), count),
+        )
+
+    @classmethod
+    def of_stream(cls, layout: TensorLayout, stream: Stream) -> RowSums:
+        """The tensors of a pull's byte stream, in stream order, from the columns the stream already has."""
+        sums = cls.__new__(cls)
+        sums._build(layout, stream.names, stream.region_ids, stream.offsets, stream.size_column)
+        return sums
+
+    def _build(
+        self,
+        layout: TensorLayout,
+        names: list[str],
+        region_ids: numpy.ndarray,
+        offset: numpy.ndarray,
+        size: numpy.ndarray,
+    ) -> None:
+        count = len(names)
+        self.names: list[str] = names
         self._index = dict(zip(self.names, range(count), strict=True))
         self._tensors = layout.tensors
         # per region: its int64 words (when the buffer is its memory, 8-byte aligned) and its device
@@ -87,13 +113,11 @@ class RowSums:
             if device not in self._devices:
                 self._devices.append(device)
             device_of_region[region.id] = self._devices.index(device)
-        self._region = _column(map(attrgetter("region_id"), placements), count)
-        offset = _column(map(attrgetter("offset"), placements), count)
-        self._size = _column(map(attrgetter("spec.nbytes"), placements), count)
+        self._region, self._size = region_ids, size
         self._word_offset = offset // 8
         self._full_rows = self._size // ROW_BYTES
         self._first_row = self._word_offset // ROW_WORDS
-        room = limit[self._region] if count else numpy.zeros(0, dtype=numpy.int64)
+        room = limit[self._region]
         # its rows are rows of its region's words (or it has no full row) and its last word is inside them
         self._on_grid = (
             (room >= 0)
@@ -101,7 +125,7 @@ class RowSums:
             & ((self._size < ROW_BYTES) | (offset % ROW_BYTES == 0))
             & (offset + -(-self._size // 8) * 8 <= room)
         )
-        self._device = device_of_region[self._region] if count else numpy.zeros(0, dtype=numpy.int64)
+        self._device = device_of_region[self._region]
         self._acc: dict[int, torch.Tensor] = {}
         self._off_grid = numpy.zeros(count, dtype=bool)  # reduced whole in totals(): a piece was off the row grid
 
