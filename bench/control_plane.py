@@ -43,10 +43,10 @@ def control_plane(count: int) -> dict[str, float]:
         client = WorkerClient(f"127.0.0.1:{server.port}")
         fetched = client.manifest()
         fetched_at = time.perf_counter()
-        entries = match(target, fetched)
+        rows = match(target, fetched)
         matched_at = time.perf_counter()
         stream = Stream(target)
-        source = SourceMap(target, entries, {r.id: r.address for r in fetched.regions}, stream)
+        source = SourceMap(target, fetched, rows, stream)
         runs = [source.descriptors(c) for c in make_chunks(target, stream=stream)]
         done = time.perf_counter()
         client.close()

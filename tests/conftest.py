@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
+# Tests start worker processes (fork, then exec) while this process holds gRPC channels. With gRPC's
+# fork support on, its handlers are skipped when other threads are inside gRPC, and the child could
+# abort between fork and exec on a poller whose epoll descriptor the exec preparation had closed
+# ("epoll_wait error: Bad file descriptor", SIGABRT). No child here uses gRPC before exec: off.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import pytest
 
 pytest_plugins = ["tests.harness.fixtures", "tests.harness.redis"]

@@ -147,9 +147,11 @@ def test_match_takes_the_source_order_or_any_other_and_ignores_tensors_only_the_
     larger = Manifest.build(IDENTITY, allocate_pool(more), checksums={s.name: i for i, s in enumerate(more)})
     local = allocate_pool(specs)
     for manifest in (same, shuffled, larger):
-        entries = match(local, manifest)
-        assert list(entries) == [s.name for s in specs]  # in our order, ours only
-        assert all(entries[s.name] == manifest.by_name()[s.name] for s in specs)
+        rows = match(local, manifest)  # each of ours, in our order: its row at the source
+        assert [manifest.tensors[row].name for row in rows.tolist()] == [s.name for s in specs]
+        assert all(
+            manifest.tensors[row] == manifest.by_name()[s.name] for row, s in zip(rows.tolist(), specs, strict=True)
+        )
     with pytest.raises(
         TensorMismatchError, match=r"1 tensor\(s\) do not match.*local float16\[8\] != source bfloat16\[8\]"
     ):
@@ -179,7 +181,7 @@ def test_pages_of_one_rank_and_of_mixed_ranks_decode_alike_and_match() -> None:
     for page_size in (4, 3, 1):  # [rank 2 x4], then mixed pages; one tensor per page
         back = Manifest.from_chunks(list(manifest.to_chunks(page_size=page_size)))
         assert back == manifest and [e.shape for e in back.tensors] == shapes
-    assert match(layout, manifest) == manifest.by_name()
+    assert match(layout, manifest).tolist() == list(range(len(specs)))
     changed = [*specs[:4], TensorSpec(specs[4].name, "float32", (1,)), *specs[5:]]
     with pytest.raises(
         TensorMismatchError,
@@ -223,10 +225,9 @@ def test_small_pooled_tensors_coalesce_into_one_descriptor() -> None:
     specs = _specs(4096, numel=50)  # 100 bytes each, padded to 256 (under 4 KiB)
     local, remote = allocate_pool(specs), allocate_pool(specs)
     manifest = Manifest.build(IDENTITY, remote, checksums={s.name: 0 for s in specs})
-    entries = match(local, manifest)
     chunks = make_chunks(local, chunk_bytes=64 << 20)
     assert len(chunks) == 1
-    runs = SourceMap(local, entries, {r.id: r.address for r in manifest.regions}).descriptors(chunks[0])
+    runs = SourceMap(local, manifest, match(local, manifest)).descriptors(chunks[0])
     assert len(runs) == 1
     assert runs[0].length == local.placements[-1].offset + 100
 
@@ -236,7 +237,7 @@ def test_pooled_tensors_on_4k_boundaries_coalesce_across_their_padding() -> None
     local, remote = allocate_pool(specs), allocate_pool(specs)
     assert local.placements[1].offset == 12288  # 1552 bytes of padding after each tensor
     manifest = Manifest.build(IDENTITY, remote, checksums={s.name: 0 for s in specs})
-    source = SourceMap(local, match(local, manifest), {r.id: r.address for r in manifest.regions})
+    source = SourceMap(local, manifest, match(local, manifest))
     chunks = make_chunks(local, chunk_bytes=8 << 20)
     assert [len(source.descriptors(c)) for c in chunks] == [1] * len(chunks)
 
@@ -249,7 +250,7 @@ def test_different_layouts_split_descriptors_and_chunks_split_big_tensors() -> N
     chunks = make_chunks(local, chunk_bytes=1024)
     assert [c.nbytes for c in chunks] == [1024, 1024, 1024, 928]
     assert [[p.name for p in c.pieces] for c in chunks] == [["a", "b"], ["b"], ["b"], ["b"]]
-    runs = SourceMap(local, match(local, manifest), {r.id: r.address for r in manifest.regions}).descriptors(chunks[0])
+    runs = SourceMap(local, manifest, match(local, manifest)).descriptors(chunks[0])
     assert [r.length for r in runs] == [1000, 24]  # not contiguous on the source: two runs
 
 
@@ -292,7 +293,7 @@ def test_source_map_descriptors_equal_the_piece_by_piece_merge(chunk_bytes: int)
     }
     for label, remote in layouts.items():
         manifest = Manifest.build(IDENTITY, remote, checksums={s.name: 0 for s in specs})
-        source = SourceMap(local, match(local, manifest), {r.id: r.address for r in manifest.regions})
+        source = SourceMap(local, manifest, match(local, manifest))
         for chunk in make_chunks(local, chunk_bytes):
             assert source.descriptors(chunk) == _piece_by_piece(chunk, local, manifest), (label, chunk)
     # the local side listing its tensors out of stream order
@@ -301,13 +302,13 @@ def test_source_map_descriptors_equal_the_piece_by_piece_merge(chunk_bytes: int)
         pool.regions, [pool.placements[i] for i in (5, 0, 11, 2, 9, 1, 3, 10, 4, 6, 8, 7)], pool.tensors, pool.buffers()
     )
     manifest = Manifest.build(IDENTITY, layouts["reversed"], checksums={s.name: 0 for s in specs})
-    source = SourceMap(shuffled, match(shuffled, manifest), {r.id: r.address for r in manifest.regions})
+    source = SourceMap(shuffled, manifest, match(shuffled, manifest))
     for chunk in make_chunks(shuffled, chunk_bytes):
         assert source.descriptors(chunk) == _piece_by_piece(chunk, shuffled, manifest), chunk
     # the local side in many regions too (the source in one pool)
     scattered = adopt_tensors({s.name: torch.zeros(s.shape, dtype=torch.uint8) for s in specs})
     manifest = Manifest.build(IDENTITY, layouts["same pool"], checksums={s.name: 0 for s in specs})
-    source = SourceMap(scattered, match(scattered, manifest), {r.id: r.address for r in manifest.regions})
+    source = SourceMap(scattered, manifest, match(scattered, manifest))
     for chunk in make_chunks(scattered, chunk_bytes):
         assert source.descriptors(chunk) == _piece_by_piece(chunk, scattered, manifest), chunk
     # a repair chunk: one piece of one tensor
@@ -319,12 +320,11 @@ def test_a_source_tensor_in_a_region_its_manifest_does_not_describe_is_refused_b
     specs = _specs(3)
     local = allocate_pool(specs)
     manifest = Manifest.build(IDENTITY, allocate_pool(specs), checksums={s.name: 0 for s in specs})
-    entries = match(local, manifest)
-    entries[specs[1].name] = entries[specs[1].name]._replace(region_id=7)
+    manifest.columns.region_ids[1] = 7
     with pytest.raises(
         TensorMismatchError, match=rf"{specs[1].name}: in the source's region 7, which is not described"
     ):
-        SourceMap(local, entries, {r.id: r.address for r in manifest.regions})
+        SourceMap(local, manifest, match(local, manifest))
 
 
 def _two_pools(specs: list[TensorSpec]) -> TensorLayout:

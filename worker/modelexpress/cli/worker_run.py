@@ -68,7 +68,7 @@ def _run_source(
         raise
     assert source.manifest is not None
     print(
-        f"serving {len(source.manifest.tensors)} tensors ({size(source.manifest.total_bytes)}) of "
+        f"serving {source.manifest.tensor_count} tensors ({size(source.manifest.total_bytes)}) of "
         f"{identity.model_name} rank {identity.rank} at {source.endpoint} (agent {engine.name}); Ctrl-C to stop",
         flush=True,
     )

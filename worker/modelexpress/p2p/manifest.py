@@ -3,18 +3,21 @@
 A manifest lists every tensor a worker serves (parameters and non-parameters such as FP8 scales)
 with dtype, shape, byte size, region and offset, and checksum, under the worker's identity. It is
 built for 100k+ tensors: sent as a header then pages, names front-coded within a page (consecutive
-names share long prefixes such as `model.layers.17.mlp.`), shapes packed.
+names share long prefixes such as `model.layers.17.mlp.`), shapes packed. It is held as columns
+(numeric ones in numpy): a target decodes, checks, matches and maps a source's manifest without a
+Python object per tensor; `Manifest.tensors` gives one entry per tensor to those that want them.
 """
 
 from __future__ import annotations
 
 import itertools
 import operator
-from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple
 
+import numpy
 import xxhash
 
 from modelexpress._proto.worker.v1 import worker_pb2
@@ -40,8 +43,7 @@ class ManifestError(ValueError):
 
 
 class TensorEntry(NamedTuple):
-    """One served tensor. A named tuple, not a frozen dataclass: a 100k-tensor manifest is decoded
-    into 100k of these, and a tuple is built five times faster."""
+    """One served tensor. A named tuple, not a frozen dataclass: a tuple is built five times faster."""
 
     name: str
     dtype: str
@@ -53,20 +55,92 @@ class TensorEntry(NamedTuple):
     is_parameter: bool = True
 
 
-@dataclass(frozen=True)
+class TensorColumns(NamedTuple):
+    """A manifest's tensors as columns: row i of every column is tensor i (numeric ones in numpy)."""
+
+    names: list[str]
+    dtypes: list[str]
+    shapes: list[tuple[int, ...]]
+    ranks: numpy.ndarray  # int64, the shapes as on the wire: each one's rank, and all their dims in a row
+    dims: numpy.ndarray  # int64
+    nbytes: numpy.ndarray  # int64
+    region_ids: numpy.ndarray  # int64
+    offsets: numpy.ndarray  # int64
+    checksums: numpy.ndarray  # uint64
+    parameters: numpy.ndarray  # bool
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[TensorColumns]) -> TensorColumns:
+        if len(parts) == 1:
+            return parts[0]
+        lists = [list(itertools.chain.from_iterable(column)) for column in list(zip(*parts, strict=True))[:3]]
+        arrays = [numpy.concatenate(column) for column in list(zip(*parts, strict=True))[3:]]
+        return cls(*lists, *arrays)  # type: ignore[arg-type]
+
+    @classmethod
+    def empty(cls) -> TensorColumns:
+        i64 = numpy.zeros(0, dtype=numpy.int64)
+        return cls([], [], [], i64, i64, i64, i64, i64, numpy.zeros(0, dtype=numpy.uint64), numpy.zeros(0, dtype=bool))
+
+
+@dataclass(frozen=True, eq=False)
 class Manifest:
     identity: WorkerIdentity
     regions: tuple[Region, ...]
-    tensors: tuple[TensorEntry, ...]
+    columns: TensorColumns
     version: str
     checksum_algorithm: str = XXH3_64
 
     @property
+    def tensor_count(self) -> int:
+        return len(self.columns.names)
+
+    @property
     def total_bytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors)
+        return int(self.columns.nbytes.sum())
+
+    @cached_property
+    def tensors(self) -> tuple[TensorEntry, ...]:
+        """One entry per tensor, made on first use (a pull works on the columns)."""
+        c = self.columns
+        rows = zip(
+            c.names,
+            c.dtypes,
+            c.shapes,
+            c.nbytes.tolist(),
+            c.region_ids.tolist(),
+            c.offsets.tolist(),
+            c.checksums.tolist(),
+            c.parameters.tolist(),
+            strict=True,
+        )
+        return tuple(map(tuple.__new__, itertools.repeat(TensorEntry), rows))
 
     def by_name(self) -> dict[str, TensorEntry]:
-        return dict(zip(map(operator.itemgetter(0), self.tensors), self.tensors, strict=True))
+        return dict(zip(self.columns.names, self.tensors, strict=True))
+
+    @cached_property
+    def rows(self) -> dict[str, int]:
+        """Each tensor's row by name."""
+        return {name: row for row, name in enumerate(self.columns.names)}
+
+    @cached_property
+    def checksum_of(self) -> dict[str, int]:
+        """Each tensor's published checksum by name (what a target checks what it received against)."""
+        return dict(zip(self.columns.names, self.columns.checksums.tolist(), strict=True))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Manifest):
+            return NotImplemented
+        return (self.identity, self.regions, self.version, self.checksum_algorithm, self.tensors) == (
+            other.identity,
+            other.regions,
+            other.version,
+            other.checksum_algorithm,
+            other.tensors,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
     # --- building ---------------------------------------------------------------------------------
 
@@ -82,20 +156,24 @@ class Manifest:
         algorithm = checksum_algorithm(layout, algorithm)
         if checksums is None:
             checksums = compute_checksums(layout, algorithm)
-        entries = tuple(
-            TensorEntry(
-                name=p.spec.name,
-                dtype=p.spec.dtype,
-                shape=p.spec.shape,
-                nbytes=p.spec.nbytes,
-                region_id=p.region_id,
-                offset=p.offset,
-                checksum=checksums[p.spec.name],
-                is_parameter=p.spec.is_parameter,
-            )
-            for p in layout.placements
+        placements = layout.placements
+        specs = list(map(operator.attrgetter("spec"), placements))
+        names = list(map(operator.attrgetter("name"), specs))
+        shapes = list(map(operator.attrgetter("shape"), specs))
+        count = len(names)
+        columns = TensorColumns(
+            names,
+            list(map(operator.attrgetter("dtype"), specs)),
+            shapes,
+            numpy.fromiter(map(len, shapes), dtype=numpy.int64, count=count),
+            numpy.fromiter(itertools.chain.from_iterable(shapes), dtype=numpy.int64),
+            numpy.fromiter(map(operator.attrgetter("nbytes"), specs), dtype=numpy.int64, count=count),
+            numpy.fromiter(map(operator.attrgetter("region_id"), placements), dtype=numpy.int64, count=count),
+            numpy.fromiter(map(operator.attrgetter("offset"), placements), dtype=numpy.int64, count=count),
+            numpy.fromiter(map(checksums.__getitem__, names), dtype=numpy.uint64, count=count),
+            numpy.fromiter(map(operator.attrgetter("is_parameter"), specs), dtype=bool, count=count),
         )
-        return cls(identity, tuple(layout.regions), entries, _version(entries), algorithm)
+        return cls(identity, tuple(layout.regions), columns, _version(columns), algorithm)
 
     # --- wire encoding --------------------------------------------------------------------------
 
@@ -104,7 +182,7 @@ class Manifest:
         yield worker_pb2.ManifestChunk(
             header=worker_pb2.ManifestHeader(
                 identity=self.identity.to_proto(),
-                tensor_count=len(self.tensors),
+                tensor_count=self.tensor_count,
                 total_bytes=self.total_bytes,
                 checksum_algorithm=_ALGORITHM_TO_WIRE[self.checksum_algorithm],
                 regions=[
@@ -116,8 +194,8 @@ class Manifest:
                 manifest_version=self.version,
             )
         )
-        for first in range(0, len(self.tensors), page_size):
-            yield worker_pb2.ManifestChunk(page=_encode_page(first, self.tensors[first : first + page_size]))
+        for first in range(0, self.tensor_count, page_size):
+            yield worker_pb2.ManifestChunk(page=_encode_page(self.columns, first, first + page_size))
 
     @classmethod
     @without_gc
@@ -133,22 +211,22 @@ class Manifest:
                 f"unsupported checksum algorithm {header.checksum_algorithm} (this worker knows "
                 f"{', '.join(_ALGORITHM_TO_WIRE)}): upgrade it to the source's version"
             )
-        entries: list[TensorEntry] = []
+        pages: list[TensorColumns] = []
+        count = 0
         for chunk in iterator:
             if chunk.WhichOneof("part") != "page":
                 raise ManifestError("a second header in the manifest stream")
-            if chunk.page.first_index != len(entries):
-                raise ManifestError(f"manifest page starts at {chunk.page.first_index}, expected {len(entries)}")
-            entries.extend(_decode_page(chunk.page, len(entries)))
-        if len(entries) != header.tensor_count:
-            raise ManifestError(f"manifest announced {header.tensor_count} tensors, got {len(entries)}")
+            if chunk.page.first_index != count:
+                raise ManifestError(f"manifest page starts at {chunk.page.first_index}, expected {count}")
+            pages.append(_decode_page(chunk.page, count))
+            count += len(pages[-1].names)
+        if count != header.tensor_count:
+            raise ManifestError(f"manifest announced {header.tensor_count} tensors, got {count}")
+        columns = TensorColumns.concatenate(pages) if pages else TensorColumns.empty()
         regions = tuple(Region(r.id, _WIRE_TO_KIND[r.kind], r.device_id, r.address, r.length) for r in header.regions)
-        manifest = cls(
-            WorkerIdentity.from_proto(header.identity), regions, tuple(entries), header.manifest_version, algorithm
-        )
-        if _version(manifest.tensors) != manifest.version:
+        if _version(columns) != header.manifest_version:
             raise ManifestError("manifest version does not match its contents (changed while it was sent?)")
-        return manifest
+        return cls(WorkerIdentity.from_proto(header.identity), regions, columns, header.manifest_version, algorithm)
 
 
 def checksum_algorithm(layout: TensorLayout, choice: str = "auto") -> str:
@@ -159,31 +237,32 @@ def checksum_algorithm(layout: TensorLayout, choice: str = "auto") -> str:
     return ROW_SUM_64 if layout.in_gpu_memory else XXH3_64
 
 
-def _encode_page(first: int, entries: Sequence[TensorEntry]) -> worker_pb2.TensorPage:
+def _encode_page(columns: TensorColumns, low: int, high: int) -> worker_pb2.TensorPage:
     names, shared = [], []
     previous = ""
-    for entry in entries:
-        common = _common_prefix(previous, entry.name)
-        names.append(entry.name[common:])
+    for name in columns.names[low:high]:
+        common = _common_prefix(previous, name)
+        names.append(name[common:])
         shared.append(common)
-        previous = entry.name
+        previous = name
+    shapes = columns.shapes[low:high]
     return worker_pb2.TensorPage(
-        first_index=first,
+        first_index=low,
         name_suffixes=names,
         shared_prefix_lengths=shared,
-        dtypes=[NAME_TO_WIRE[e.dtype] for e in entries],  # type: ignore[misc]
-        ranks=[len(e.shape) for e in entries],
-        dims=list(itertools.chain.from_iterable(e.shape for e in entries)),
-        nbytes=[e.nbytes for e in entries],
-        region_ids=[e.region_id for e in entries],
-        offsets=[e.offset for e in entries],
-        checksums=[e.checksum for e in entries],
-        non_parameters=[i for i, e in enumerate(entries) if not e.is_parameter],
+        dtypes=list(map(NAME_TO_WIRE.__getitem__, columns.dtypes[low:high])),  # type: ignore[arg-type]
+        ranks=columns.ranks[low:high].tolist(),
+        dims=list(itertools.chain.from_iterable(shapes)),
+        nbytes=columns.nbytes[low:high].tolist(),
+        region_ids=columns.region_ids[low:high].tolist(),
+        offsets=columns.offsets[low:high].tolist(),
+        checksums=columns.checksums[low:high].tolist(),
+        non_parameters=numpy.flatnonzero(~columns.parameters[low:high]).tolist(),
     )
 
 
-def _decode_page(page: worker_pb2.TensorPage, first: int) -> list[TensorEntry]:
-    """The entries of one page. Per-tensor work is left to C (map, zip, join) where it can be: a target
+def _decode_page(page: worker_pb2.TensorPage, first: int) -> TensorColumns:
+    """The columns of one page. Per-tensor work is left to C (numpy, map, zip) where it can be: a target
     decodes every page of every source before its first READ."""
     count = len(page.name_suffixes)
     columns = (page.shared_prefix_lengths, page.dtypes, page.ranks, page.nbytes, page.region_ids, page.offsets)
@@ -200,11 +279,12 @@ def _decode_page(page: worker_pb2.TensorPage, first: int) -> list[TensorEntry]:
         bad = next(i for i, keep in enumerate(keeps) if keep > (len(names[i - 1]) if i else 0))
         raise ManifestError(f"tensor {first + bad}: prefix longer than the previous name")
     try:
-        dtypes = [WIRE_TO_NAME[d] for d in page.dtypes]
+        dtypes = list(map(WIRE_TO_NAME.__getitem__, page.dtypes))
     except KeyError as exc:
         raise ManifestError(f"manifest page at tensor {first}: unknown dtype {exc}") from None
-    dims = list(page.dims)
-    ranks = list(page.ranks)
+    rank_column = numpy.array(page.ranks, dtype=numpy.int64)
+    dim_column = numpy.array(page.dims, dtype=numpy.int64)
+    ranks, dims = rank_column.tolist(), dim_column.tolist()
     if sum(ranks) != len(dims):
         raise ManifestError(f"manifest page at tensor {first}: shapes need {sum(ranks)} dims, got {len(dims)}")
     shapes: list[tuple[int, ...]]
@@ -213,16 +293,24 @@ def _decode_page(page: worker_pb2.TensorPage, first: int) -> list[TensorEntry]:
     else:
         ends = list(itertools.accumulate(ranks))
         shapes = [tuple(dims[end - rank : end]) for rank, end in zip(ranks, ends, strict=True)]
-    parameters = [True] * count
-    for index in page.non_parameters:
-        if index >= count:
-            raise ManifestError(f"manifest page at tensor {first}: non-parameter index {index} out of range")
-        parameters[index] = False
-    rows = zip(
-        names, dtypes, shapes, page.nbytes, page.region_ids, page.offsets, page.checksums, parameters, strict=True
+    non_parameters = numpy.array(page.non_parameters, dtype=numpy.int64)
+    if len(non_parameters) and (non_parameters.max() >= count or non_parameters.min() < 0):
+        index = int(non_parameters[(non_parameters >= count) | (non_parameters < 0)][0])
+        raise ManifestError(f"manifest page at tensor {first}: non-parameter index {index} out of range")
+    parameters = numpy.ones(count, dtype=bool)
+    parameters[non_parameters] = False
+    return TensorColumns(
+        names,
+        dtypes,
+        shapes,
+        rank_column,
+        dim_column,
+        numpy.array(page.nbytes, dtype=numpy.int64),
+        numpy.array(page.region_ids, dtype=numpy.int64),
+        numpy.array(page.offsets, dtype=numpy.int64),
+        numpy.array(page.checksums, dtype=numpy.uint64),
+        parameters,
     )
-    # tuple.__new__ builds each named tuple in C; the class's own __new__ is a Python function
-    return list(map(tuple.__new__, itertools.repeat(TensorEntry), rows))
 
 
 def _common_prefix(a: str, b: str) -> int:
@@ -233,16 +321,24 @@ def _common_prefix(a: str, b: str) -> int:
     return i
 
 
-def _version(entries: Sequence[TensorEntry]) -> str:
-    """A digest of every field of every entry (names, then each numeric column packed)."""
-    field = operator.itemgetter
-    digest = xxhash.xxh3_64("\n".join(map(field(0), entries)).encode())
-    digest.update(" ".join(map(field(1), entries)).encode())
-    shapes = list(map(field(2), entries))
-    # (rank, *dims) of every entry, flattened without a Python step per entry
-    ranked = itertools.chain.from_iterable(zip(zip(map(len, shapes)), shapes, strict=True))
-    digest.update(array("Q", itertools.chain.from_iterable(ranked)).tobytes())
-    for index in (3, 4, 5, 6):  # nbytes, region_id, offset, checksum
-        digest.update(array("Q", map(field(index), entries)).tobytes())
-    digest.update(array("Q", map(int, map(field(7), entries))).tobytes())  # is_parameter
+def _version(columns: TensorColumns) -> str:
+    """A digest of every field of every tensor: names, dtypes, then each numeric column packed as
+    native 64-bit words ((rank, *dims) per shape). The definition is fixed: sources and targets of
+    different releases compare it."""
+    digest = xxhash.xxh3_64("\n".join(columns.names).encode())
+    digest.update(" ".join(columns.dtypes).encode())
+    digest.update(_ranked_dims(columns.ranks, columns.dims).tobytes())
+    for column in (columns.nbytes, columns.region_ids, columns.offsets, columns.checksums, columns.parameters):
+        digest.update(column.astype(numpy.uint64).tobytes())
     return digest.hexdigest()
+
+
+def _ranked_dims(ranks: numpy.ndarray, dims: numpy.ndarray) -> numpy.ndarray:
+    """(rank, *dims) of every shape in a row: each rank word goes before its shape's dims."""
+    words = numpy.empty(len(ranks) + len(dims), dtype=numpy.uint64)
+    at = numpy.arange(len(ranks)) + numpy.cumsum(ranks) - ranks  # tensor i's rank follows i ranks and their dims
+    words[at] = ranks
+    others = numpy.ones(len(words), dtype=bool)
+    others[at] = False
+    words[others] = dims
+    return words

@@ -15,7 +15,10 @@ import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import NamedTuple
 
+import numpy
 import torch
 
 from modelexpress.p2p.dtypes import dtype_name, torch_dtype
@@ -64,9 +67,21 @@ class Placement:
     offset: int
 
 
+class LayoutColumns(NamedTuple):
+    """A layout's tensors as columns, in layout order (numeric ones in numpy)."""
+
+    names: list[str]
+    dtypes: list[str]
+    shapes: list[tuple[int, ...]]
+    region_ids: numpy.ndarray  # int64
+    offsets: numpy.ndarray  # int64
+    nbytes: numpy.ndarray  # int64
+
+
 @dataclass
 class TensorLayout:
-    """Regions, the tensors placed in them, and the views to use them; keeps the memory alive."""
+    """Regions, the tensors placed in them, and the views to use them; keeps the memory alive.
+    The placements are fixed once the layout is made."""
 
     regions: list[Region]
     placements: list[Placement]
@@ -81,6 +96,22 @@ class TensorLayout:
     def in_gpu_memory(self) -> bool:
         """Does any region live in GPU memory?"""
         return any(r.kind == "VRAM" for r in self.regions)
+
+    @functools.cached_property
+    def columns(self) -> LayoutColumns:
+        """The placements as columns, made once: a pull reads them in several passes (match, stream,
+        checksums), and a model of 100k tensors would pay a Python step per tensor in each."""
+        placements = self.placements
+        count = len(placements)
+        specs = list(map(attrgetter("spec"), placements))
+        return LayoutColumns(
+            list(map(attrgetter("name"), specs)),
+            list(map(attrgetter("dtype"), specs)),
+            list(map(attrgetter("shape"), specs)),
+            numpy.fromiter(map(attrgetter("region_id"), placements), dtype=numpy.int64, count=count),
+            numpy.fromiter(map(attrgetter("offset"), placements), dtype=numpy.int64, count=count),
+            numpy.fromiter(map(attrgetter("nbytes"), specs), dtype=numpy.int64, count=count),
+        )
 
     def region(self, region_id: int) -> Region:
         return self.regions[region_id]

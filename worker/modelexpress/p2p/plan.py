@@ -9,17 +9,15 @@ descriptor, not 4096).
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 from itertools import repeat
-from operator import attrgetter, itemgetter
 from typing import NamedTuple
 
 import numpy
 
 from modelexpress.bulk import without_gc
-from modelexpress.p2p.manifest import Manifest, TensorEntry
-from modelexpress.p2p.memory import ROW_ALIGNMENT, Placement, TensorLayout
+from modelexpress.p2p.manifest import Manifest
+from modelexpress.p2p.memory import ROW_ALIGNMENT, TensorLayout
 
 DEFAULT_CHUNK_BYTES = 64 << 20
 # A GPU reads 64 MiB in tens of microseconds, less than posting a READ costs in Python: bigger chunks.
@@ -64,39 +62,36 @@ class Descriptor:
     length: int
 
 
-def match(layout: TensorLayout, manifest: Manifest, limit: int = 10) -> dict[str, TensorEntry]:
-    """The remote entry of every local tensor; raises listing the first `limit` differences."""
-    specs = list(map(operator.attrgetter("spec"), layout.placements))
-    names = list(map(operator.attrgetter("name"), specs))
-    ours = list(map(operator.attrgetter("dtype", "shape"), specs))
+def match(layout: TensorLayout, manifest: Manifest, limit: int = 10) -> numpy.ndarray:
+    """Each local tensor's row in the source's manifest, in layout order; raises listing the first
+    `limit` differences (a name the source does not serve, another dtype or shape)."""
+    names, dtypes, shapes = layout.columns[:3]
+    served = manifest.columns
     # the usual case, the same tensors in the same order (both sides built the same model): compared
     # column by column, without a lookup per name
-    served = manifest.tensors
-    if list(map(operator.itemgetter(0), served)) == names and list(map(operator.itemgetter(1, 2), served)) == ours:
-        return dict(zip(names, served, strict=True))
-    remote = manifest.by_name()
-    found = list(map(remote.get, names))
+    if served.names == names and served.dtypes == dtypes and served.shapes == shapes:
+        return numpy.arange(len(names), dtype=numpy.int64)
+    found = list(map(manifest.rows.get, names))
     # everything served as we hold it, in another order (or among other tensors)
     if None not in found:
-        theirs = list(map(operator.itemgetter(1, 2), found))  # type: ignore[arg-type]
-        if theirs == ours:
-            return dict(zip(names, found, strict=True))
+        rows: list[int] = found  # type: ignore[assignment]
+        if (
+            list(map(served.dtypes.__getitem__, rows)) == dtypes
+            and list(map(served.shapes.__getitem__, rows)) == shapes
+        ):
+            return numpy.asarray(rows, dtype=numpy.int64)
     problems: list[str] = []
-    for placement in layout.placements:
-        spec = placement.spec
-        entry = remote.get(spec.name)
-        if entry is None:
-            problems.append(f"{spec.name}: not served by the source")
-        elif (entry.dtype, entry.shape) != (spec.dtype, spec.shape):
+    for name, dtype, shape, row in zip(names, dtypes, shapes, found, strict=True):
+        if row is None:
+            problems.append(f"{name}: not served by the source")
+        elif (served.dtypes[row], served.shapes[row]) != (dtype, shape):
             problems.append(
-                f"{spec.name}: local {spec.dtype}{list(spec.shape)} != source {entry.dtype}{list(entry.shape)}"
+                f"{name}: local {dtype}{list(shape)} != source {served.dtypes[row]}{list(served.shapes[row])}"
             )
-    if problems:
-        more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
-        raise TensorMismatchError(
-            f"{len(problems)} tensor(s) do not match the source's manifest{more}: " + "; ".join(problems[:limit])
-        )
-    return {p.spec.name: remote[p.spec.name] for p in layout.placements}
+    more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
+    raise TensorMismatchError(
+        f"{len(problems)} tensor(s) do not match the source's manifest{more}: " + "; ".join(problems[:limit])
+    )
 
 
 def default_chunk_bytes(layout: TensorLayout) -> int:
@@ -142,22 +137,21 @@ def make_chunks(
 
 class Stream:
     """The layout's tensors that have bytes, in stream order (by region, then offset), as columns;
-    made once per pull and shared by its plan and its sources' maps. Per-tensor work is left to C
-    (attribute getters, numpy): a model of 100k tensors is laid out in tens of milliseconds."""
+    made once per pull and shared by its plan and its sources' maps. Built from the layout's columns
+    with numpy: a model of 100k tensors is laid out in milliseconds."""
 
     def __init__(self, layout: TensorLayout) -> None:
-        placements = layout.placements
-        count = len(placements)
-        regions = numpy.fromiter(map(attrgetter("region_id"), placements), dtype=numpy.int64, count=count)
-        offsets = numpy.fromiter(map(attrgetter("offset"), placements), dtype=numpy.int64, count=count)
-        sizes = numpy.fromiter(map(attrgetter("spec.nbytes"), placements), dtype=numpy.int64, count=count)
+        columns = layout.columns
+        regions, offsets, sizes = columns.region_ids, columns.offsets, columns.nbytes
+        count = len(sizes)
         ordered = (regions[1:] > regions[:-1]) | ((regions[1:] == regions[:-1]) & (offsets[1:] >= offsets[:-1]))
         order = numpy.arange(count) if ordered.all() else numpy.lexsort((offsets, regions))  # stable, as sorted()
         keep = order[sizes[order] > 0]  # empty tensors have no bytes in the stream
-        pick = keep.tolist()
-        self.empty: list[str] = [placements[i].spec.name for i in numpy.flatnonzero(sizes == 0).tolist()]
-        self.placements: list[Placement] = list(map(placements.__getitem__, pick))
-        self.names: list[str] = list(map(attrgetter("spec.name"), self.placements))
+        self.order = keep  # stream position -> placement index
+        empty = numpy.flatnonzero(sizes == 0).tolist()
+        self.empty: list[str] = list(map(columns.names.__getitem__, empty))
+        in_order = len(keep) == count and ordered.all()
+        self.names: list[str] = list(columns.names) if in_order else list(map(columns.names.__getitem__, keep.tolist()))
         self.region_ids = regions[keep]
         self.offsets = offsets[keep]
         self.size_column = sizes[keep]
@@ -165,7 +159,7 @@ class Stream:
         self.ends = numpy.cumsum(self.size_column)
         self.begins = self.ends - self.size_column
         self.begin_list: list[int] = self.begins.tolist()
-        self.total = int(self.ends[-1]) if pick else 0
+        self.total = int(self.ends[-1]) if len(keep) else 0
         self._positions: dict[str, int] | None = None
 
     def position(self, name: str) -> int:
@@ -197,19 +191,17 @@ class SourceMap:
     small tensors is one run."""
 
     def __init__(
-        self,
-        layout: TensorLayout,
-        remote: dict[str, TensorEntry],
-        remote_regions: dict[int, int],
-        stream: Stream | None = None,
+        self, layout: TensorLayout, manifest: Manifest, rows: numpy.ndarray, stream: Stream | None = None
     ) -> None:
+        """`rows`: each local tensor's row in the source's `manifest` (what `match` gives)."""
         stream = self._stream = stream or Stream(layout)
         count = len(stream.names)
-        theirs = list(map(remote.__getitem__, stream.names))
-        remote_region_ids = numpy.fromiter(map(itemgetter(4), theirs), dtype=numpy.int64, count=count)
+        theirs = rows[stream.order]
+        remote_region_ids = manifest.columns.region_ids[theirs]
+        self._remote_regions: list[int] = remote_region_ids.tolist()
         local = _bases({r.id: r.address for r in layout.regions}, stream.region_ids, stream.names, "local")
-        there = _bases(remote_regions, remote_region_ids, stream.names, "the source's")
-        there += numpy.fromiter(map(itemgetter(5), theirs), dtype=numpy.int64, count=count)
+        remote_bases = {r.id: r.address for r in manifest.regions}
+        there = _bases(remote_bases, remote_region_ids, stream.names, "the source's") + manifest.columns.offsets[theirs]
         local += stream.offsets
         delta = there - local
         end = local + stream.size_column
@@ -225,6 +217,10 @@ class SourceMap:
         self._deltas: list[int] = delta[firsts].tolist()  # remote address - local address, along the run
         self._run: list[int] = (numpy.cumsum(opens) - 1).tolist()  # by stream position: the tensor's run
         self._local: list[int] = local.tolist()  # and its local address
+
+    def remote_region(self, chunk: Chunk) -> int:
+        """The source's region holding the chunk's first bytes."""
+        return self._remote_regions[self._stream.span(chunk)[0]]
 
     def descriptors(self, chunk: Chunk) -> list[Descriptor]:
         """Coalesced (local, remote, length) runs of a chunk (consecutive pieces of the stream)."""

@@ -34,7 +34,7 @@ from modelexpress.p2p.checksum import ROW_SUM_64, XXH3_64, StreamingChecksums, c
 from modelexpress.p2p.client import SourceBusyError, WorkerClient
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.links import LINK_ERRORS, Deaths, PreparedSources, SourceLink, link_source
-from modelexpress.p2p.manifest import TensorEntry
+from modelexpress.p2p.manifest import Manifest
 from modelexpress.p2p.memory import TensorLayout
 from modelexpress.p2p.nixl_engine import NixlEngine, ReadHandle, TransferError
 from modelexpress.p2p.notices import pulled
@@ -130,7 +130,7 @@ class _InFlight:
 class _Source:
     endpoint: str
     client: WorkerClient
-    entries: dict[str, TensorEntry]
+    manifest: Manifest
     remote_agent: str
     runs: SourceMap
     region_kinds: dict[int, tuple[str, int]]
@@ -276,19 +276,18 @@ class _Pull:
     def _matched(self, link: SourceLink) -> _Source:
         """The linked source with its tensors matched to ours; its link is dropped if they differ."""
         try:
-            entries = match(self.layout, link.manifest)
+            rows = match(self.layout, link.manifest)
         except TensorMismatchError:
             self.engine.remove_remote(link.remote_agent)
             link.client.close()
             raise
-        regions = link.manifest.regions
         return _Source(
             link.endpoint,
             link.client,
-            entries,
+            link.manifest,
             link.remote_agent,
-            SourceMap(self.layout, entries, {r.id: r.address for r in regions}, self._stream()),
-            {r.id: (r.kind, r.device_id) for r in regions},
+            SourceMap(self.layout, link.manifest, rows, self._stream()),
+            {r.id: (r.kind, r.device_id) for r in link.manifest.regions},
             link.manifest.checksum_algorithm,
         )
 
@@ -327,10 +326,9 @@ class _Pull:
 
     def _post(self, source: _Source, chunk: Chunk) -> ReadHandle:
         runs = source.runs.descriptors(chunk)
-        first = chunk.pieces[0]
         stream = self._stream()
-        local_kind, local_dev = self.local_kinds[stream.placements[stream.span(chunk)[0]].region_id]
-        remote_kind, remote_dev = source.region_kinds[source.entries[first.name].region_id]
+        local_kind, local_dev = self.local_kinds[int(stream.region_ids[stream.span(chunk)[0]])]
+        remote_kind, remote_dev = source.region_kinds[source.runs.remote_region(chunk)]
         return self.engine.start_read(
             source.remote_agent,
             [(r.local_address, r.remote_address, r.length) for r in runs],
@@ -437,7 +435,8 @@ class _Pull:
         """Do the tensors' contents match the checksums of the source that delivered them (batched)?"""
         source = source or self.sources[0]
         sums = checksums(self.layout, source.algorithm, names)
-        return {name: sums[name] == source.entries[name].checksum for name in names}
+        expected = source.manifest.checksum_of
+        return {name: sums[name] == expected[name] for name in names}
 
     def _submit_verification(
         self, state: _State, pool: ThreadPoolExecutor, names: list[str], source: _Source | None
@@ -557,8 +556,8 @@ class _Pull:
         def job() -> None:
             hashes = state.hashes  # None: setting them up failed (logged), so every verdict is a failure
             digests = hashes.add_pieces(pieces) if hashes is not None else {}
-            entries = source.entries
-            matched: list[bool | None] = [digests.get(name) == entries[name].checksum for name in complete]
+            expected = source.manifest.checksum_of
+            matched: list[bool | None] = [digests.get(name) == expected[name] for name in complete]
             if hashes is not None:
                 for name in [name for name in complete if name not in digests]:
                     hashes.forget(name)  # partly hashed: its bytes will arrive again
@@ -595,8 +594,8 @@ class _Pull:
             except Exception:  # a failed checksum must be reported, never lost
                 log.exception("checksumming %d tensor(s) failed", len(complete))
                 sums = {}
-            entries = source.entries
-            state.results.put(Verdicts(complete, [sums.get(name) == entries[name].checksum for name in complete]))
+            expected = source.manifest.checksum_of
+            state.results.put(Verdicts(complete, [sums.get(name) == expected[name] for name in complete]))
 
         pool.submit(job)
 

@@ -242,7 +242,7 @@ class WorkerServer:
             state=STATES[status.state],
             identity=manifest.identity.to_proto() if manifest else None,
             agent_name=self.info.agent_name,
-            tensor_count=len(manifest.tensors) if manifest else 0,
+            tensor_count=manifest.tensor_count if manifest else 0,
             total_bytes=manifest.total_bytes if manifest else 0,
             message=status.message,
             updated_unix_ms=int(status.updated * 1000),

@@ -125,7 +125,7 @@ class SourceWorker:
             self.engine.register(self.layout)
         self.manifest = Manifest.build(self.identity, self.layout, self._checksums, self.settings.checksum_algorithm)
         self.server.publish(self.manifest, self.engine.metadata())
-        self.server.set_state("Ready", f"{len(self.manifest.tensors)} tensors, {self.manifest.total_bytes} bytes")
+        self.server.set_state("Ready", f"{self.manifest.tensor_count} tensors, {self.manifest.total_bytes} bytes")
         self._registry = registry
         if self._registry is not None:
             self._record = SourceRecord(
@@ -134,7 +134,7 @@ class SourceWorker:
                 endpoint=self.endpoint,
                 agent_name=self.engine.name,
                 state="Ready",
-                tensor_count=len(self.manifest.tensors),
+                tensor_count=self.manifest.tensor_count,
                 total_bytes=self.manifest.total_bytes,
                 node=self.settings.node_name or None,
                 zone=self.settings.zone or None,
