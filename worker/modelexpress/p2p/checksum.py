@@ -18,7 +18,6 @@ import logging
 import struct
 from collections.abc import Sequence
 from itertools import compress
-from operator import attrgetter
 
 import torch
 import xxhash
@@ -142,21 +141,15 @@ class StreamingChecksums:
             if r.kind == "DRAM" and b.data_ptr() == r.address  # a buffer is its region's memory, or unused
         }
         # name -> (view of its region, the tensor's offset in it, its size) for tensors in host memory,
-        # gathered column by column (no Python step per tensor: a model may have 100k)
-        placements = layout.placements
+        # from the layout's columns (no Python step per tensor: a model may have 100k)
+        columns = layout.columns
+        names, region_ids = columns.names, columns.region_ids.tolist()
+        offsets, sizes = columns.offsets.tolist(), columns.nbytes.tolist()
         if len(host) < len(layout.regions):
-            placements = list(compress(placements, map(host.__contains__, map(attrgetter("region_id"), placements))))
+            kept = list(map(host.__contains__, region_ids))
+            names, region_ids, offsets, sizes = (list(compress(c, kept)) for c in (names, region_ids, offsets, sizes))
         self._spans: dict[str, tuple[memoryview, int, int]] = dict(
-            zip(
-                map(attrgetter("spec.name"), placements),
-                zip(
-                    map(host.__getitem__, map(attrgetter("region_id"), placements)),
-                    map(attrgetter("offset"), placements),
-                    map(attrgetter("spec.nbytes"), placements),
-                    strict=True,
-                ),
-                strict=True,
-            )
+            zip(names, zip(map(host.__getitem__, region_ids), offsets, sizes, strict=True), strict=True)
         )
         self._partial: dict[str, tuple[xxhash.xxh3_64, list[int], dict[int, int]]] = {}
 
