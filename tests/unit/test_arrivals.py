@@ -50,6 +50,11 @@ def test_arrivals_in_any_order_complete_each_tensor_with_its_last_chunk(chunk_by
                     expected.append(piece.name)
             got = arrivals.arrive(chunks[index])
             assert got == expected
+            # the same as columns: what the chunk completed as a run of stream positions, its pieces as runs
+            assert [stream.names[p] for p in arrivals.positions(chunks[index], got).tolist()] == got
+            positions, starts, stops = (column.tolist() for column in stream.runs(chunks[index]))
+            pieces = [(stream.names[p], a, b - a) for p, a, b in zip(positions, starts, stops, strict=True)]
+            assert pieces == list(chunks[index].pieces)
             completed += got or []
             assert arrivals.arrive(chunks[index]) is None, "a chunk that arrived again completes nothing"
             if step % 7 == 0:

@@ -70,6 +70,12 @@ class Arrivals:
         tail = [] if waiting[last] else [self._names[last]]
         return head + self._names[first + 1 : last] + tail
 
+    def positions(self, chunk: Chunk, complete: Sequence[str]) -> numpy.ndarray:
+        """The stream positions of the tensors `arrive(chunk)` returned for a planned chunk: always a
+        run (the first tensor if it completed, the inner ones, the last if it completed)."""
+        low = chunk.first if complete and complete[0] == self._names[chunk.first] else chunk.first + 1
+        return numpy.arange(low, low + len(complete), dtype=numpy.int64)
+
     def chunks_of(self, name: str) -> list[int]:
         """The chunks of the tensor's latest fetch (none once it was dropped)."""
         if name in self._dropped:

@@ -168,6 +168,19 @@ class Stream:
             self._positions = {name: index for index, name in enumerate(self.names)}
         return self._positions[name]
 
+    def runs(self, chunk: Chunk) -> tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+        """A chunk cut by `make_chunks`, as columns: the stream positions of its tensors, and the bytes
+        [start, stop) of each that it carries (only the first and the last can be partial)."""
+        first, last = chunk.first, chunk.last
+        positions = numpy.arange(first, last + 1, dtype=numpy.int64)
+        starts = numpy.zeros(len(positions), dtype=numpy.int64)
+        stops = self.size_column[first : last + 1].copy()
+        head, tail = chunk.pieces[0], chunk.pieces[-1]
+        starts[0], stops[0] = head.start, head.start + head.length
+        if last > first:
+            stops[-1] = tail.start + tail.length
+        return positions, starts, stops
+
     def span(self, chunk: Chunk) -> tuple[int, int]:
         """The stream positions of the chunk's first and last tensor (looked up by name when the chunk
         was not cut by `make_chunks`)."""
@@ -202,6 +215,7 @@ class SourceMap:
         local = _bases({r.id: r.address for r in layout.regions}, stream.region_ids, stream.names, "local")
         remote_bases = {r.id: r.address for r in manifest.regions}
         there = _bases(remote_bases, remote_region_ids, stream.names, "the source's") + manifest.columns.offsets[theirs]
+        self.remote_rows = theirs  # by stream position: the tensor's row in the source's manifest
         local += stream.offsets
         delta = there - local
         end = local + stream.size_column

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal, NamedTuple, get_args
 
+import numpy
 import torch
 
 from modelexpress import metrics
@@ -138,6 +139,12 @@ class _Source:
     inflight: list[_InFlight] = field(default_factory=list)
     failure: str | None = None
     served: int = 0
+
+    @cached_property
+    def expected(self) -> numpy.ndarray:
+        """The published checksums in our stream order (made by the verify thread on first use)."""
+        expected: numpy.ndarray = self.manifest.columns.checksums[self.runs.remote_rows]
+        return expected
 
 
 class Verdicts(NamedTuple):
@@ -522,14 +529,20 @@ class _Pull:
             self.progress(min(state.done_bytes, state.total), state.total)
         complete = state.arrivals.arrive(chunk)
         if complete is not None:  # None: nothing waited for this chunk any more
-            self._submit_pieces(state, pool, list(chunk.pieces), complete, source)
+            self._submit_pieces(state, pool, list(chunk.pieces), complete, source, chunk)
 
     def _submit_pieces(
-        self, state: _State, pool: ThreadPoolExecutor, pieces: list[Piece], complete: list[str], source: _Source
+        self,
+        state: _State,
+        pool: ThreadPoolExecutor,
+        pieces: list[Piece],
+        complete: list[str],
+        source: _Source,
+        chunk: Chunk | None = None,
     ) -> None:
         """Hash the arrived pieces in the background; `complete` tensors (their last piece is among
         them) get their verdict through the results queue. Tensors the policy does not check are
-        accepted as they complete."""
+        accepted as they complete. `chunk`: the pieces are that chunk's, all of them."""
         if state.policy == "off":  # nothing is checked, and nothing can make it checked: in at once
             state.verified.update(complete)
             state.unchecked.update(complete)
@@ -543,10 +556,11 @@ class _Pull:
             self._submit_verification(state, pool, late, source)
             pieces = [p for p in pieces if state.checks(p.name) and p.name not in state.late]
             complete = [n for n in complete if state.checks(n) and n not in state.late]
+            chunk = None
         if not pieces and not complete:
             return
         if state.row_sums:
-            self._submit_row_sums(state, pool, pieces, complete, source)
+            self._submit_row_sums(state, pool, pieces, complete, source, chunk)
             return
         if not state.streaming:
             self._submit_verification(state, pool, complete, source)
@@ -576,26 +590,42 @@ class _Pull:
             log.exception("setting up the checksums of %d tensor(s) failed", len(state.stream.names))
 
     def _submit_row_sums(
-        self, state: _State, pool: ThreadPoolExecutor, pieces: list[Piece], complete: list[str], source: _Source
+        self,
+        state: _State,
+        pool: ThreadPoolExecutor,
+        pieces: list[Piece],
+        complete: list[str],
+        source: _Source,
+        chunk: Chunk | None,
     ) -> None:
         """row-sum-64: the chunk's rows are reduced on the target's device as it lands, on a stream of
         the verify thread's own (the READs still in flight do not wait for it), and the tensors it
-        completed are read back together: one host sync per chunk, not per tensor."""
+        completed are read back together: one host sync per chunk, not per tensor. A planned chunk
+        goes as columns of stream positions, and its verdicts are one comparison of columns."""
         state.outstanding += len(complete)
+        runs, done = None, numpy.zeros(0, dtype=numpy.int64)
+        if chunk is not None and chunk.first >= 0:
+            runs, done = state.stream.runs(chunk), state.arrivals.positions(chunk, complete)
 
         def job() -> None:
+            matched: list[bool | None]
             try:
                 rowsums = state.rowsums
                 if rowsums is None:
                     raise RuntimeError("the row-sum accumulators could not be set up")
                 with side_stream(self.layout):
-                    rowsums.add_pieces(pieces)
-                    sums = rowsums.totals(complete) if complete else {}
+                    if runs is not None:
+                        rowsums.add_runs(*runs)
+                        matched = (rowsums.totals_at(done) == source.expected[done]).tolist() if len(done) else []
+                    else:
+                        rowsums.add_pieces(pieces)
+                        sums = rowsums.totals(complete) if complete else {}
+                        expected = source.manifest.checksum_of
+                        matched = [sums.get(name) == expected[name] for name in complete]
             except Exception:  # a failed checksum must be reported, never lost
                 log.exception("checksumming %d tensor(s) failed", len(complete))
-                sums = {}
-            expected = source.manifest.checksum_of
-            state.results.put(Verdicts(complete, [sums.get(name) == expected[name] for name in complete]))
+                matched = [False] * len(complete)
+            state.results.put(Verdicts(complete, matched))
 
         pool.submit(job)
 

@@ -152,9 +152,14 @@ class RowSums:
         if not pieces:
             return
         count = len(pieces)
-        index = self._indices(list(map(itemgetter(0), pieces)))
         start = _column(map(itemgetter(1), pieces), count)
-        stop = start + _column(map(itemgetter(2), pieces), count)
+        self.add_runs(
+            self._indices(list(map(itemgetter(0), pieces))), start, start + _column(map(itemgetter(2), pieces), count)
+        )
+
+    def add_runs(self, index: numpy.ndarray, start: numpy.ndarray, stop: numpy.ndarray) -> None:
+        """`add_pieces` as columns: bytes [start, stop) of the tensors at `index` (in this object's
+        order: stream positions when made by `of_stream`) have arrived."""
         size = self._size[index]
         summed = self._on_grid[index] & ~self._off_grid[index]
         off = summed & ((start % ROW_BYTES != 0) | ((stop != size) & (stop % ROW_BYTES != 0)))
@@ -201,7 +206,10 @@ class RowSums:
     def totals(self, names: Sequence[str]) -> dict[str, int]:
         """The `row-sum-64` values of `names`, whose bytes have all been added, and their accumulators
         reset (bytes that arrive again, a repair, start from zero): one host sync per device."""
-        index = self._indices(names)
+        return dict(zip(names, self.totals_at(self._indices(names)).tolist(), strict=True))
+
+    def totals_at(self, index: numpy.ndarray) -> numpy.ndarray:
+        """`totals` of the tensors at `index` (this object's order), as unsigned 64-bit values."""
         totals = numpy.zeros(len(index), dtype=numpy.uint64)
         devices = self._device[index]
         for device in numpy.unique(devices).tolist():
@@ -221,12 +229,30 @@ class RowSums:
             self._off_grid[group[whole]] = False
             HOST_SYNCS[0] += 1
             totals[chosen] = picked.cpu().numpy().view(numpy.uint64)
-        return dict(zip(names, row_sum_digests(totals.tolist(), self._size[index].tolist()), strict=True))
+        return numpy.asarray(row_sum_digests(totals.tolist(), self._size[index].tolist()), dtype=numpy.uint64)
 
     def _add_tails(self, region: int, group: numpy.ndarray, acc: torch.Tensor) -> None:
         """Each tensor's words after its full rows (weight `2 * full_rows + 1`) and its trailing bytes as
-        one zero-padded word, gathered a batch at a time: a window of words per tensor, masked."""
+        one zero-padded word, gathered a batch at a time: a window of words per tensor, masked. A tail
+        that begins a row of the region (a tensor of 4 KiB or more in a pool) is read as that row's
+        first words, a copy of whole rows; others word by word (several times slower on a CPU)."""
         words = self._words[region]
+        rows = words[: words.numel() // ROW_WORDS * ROW_WORDS].view(-1, ROW_WORDS)
+        starts = self._word_offset[group] + self._full_rows[group] * ROW_WORDS
+        on_rows = (starts % ROW_WORDS == 0) & (starts // ROW_WORDS < rows.shape[0])
+        for by_rows in (True, False):
+            chosen = on_rows == by_rows
+            if chosen.any():
+                self._add_tail_windows(words, rows if by_rows else None, group[chosen], starts[chosen], acc)
+
+    def _add_tail_windows(
+        self,
+        words: torch.Tensor,
+        rows: torch.Tensor | None,
+        group: numpy.ndarray,
+        starts: numpy.ndarray,
+        acc: torch.Tensor,
+    ) -> None:
         device = words.device
         size, full = self._size[group], self._full_rows[group]
         counts = size // 8 - full * ROW_WORDS  # whole words in the last row
@@ -236,8 +262,11 @@ class RowSums:
         step = max(1, _GATHER_WORDS // width)
         for at in range(0, len(group), step):
             part = slice(at, at + step)
-            starts = _device_index(self._word_offset[group[part]] + full[part] * ROW_WORDS, device)
-            window = words[(starts[:, None] + column).clamp_(max=words.numel() - 1)]
+            if rows is not None:
+                window = rows[:, :width].index_select(0, _device_index(starts[part] // ROW_WORDS, device))
+            else:
+                first = _device_index(starts[part], device)
+                window = words[(first[:, None] + column).clamp_(max=words.numel() - 1)]
             count = _device_index(counts[part], device)
             body = torch.where(column < count[:, None], window, 0).sum(dim=1)
             # the word holding the trailing bytes, with the bytes past the tensor's end masked off
