@@ -24,6 +24,7 @@ import torch
 import modelexpress.p2p.pull as pull_module
 from hack.make_tiny_model import tiny_model, write
 from modelexpress.p2p.checksum import tensor_bytes
+from modelexpress.p2p.gil import PULL_SWITCH_INTERVAL
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.memory import TensorSpec, allocate_pool
 from modelexpress.p2p.nixl_engine import NixlEngine
@@ -93,6 +94,8 @@ def test_the_cyclic_gc_is_paused_while_a_pull_plans_and_moves_bytes_and_restored
     """Matching a manifest and planning thousands of tensors allocate objects in bulk: a full collection
     there walks every object of a serving engine. The pull pauses the collector and turns it back on."""
     seen: dict[str, list[bool]] = {"match": [], "post": []}
+    intervals: list[float] = []  # the GIL switch interval is short while READs are posted, then restored
+    before = sys.getswitchinterval()
     real_match, real_post = pull_module.match, pull_module._Pull._post
 
     def match(*args: Any, **kwargs: Any) -> Any:
@@ -101,6 +104,7 @@ def test_the_cyclic_gc_is_paused_while_a_pull_plans_and_moves_bytes_and_restored
 
     def post(self: Any, *args: Any, **kwargs: Any) -> Any:
         seen["post"].append(gc.isenabled())
+        intervals.append(sys.getswitchinterval())
         return real_post(self, *args, **kwargs)
 
     monkeypatch.setattr(pull_module, "match", match)
@@ -111,6 +115,8 @@ def test_the_cyclic_gc_is_paused_while_a_pull_plans_and_moves_bytes_and_restored
     assert not result.fell_back
     assert seen["match"] == [False] and seen["post"] and not any(seen["post"]), seen
     assert gc.isenabled()
+    assert intervals and max(intervals) <= min(PULL_SWITCH_INTERVAL, before) + 2e-6
+    assert sys.getswitchinterval() == before
 
 
 def test_reads_are_striped_across_every_source(

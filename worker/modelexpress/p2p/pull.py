@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import operator
 import queue
 import random
 import time
@@ -33,6 +34,7 @@ from modelexpress.bulk import gc_paused
 from modelexpress.p2p.arrivals import Arrivals
 from modelexpress.p2p.checksum import ROW_SUM_64, XXH3_64, StreamingChecksums, checksums
 from modelexpress.p2p.client import SourceBusyError, WorkerClient
+from modelexpress.p2p.gil import short_switch_interval
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.links import LINK_ERRORS, Deaths, PreparedSources, SourceLink, link_source
 from modelexpress.p2p.manifest import Manifest
@@ -351,7 +353,7 @@ class _Pull:
         # cyclic collector, and a full pass walks every object of the process (in a serving engine,
         # millions: hundreds of milliseconds, once seen inside one match of 4096 tensors). Paused while
         # the pull plans and moves bytes; a disk fallback runs with it on.
-        with gc_paused():
+        with gc_paused(), short_switch_interval():  # the poster waits less for the checksum thread's GIL
             state = self._transfer()
         missing = self._complete_with_fallback(state, fallback)
         return self._report(state, missing, start)
@@ -566,18 +568,56 @@ class _Pull:
             self._submit_verification(state, pool, complete, source)
             return
         state.outstanding += len(complete)
+        planned = chunk if chunk is not None and chunk.last - chunk.first >= 2 else None
+        done = state.arrivals.positions(planned, complete) if planned is not None else None
 
         def job() -> None:
             hashes = state.hashes  # None: setting them up failed (logged), so every verdict is a failure
-            digests = hashes.add_pieces(pieces) if hashes is not None else {}
-            expected = source.manifest.checksum_of
-            matched: list[bool | None] = [digests.get(name) == expected[name] for name in complete]
-            if hashes is not None:
+            matched: list[bool | None]
+            if hashes is None:
+                matched = [False] * len(complete)
+            elif planned is not None and done is not None:
+                matched = self._xxh3_chunk_verdicts(state, hashes, planned, done, complete, source)
+            else:
+                digests = hashes.add_pieces(pieces)
+                expected = source.manifest.checksum_of
+                matched = [digests.get(name) == expected[name] for name in complete]
                 for name in [name for name in complete if name not in digests]:
                     hashes.forget(name)  # partly hashed: its bytes will arrive again
             state.results.put(Verdicts(complete, matched))
 
         pool.submit(job)
+
+    def _xxh3_chunk_verdicts(
+        self,
+        state: _State,
+        hashes: StreamingChecksums,
+        chunk: Chunk,
+        done: numpy.ndarray,
+        complete: list[str],
+        source: _Source,
+    ) -> list[bool | None]:
+        """The verdicts of a planned chunk with tensors strictly inside it: those arrived whole and are
+        hashed in one pass over columns; the first and the last piece go through the streaming path.
+        `done`: the stream positions of `complete`."""
+        head, tail = chunk.pieces[0], chunk.pieces[-1]
+        edges = hashes.add_pieces([head, tail])
+        whole = hashes.add_whole(state.stream.names[chunk.first + 1 : chunk.last])
+        inner: list[int | None]
+        if whole is None:  # some of them are not in host memory here: piece by piece
+            found = hashes.add_pieces(chunk.pieces[1:-1])
+            inner = [found.get(piece.name) for piece in chunk.pieces[1:-1]]
+        else:
+            inner = list(whole)
+        with_head = bool(len(done)) and int(done[0]) == chunk.first
+        with_tail = bool(len(done)) and int(done[-1]) == chunk.last
+        values = [edges.get(head.name)] if with_head else []
+        values += inner
+        values += [edges.get(tail.name)] if with_tail else []
+        for piece, completed in ((head, with_head), (tail, with_tail)):
+            if completed and piece.name not in edges:
+                hashes.forget(piece.name)  # partly hashed: its bytes will arrive again
+        return list(map(operator.eq, values, source.expected[done].tolist()))
 
     def _prepare_checksums(self, state: _State) -> None:
         """The verify thread's first job: the accumulators the arriving pieces are fed to."""
