@@ -156,6 +156,16 @@ class Verdicts(NamedTuple):
     matched: list[bool | None]
 
 
+class _Arrived(NamedTuple):
+    """What one READ delivered: its pieces, the tensors they completed, and from whom. `chunk`: the
+    planned chunk whose pieces these are, all of them (None: a repair, or pieces a policy filtered)."""
+
+    pieces: list[Piece]
+    complete: list[str]
+    source: _Source
+    chunk: Chunk | None = None
+
+
 @dataclass
 class _State:
     """Book-keeping of one pull: chunks pending, in which tensors, delivered by whom, verified."""
@@ -531,20 +541,12 @@ class _Pull:
             self.progress(min(state.done_bytes, state.total), state.total)
         complete = state.arrivals.arrive(chunk)
         if complete is not None:  # None: nothing waited for this chunk any more
-            self._submit_pieces(state, pool, list(chunk.pieces), complete, source, chunk)
+            self._submit_pieces(state, pool, _Arrived(list(chunk.pieces), complete, source, chunk))
 
-    def _submit_pieces(
-        self,
-        state: _State,
-        pool: ThreadPoolExecutor,
-        pieces: list[Piece],
-        complete: list[str],
-        source: _Source,
-        chunk: Chunk | None = None,
-    ) -> None:
-        """Hash the arrived pieces in the background; `complete` tensors (their last piece is among
-        them) get their verdict through the results queue. Tensors the policy does not check are
-        accepted as they complete. `chunk`: the pieces are that chunk's, all of them."""
+    def _submit_pieces(self, state: _State, pool: ThreadPoolExecutor, arrived: _Arrived) -> None:
+        """Hash the arrived pieces in the background; the tensors they completed get their verdict
+        through the results queue. Tensors the policy does not check are accepted as they complete."""
+        complete, source = arrived.complete, arrived.source
         if state.policy == "off":  # nothing is checked, and nothing can make it checked: in at once
             state.verified.update(complete)
             state.unchecked.update(complete)
@@ -556,17 +558,23 @@ class _Pull:
                 state.results.put(Verdicts(accepted, [None] * len(accepted)))
             late = [n for n in complete if n in state.late]
             self._submit_verification(state, pool, late, source)
-            pieces = [p for p in pieces if state.checks(p.name) and p.name not in state.late]
-            complete = [n for n in complete if state.checks(n) and n not in state.late]
-            chunk = None
-        if not pieces and not complete:
+            arrived = _Arrived(
+                [p for p in arrived.pieces if state.checks(p.name) and p.name not in state.late],
+                [n for n in complete if state.checks(n) and n not in state.late],
+                source,
+            )
+        if not arrived.pieces and not arrived.complete:
             return
         if state.row_sums:
-            self._submit_row_sums(state, pool, pieces, complete, source, chunk)
-            return
-        if not state.streaming:
-            self._submit_verification(state, pool, complete, source)
-            return
+            self._submit_row_sums(state, pool, arrived)
+        elif not state.streaming:
+            self._submit_verification(state, pool, arrived.complete, source)
+        else:
+            self._submit_xxh3(state, pool, arrived)
+
+    def _submit_xxh3(self, state: _State, pool: ThreadPoolExecutor, arrived: _Arrived) -> None:
+        """xxh3-64: the pieces are hashed as they line up; a planned chunk's inner tensors in one pass."""
+        pieces, complete, source, chunk = arrived
         state.outstanding += len(complete)
         planned = chunk if chunk is not None and chunk.last - chunk.first >= 2 else None
         done = state.arrivals.positions(planned, complete) if planned is not None else None
@@ -629,19 +637,12 @@ class _Pull:
         except Exception:  # every verdict that needed them is then a failure, reported, never lost
             log.exception("setting up the checksums of %d tensor(s) failed", len(state.stream.names))
 
-    def _submit_row_sums(
-        self,
-        state: _State,
-        pool: ThreadPoolExecutor,
-        pieces: list[Piece],
-        complete: list[str],
-        source: _Source,
-        chunk: Chunk | None,
-    ) -> None:
+    def _submit_row_sums(self, state: _State, pool: ThreadPoolExecutor, arrived: _Arrived) -> None:
         """row-sum-64: the chunk's rows are reduced on the target's device as it lands, on a stream of
         the verify thread's own (the READs still in flight do not wait for it), and the tensors it
         completed are read back together: one host sync per chunk, not per tensor. A planned chunk
         goes as columns of stream positions, and its verdicts are one comparison of columns."""
+        pieces, complete, source, chunk = arrived
         state.outstanding += len(complete)
         runs, done = None, numpy.zeros(0, dtype=numpy.int64)
         if chunk is not None and chunk.first >= 0:
