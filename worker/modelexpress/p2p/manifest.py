@@ -156,22 +156,19 @@ class Manifest:
         algorithm = checksum_algorithm(layout, algorithm)
         if checksums is None:
             checksums = compute_checksums(layout, algorithm)
-        placements = layout.placements
-        specs = list(map(operator.attrgetter("spec"), placements))
-        names = list(map(operator.attrgetter("name"), specs))
-        shapes = list(map(operator.attrgetter("shape"), specs))
-        count = len(names)
+        ours = layout.columns
+        count = len(ours.names)
         columns = TensorColumns(
-            names,
-            list(map(operator.attrgetter("dtype"), specs)),
-            shapes,
-            numpy.fromiter(map(len, shapes), dtype=numpy.int64, count=count),
-            numpy.fromiter(itertools.chain.from_iterable(shapes), dtype=numpy.int64),
-            numpy.fromiter(map(operator.attrgetter("nbytes"), specs), dtype=numpy.int64, count=count),
-            numpy.fromiter(map(operator.attrgetter("region_id"), placements), dtype=numpy.int64, count=count),
-            numpy.fromiter(map(operator.attrgetter("offset"), placements), dtype=numpy.int64, count=count),
-            numpy.fromiter(map(checksums.__getitem__, names), dtype=numpy.uint64, count=count),
-            numpy.fromiter(map(operator.attrgetter("is_parameter"), specs), dtype=bool, count=count),
+            ours.names,
+            ours.dtypes,
+            ours.shapes,
+            numpy.fromiter(map(len, ours.shapes), dtype=numpy.int64, count=count),
+            numpy.fromiter(itertools.chain.from_iterable(ours.shapes), dtype=numpy.int64),
+            ours.nbytes.copy(),  # the manifest owns its columns: the layout keeps its own
+            ours.region_ids.copy(),
+            ours.offsets.copy(),
+            numpy.fromiter(map(checksums.__getitem__, ours.names), dtype=numpy.uint64, count=count),
+            numpy.fromiter(map(operator.attrgetter("spec.is_parameter"), layout.placements), dtype=bool, count=count),
         )
         return cls(identity, tuple(layout.regions), columns, _version(columns), algorithm)
 

@@ -24,7 +24,7 @@ import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 from itertools import compress
-from operator import attrgetter, itemgetter
+from operator import itemgetter
 
 import numpy
 import torch
@@ -64,17 +64,18 @@ class RowSums:
 
     def __init__(self, layout: TensorLayout, names: Sequence[str] | None = None) -> None:
         """The named tensors (all by default), in layout order."""
-        placements = layout.placements
-        if names is not None:
-            wanted = set(names)
-            placements = list(compress(placements, map(wanted.__contains__, map(attrgetter("spec.name"), placements))))
-        count = len(placements)
+        columns = layout.columns
+        if names is None:
+            self._build(layout, columns.names, columns.region_ids, columns.offsets, columns.nbytes)
+            return
+        wanted = set(names)
+        kept = numpy.fromiter(map(wanted.__contains__, columns.names), dtype=bool, count=len(columns.names))
         self._build(
             layout,
-            list(map(attrgetter("spec.name"), placements)),
-            _column(map(attrgetter("region_id"), placements), count),
-            _column(map(attrgetter("offset"), placements), count),
-            _column(map(attrgetter("spec.nbytes"), placements), count),
+            list(compress(columns.names, kept)),
+            columns.region_ids[kept],
+            columns.offsets[kept],
+            columns.nbytes[kept],
         )
 
     @classmethod
