@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -208,6 +209,40 @@ def test_corrupted_source_is_detected_and_refetched(
         result = pull(layout, IDENTITY, [bad.endpoint, good.endpoint], engine, FAST)
     assert result.refetched_tensors >= 1
     assert not result.fell_back
+    _assert_identical(layout.tensors, original)
+
+
+def test_a_repair_whose_source_dies_moves_to_another_source(
+    model_dir: Path, original: dict[str, torch.Tensor], engine: NixlEngine, tmp_path: Path
+) -> None:
+    """The source a corrupt tensor's repair is pinned to is killed the moment the repair is scheduled
+    (before its READs are posted): the stranded repair moves on, and the pull still ends identical."""
+    with (
+        sources(tmp_path, 1, "--model-dir", str(model_dir), "--corrupt") as (bad,),
+        sources(tmp_path, 2, "--model-dir", str(model_dir)) as (first, second),
+    ):
+        by_endpoint = {first.endpoint: first, second.endpoint: second}
+        killed: list[str] = []
+
+        class KillTheRepairer(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                chosen = str(record.args[-1]) if isinstance(record.args, tuple) and record.args else ""
+                if not killed and "fetching it again from" in record.msg and chosen in by_endpoint:
+                    killed.append(chosen)
+                    by_endpoint[chosen].kill()  # waits: it is gone before the repair's first READ
+
+        handler = KillTheRepairer(logging.WARNING)
+        logger = logging.getLogger(pull_module.__name__)
+        logger.addHandler(handler)
+        try:
+            layout = _target(model_dir, engine)
+            result = pull(layout, IDENTITY, [bad.endpoint, first.endpoint, second.endpoint], engine, FAST)
+        finally:
+            logger.removeHandler(handler)
+    assert killed, "no repair went to a healthy source"
+    survivor = second.endpoint if killed[0] == first.endpoint else first.endpoint
+    assert killed[0] in result.failed_sources and survivor in result.sources
+    assert result.refetched_tensors >= 1 and not result.fell_back
     _assert_identical(layout.tensors, original)
 
 

@@ -754,13 +754,22 @@ class _Pull:
         state.arrivals.refetch(name, indices)
 
     def _repin_orphaned_repairs(self, state: _State) -> None:
-        """A repair pinned to a source that has since failed moves to the next candidate (or is dropped)."""
+        """A repair pinned to a source that has since failed moves to the next candidate (or is dropped).
+        Asked before every post: it looks at the pinned repairs only, not at every pending chunk."""
+        if not state.pinned:
+            return
         alive = {s.endpoint for s in self._alive()}
-        orphaned = {
-            state.chunks[i].pieces[0].name for i in state.pending if i in state.pinned and state.pinned[i] not in alive
-        }
-        for name in orphaned:
-            dropped = {i for i in state.pending if state.chunks[i].pieces[0].name == name and i in state.pinned}
+        stranded = [i for i, endpoint in state.pinned.items() if endpoint not in alive]
+        if not stranded:
+            return
+        for i in stranded:  # delivered already, or dropped below: pinned to no one any more
+            del state.pinned[i]
+        pending = set(state.pending)
+        orphaned: dict[str, set[int]] = collections.defaultdict(set)
+        for i in stranded:
+            if i in pending:
+                orphaned[state.chunks[i].pieces[0].name].add(i)
+        for name, dropped in orphaned.items():
             state.pending = collections.deque(i for i in state.pending if i not in dropped)
             self._schedule_repair(state, name, set())
 
