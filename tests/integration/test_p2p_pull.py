@@ -24,6 +24,7 @@ import torch
 
 import modelexpress.p2p.pull as pull_module
 from hack.make_tiny_model import tiny_model, write
+from modelexpress.p2p.backoff import FLOOR, FRACTION, Backoff
 from modelexpress.p2p.checksum import tensor_bytes
 from modelexpress.p2p.gil import PULL_SWITCH_INTERVAL
 from modelexpress.p2p.identity import WorkerIdentity
@@ -514,6 +515,36 @@ def test_sampled_verification_checks_a_fraction_and_escalates_on_a_corrupt_tenso
         result = pull(layout, IDENTITY, [bad.endpoint, good.endpoint], engine, sampled)
     assert result.verification == "full" and result.refetched_tensors >= 1 and not result.fell_back
     _assert_identical(layout.tensors, original)
+
+
+def test_over_an_asynchronous_transport_the_loop_sleeps_a_fraction_of_a_read(
+    model_dir: Path, original: dict[str, torch.Tensor], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over TCP (as into GPU memory or over RDMA) READs complete after their post and the loop polls:
+    it sleeps, and no sleep after the first READ landed exceeds a fraction of the READ times seen."""
+    tcp = {"UCX_TLS": "tcp,self"}
+    monkeypatch.setenv("UCX_TLS", tcp["UCX_TLS"])
+    sleeps: list[tuple[float, float]] = []
+    plain_next = Backoff.next
+
+    def spied(self: Backoff, oldest_age: float) -> float:
+        sleep = plain_next(self, oldest_age)
+        if self.read_seconds is not None:
+            sleeps.append((sleep, self.read_seconds))
+        return sleep
+
+    monkeypatch.setattr(Backoff, "next", spied)
+    engine = NixlEngine()  # UCX reads UCX_TLS as the agent is made
+    try:
+        with sources(tmp_path, 1, "--model-dir", str(model_dir), env=tcp) as (source,):
+            layout = _target(model_dir, engine)
+            result = pull(layout, IDENTITY, [source.endpoint], engine, FAST)
+    finally:
+        engine.deregister_all()
+    assert result.sources == [source.endpoint] and not result.fell_back
+    _assert_identical(layout.tensors, original)
+    assert sleeps, "the loop never slept with READs in flight: the transport copied inside the post"
+    assert all(sleep <= max(FLOOR, read * FRACTION) + 1e-12 for sleep, read in sleeps)
 
 
 def test_verification_off_trusts_the_bytes_and_says_so(model_dir: Path, engine: NixlEngine, tmp_path: Path) -> None:

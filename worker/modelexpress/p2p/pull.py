@@ -32,6 +32,7 @@ import torch
 from modelexpress import metrics
 from modelexpress.bulk import gc_paused
 from modelexpress.p2p.arrivals import Arrivals
+from modelexpress.p2p.backoff import CEILING, Backoff
 from modelexpress.p2p.checksum import ROW_SUM_64, XXH3_64, StreamingChecksums, checksums
 from modelexpress.p2p.client import SourceBusyError, WorkerClient
 from modelexpress.p2p.gil import short_switch_interval
@@ -55,7 +56,6 @@ from modelexpress.p2p.rowsums import RowSums, side_stream
 
 log = logging.getLogger(__name__)
 
-_MIN_IDLE, _MAX_IDLE = 0.0002, 0.004
 Fallback = Callable[[dict[str, torch.Tensor], list[str]], None]
 """Fills the named tensors of the dict in place (e.g. from disk)."""
 Progress = Callable[[int, int], None]
@@ -126,6 +126,7 @@ class PullResult:
 class _InFlight:
     chunk: int
     read: ReadHandle
+    posted: float
     deadline: float
 
 
@@ -197,6 +198,8 @@ class _State:
     # batch, not per tensor)
     results: queue.SimpleQueue[Verdicts] = field(default_factory=queue.SimpleQueue)
     outstanding: int = 0
+    # how long the loop sleeps while READs are in flight, from how long they take here
+    backoff: Backoff = field(default_factory=Backoff)
     refetched: int = 0
     done_bytes: int = 0
 
@@ -386,7 +389,6 @@ class _Pull:
             # zero-byte tensors have no chunk: verify them at once
             if self.sources:
                 self._submit_verification(state, pool, state.stream.empty, None)
-            idle = _MIN_IDLE
             while True:
                 self._reap_dead(state)
                 progressed = self._post_reads(state)
@@ -394,15 +396,14 @@ class _Pull:
                 self._collect_verifications(state, pool)
                 if self._finished(state):
                     break
-                # Back off while READs are in flight: on small hosts a spinning poller takes the CPU
-                # that the transport and the checksum thread need.
-                idle = _MIN_IDLE if progressed else min(idle * 2, _MAX_IDLE)
                 if progressed:
+                    state.backoff.reset()
                     continue
-                if any(s.inflight for s in self._alive()):
-                    time.sleep(idle)
+                posted = [flight.posted for source in self._alive() for flight in source.inflight]
+                if posted:  # back off, at most a fraction of a READ's time (p2p/backoff.py)
+                    time.sleep(state.backoff.next(time.monotonic() - min(posted)))
                 else:  # only verdicts are awaited: wake as the first one comes, not at the next tick
-                    self._collect_verifications(state, pool, wait=_MAX_IDLE)
+                    self._collect_verifications(state, pool, wait=CEILING)
         finally:
             pool.shutdown(wait=True)
         return state
@@ -506,7 +507,8 @@ class _Pull:
                     state.pending.appendleft(index)
                     self._fail_source(source, str(exc), state.pending)
                     continue
-                source.inflight.append(_InFlight(index, read, time.monotonic() + self.options.transfer_timeout))
+                now = time.monotonic()
+                source.inflight.append(_InFlight(index, read, now, now + self.options.transfer_timeout))
                 posted = True
         return posted
 
@@ -517,6 +519,7 @@ class _Pull:
             for flight in list(source.inflight):
                 status = self.engine.state(flight.read)
                 if status == "DONE":
+                    state.backoff.landed(now - flight.posted)
                     self.engine.release(flight.read)
                     source.inflight.remove(flight)
                     self._chunk_arrived(state, state.chunks[flight.chunk], source, pool)
