@@ -17,9 +17,10 @@ mixture-of-experts model's rank) of --mib in all, and `llama8b` (the 291 bf16 te
 Llama-3-8B, 15 GiB, whatever --mib says). Every layout's source runs for the whole
 benchmark and the layouts are timed in turn, round after round (best of --reps rounds), so that the
 small/large ratio compares the same minutes of a machine whose speed drifts.
-Targets (issue 22, on the pull of linked sources; the cold ratio is printed beside): host: ours >= 0.9 of raw NIXL on large tensors, small >= 0.8 of the large rate, also
-with --checksum row-sum-64; GPU: unverified >= 0.9 of raw on llama8b and large 8 GiB, ours >= 0.6 of
-the copy, small >= 0.5 of the large rate.
+Targets (issue 22, on the pull of linked sources; the cold ratio is printed beside): host: ours >= 0.9
+of raw NIXL on large tensors, small >= 0.8 of the large rate, also with --checksum row-sum-64; GPU:
+unverified >= 0.9 of raw on llama8b and large 8 GiB, ours >= 0.6 of the copy, small >= 0.5 of the
+large rate.
 
 Usage: python bench/p2p_pull.py [--mib 1024] [--reps 3]
        python bench/p2p_pull.py --checksum row-sum-64     (host memory, the GPU's checksum)
