@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import struct
 
+import numpy
 import pytest
 import torch
 import xxhash
 
-from modelexpress.p2p.checksum import ROW_SUM_64, XXH3_64, StreamingChecksums, checksum, row_sum64, tensor_bytes
+from modelexpress.p2p.checksum import (
+    ROW_SUM_64,
+    XXH3_64,
+    StreamingChecksums,
+    checksum,
+    row_sum64,
+    row_sum_digest,
+    row_sum_digests,
+    tensor_bytes,
+)
 from modelexpress.p2p.memory import adopt_tensors
 
 ROW_WORDS = 512
@@ -28,6 +38,25 @@ def reference_row_sum64(data: bytes) -> int:
 def test_row_sum_matches_the_reference(size: int) -> None:
     data = torch.randint(0, 256, (size,), dtype=torch.uint8, generator=torch.Generator().manual_seed(size))
     assert row_sum64(data) == reference_row_sum64(bytes(data.tolist()))
+
+
+def test_row_sum_digests_of_a_batch_equal_xxh3_of_each_packed_pair() -> None:
+    """The batch digest (XXH3 of 16 bytes written as numpy columns) against the xxhash library, value
+    by value: random totals and sizes over the whole 64-bit range, and the edges."""
+    generator = numpy.random.default_rng(22)
+    totals = generator.integers(0, 2**64, 20_000, dtype=numpy.uint64, endpoint=False)
+    sizes = generator.integers(0, 2**62, 20_000, dtype=numpy.int64)
+    edges_t = numpy.array([0, 1, 2**32 - 1, 2**32, 2**63, 2**64 - 1, 0x6782737BEA4239B9], dtype=numpy.uint64)
+    edges_s = numpy.array([0, 1, 7, 4096, 2**32, 2**62, 2**63 - 1], dtype=numpy.int64)
+    totals, sizes = numpy.concatenate([totals, edges_t]), numpy.concatenate([sizes, edges_s])
+    got = row_sum_digests(totals, sizes)
+    assert got.dtype == numpy.uint64 and len(got) == len(totals)
+    want = [
+        xxhash.xxh3_64_intdigest(struct.pack("<QQ", t, n)) for t, n in zip(totals.tolist(), sizes.tolist(), strict=True)
+    ]
+    assert got.tolist() == want
+    assert got.tolist() == [row_sum_digest(t, n) for t, n in zip(totals.tolist(), sizes.tolist(), strict=True)]
+    assert row_sum_digests(numpy.zeros(0, dtype=numpy.uint64), numpy.zeros(0, dtype=numpy.int64)).tolist() == []
 
 
 def test_row_sum_reads_bytes_of_any_dtype_and_alignment() -> None:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from itertools import compress
 from operator import add, getitem
 
+import numpy
 import torch
 import xxhash
 
@@ -102,10 +103,39 @@ def row_sum_digest(total: int, size: int) -> int:
     return int(xxhash.xxh3_64_intdigest(_ROW_SUM_KEY.pack(total & _MASK, size)))
 
 
-def row_sum_digests(totals: Sequence[int], sizes: Sequence[int]) -> list[int]:
-    """`row_sum_digest` of many tensors at once: `totals` as unsigned 64-bit values (a batch read back
-    from the device), packed and hashed without a Python step per tensor."""
-    return list(map(xxhash.xxh3_64_intdigest, map(_ROW_SUM_KEY.pack, totals, sizes)))
+# XXH3-64 (seed 0, default secret) of a 16-byte input, the spec's 9-16 byte path: the two words,
+# each xored with a constant taken from the secret, then mixed. Written here as numpy columns, so a
+# batch of 100k tensors is hashed in milliseconds; `row_sum_digest` (the xxhash library) stays the
+# definition, and a test pins the two together.
+_FLIP_TOTAL = numpy.uint64(0x6782737BEA4239B9)  # secret bytes 24..31 xor 32..39
+_FLIP_SIZE = numpy.uint64(0xAF56BC3B0996523A)  # secret bytes 40..47 xor 48..55
+_AVALANCHE = numpy.uint64(0x165667919E3779F9)
+_LOW32, _32, _37, _16 = numpy.uint64(0xFFFFFFFF), numpy.uint64(32), numpy.uint64(37), numpy.uint64(16)
+
+
+def _folded_product(a: numpy.ndarray, b: numpy.ndarray) -> numpy.ndarray:
+    """The 128-bit products of two uint64 columns, their high and low halves xored (from 32-bit parts)."""
+    a_lo, a_hi, b_lo, b_hi = a & _LOW32, a >> _32, b & _LOW32, b >> _32
+    lo_lo, hi_lo, lo_hi = a_lo * b_lo, a_hi * b_lo, a_lo * b_hi
+    cross = (lo_lo >> _32) + (hi_lo & _LOW32) + lo_hi  # < 2**64: no carry lost
+    high = (hi_lo >> _32) + (cross >> _32) + a_hi * b_hi
+    low = (cross << _32) | (lo_lo & _LOW32)
+    folded: numpy.ndarray = high ^ low
+    return folded
+
+
+def row_sum_digests(totals: numpy.ndarray, sizes: numpy.ndarray) -> numpy.ndarray:
+    """`row_sum_digest` of many tensors at once, as a uint64 column: `totals`, the weighted sums as
+    unsigned 64-bit values (a batch read back from the device), `sizes`, the byte sizes."""
+    with numpy.errstate(over="ignore"):  # uint64 arithmetic wraps modulo 2**64, as the hash wants
+        first = numpy.asarray(totals, dtype=numpy.uint64) ^ _FLIP_TOTAL
+        second = numpy.asarray(sizes, dtype=numpy.int64).astype(numpy.uint64) ^ _FLIP_SIZE
+        mixed = _16 + first.byteswap() + second + _folded_product(first, second)
+        mixed ^= mixed >> _37
+        mixed *= _AVALANCHE
+        mixed ^= mixed >> _32
+    digests: numpy.ndarray = mixed
+    return digests
 
 
 def row_sum64(tensor: torch.Tensor) -> int:

@@ -230,7 +230,7 @@ class RowSums:
             self._off_grid[group[whole]] = False
             HOST_SYNCS[0] += 1
             totals[chosen] = picked.cpu().numpy().view(numpy.uint64)
-        return numpy.asarray(row_sum_digests(totals.tolist(), self._size[index].tolist()), dtype=numpy.uint64)
+        return row_sum_digests(totals, self._size[index])
 
     def _add_tails(self, region: int, group: numpy.ndarray, acc: torch.Tensor) -> None:
         """Each tensor's words after its full rows (weight `2 * full_rows + 1`) and its trailing bytes as
