@@ -24,12 +24,14 @@ from modelexpress.p2p.memory import (
 from modelexpress.p2p.plan import (
     DEFAULT_CHUNK_BYTES,
     TAIL_BYTES,
+    VRAM_TAIL_BYTES,
     Chunk,
     Descriptor,
     Piece,
     SourceMap,
     TensorMismatchError,
     default_chunk_bytes,
+    default_tail_bytes,
     make_chunks,
     match,
 )
@@ -337,12 +339,12 @@ def _two_pools(specs: list[TensorSpec]) -> TensorLayout:
     )
 
 
-def _chunks_piece_by_piece(layout: TensorLayout, chunk_bytes: int) -> list[Chunk]:
+def _chunks_piece_by_piece(layout: TensorLayout, chunk_bytes: int, tail_bytes: int = TAIL_BYTES) -> list[Chunk]:
     """The reference: walk the tensors in stream order, cutting pieces off each until the chunk's
-    target (at most half of what is left, down to TAIL_BYTES) is reached."""
+    target (at most half of what is left, down to `tail_bytes`) is reached."""
 
     def target(left: int) -> int:
-        return max(1, min(chunk_bytes, max(min(chunk_bytes, TAIL_BYTES), left // 2)))
+        return max(1, min(chunk_bytes, max(min(chunk_bytes, tail_bytes), left // 2)))
 
     remaining = sum(p.spec.nbytes for p in layout.placements)
     chunks: list[Chunk] = []
@@ -376,6 +378,9 @@ def test_chunks_equal_the_piece_by_piece_walk(chunk_bytes: int) -> None:
         chunks = make_chunks(layout, chunk_bytes)
         assert chunks == _chunks_piece_by_piece(layout, chunk_bytes)
         assert all(type(p) is Piece for c in chunks for p in c.pieces)
+        for tail_bytes in (chunk_bytes // 4, 4096):  # a floor of its own, as into GPU memory
+            tapered = make_chunks(layout, chunk_bytes, tail_bytes=tail_bytes)
+            assert tapered == _chunks_piece_by_piece(layout, chunk_bytes, tail_bytes)
 
 
 def test_chunks_taper_at_the_end_and_cover_every_byte_once() -> None:
@@ -400,3 +405,14 @@ def test_default_chunk_size_follows_the_memory_kind() -> None:
     assert default_chunk_bytes(allocate_pool(_specs(4))) == DEFAULT_CHUNK_BYTES == 64 << 20
     gpu = TensorLayout([Region(0, "DRAM", 0, 0, 0), Region(1, "VRAM", 0, 0, 0)], [], {})
     assert default_chunk_bytes(gpu) == 512 << 20
+    assert default_tail_bytes(allocate_pool(_specs(4))) == TAIL_BYTES == 1 << 20
+    assert default_tail_bytes(gpu) == VRAM_TAIL_BYTES == 128 << 20
+
+
+def test_a_tail_floor_stops_the_taper_there() -> None:
+    """A 1 GiB pull in 512 MiB READs tapers 256, 128, 128 into GPU memory (floor 128 MiB), not on to
+    1 MiB: a handful of READs, each with its verification job, fewer (scaled down 1024 times here)."""
+    layout = allocate_pool([TensorSpec(f"w{i}", "uint8", (64 << 10,)) for i in range(16)])  # 1 MiB
+    sizes = [c.nbytes for c in make_chunks(layout, 512 << 10, tail_bytes=128 << 10)]
+    assert sizes == [512 << 10, 256 << 10, 128 << 10, 128 << 10]
+    assert len(make_chunks(layout, 512 << 10, tail_bytes=1 << 10)) > len(sizes) + 4

@@ -46,7 +46,7 @@ class WorkerSettings(BaseSettings):
     """READs in flight per source."""
     chunk_bytes: int | None = Field(default=None, ge=1 << 16)
     """Bytes per READ chunk, the unit of striping and retry (unset: 64 MiB into host memory, 512 MiB
-    into GPU memory; the last chunks of a pull taper down to 1 MiB)."""
+    into GPU memory; the last chunks of a pull taper down to 1 MiB, into GPU memory to 128 MiB)."""
     checksum_algorithm: Literal["auto", "xxh3-64", "row-sum-64"] = "auto"
     """Checksum a source announces for its tensors: `auto` takes `row-sum-64` (one reduction on the GPU
     itself) when it serves GPU memory and `xxh3-64` for host memory."""

@@ -23,6 +23,10 @@ DEFAULT_CHUNK_BYTES = 64 << 20
 # A GPU reads 64 MiB in tens of microseconds, less than posting a READ costs in Python: bigger chunks.
 DEFAULT_VRAM_CHUNK_BYTES = 512 << 20
 TAIL_BYTES = 1 << 20
+# Into GPU memory each chunk's verification costs a few hundred microseconds of fixed work (the verify
+# thread's launches and read-back, ~0.3 ms measured on a CPU) against microseconds for its bytes, so
+# tapering below this buys nothing and adds READs, and verify jobs, to the end of the pull.
+VRAM_TAIL_BYTES = 128 << 20
 
 
 class TensorMismatchError(ValueError):
@@ -100,13 +104,22 @@ def default_chunk_bytes(layout: TensorLayout) -> int:
     return DEFAULT_VRAM_CHUNK_BYTES if layout.in_gpu_memory else DEFAULT_CHUNK_BYTES
 
 
+def default_tail_bytes(layout: TensorLayout) -> int:
+    """The smallest chunk the last READs taper to: 1 MiB into host memory, where the final chunk's
+    checksum is the work left once it lands; 128 MiB into GPU memory (`VRAM_TAIL_BYTES`)."""
+    return VRAM_TAIL_BYTES if layout.in_gpu_memory else TAIL_BYTES
+
+
 @without_gc
 def make_chunks(
-    layout: TensorLayout, chunk_bytes: int = DEFAULT_CHUNK_BYTES, stream: Stream | None = None
+    layout: TensorLayout,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    stream: Stream | None = None,
+    tail_bytes: int = TAIL_BYTES,
 ) -> list[Chunk]:
     """Cut the local tensors, in layout order, into chunks of about `chunk_bytes` (large tensors split).
 
-    The last chunks taper (each at most half of what is left, down to `TAIL_BYTES`): what is still
+    The last chunks taper (each at most half of what is left, down to `tail_bytes`): what is still
     to do once the final READ lands, its checksum and its completion, shrinks from a whole chunk
     to a sliver, for a handful of extra READs.
 
@@ -115,7 +128,7 @@ def make_chunks(
     """
     stream = stream or Stream(layout)
     total = stream.total
-    floor = min(chunk_bytes, TAIL_BYTES)
+    floor = min(chunk_bytes, tail_bytes)
     bounds = [0]
     while bounds[-1] < total:
         bounds.append(min(total, bounds[-1] + _chunk_size(total - bounds[-1], chunk_bytes, floor)))

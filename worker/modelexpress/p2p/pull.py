@@ -49,6 +49,7 @@ from modelexpress.p2p.plan import (
     Stream,
     TensorMismatchError,
     default_chunk_bytes,
+    default_tail_bytes,
     make_chunks,
     match,
 )
@@ -375,7 +376,7 @@ class _Pull:
         """Plan the chunks and move them, verified, until every tensor is in or nothing can progress."""
         policy = self.options.verification
         state = _State(
-            make_chunks(self.layout, self.chunk_bytes, self._stream()),
+            make_chunks(self.layout, self.chunk_bytes, self._stream(), default_tail_bytes(self.layout)),
             self._stream(),
             streaming=all(s.algorithm == XXH3_64 for s in self.sources),
             policy=policy,
