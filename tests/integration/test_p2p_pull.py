@@ -483,7 +483,49 @@ def test_row_sum_verification_reads_back_per_batch_not_per_tensor(tmp_path: Path
     chunks = -(-layout.total_bytes // FAST.chunk_bytes) + 8  # READs (the last ones taper) bound the batches
     assert 1 <= syncs <= chunks < len(many) // 20, (syncs, chunks)
     assert result.verification == "full" and result.verified_bytes == result.bytes == layout.total_bytes
+    assert result.refetched_tensors == 0 and not result.failed_sources  # no healthy tensor misjudged
     _assert_identical(layout.tensors, many)
+
+
+@pytest.mark.parametrize("corrupt_first", [False, True])
+def test_row_sum_chunks_that_land_while_the_verify_thread_is_busy_are_judged_together(
+    engine: NixlEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, corrupt_first: bool
+) -> None:
+    """The verify thread is slowed, so READs land faster than it judges them: it takes the chunks
+    that landed meanwhile in one batch. Tensors of whole 4 KiB rows, so each chunk's rows are summed
+    as it lands (not whole at the end). Every verdict still lands on its own tensor: from healthy
+    sources nothing is fetched twice; with a corrupt source striped in, its tensors are caught and
+    repaired from the healthy one, and the model ends bit-identical either way."""
+    original = {
+        f"layers.{i}.weight": torch.randn(16384 * (1 + i % 3), generator=torch.Generator().manual_seed(i))
+        for i in range(96)
+    }  # 64-192 KiB each, 12 MiB: a dozen 1 MiB chunks, each holding whole tensors
+    model_dir = tmp_path / "rows"
+    write(model_dir, original, files=2)
+    batches: list[int] = []
+    judge = pull_module._Pull._verify_planned_row_sums
+
+    def slowly(self: Any, state: Any, batch: list[Any]) -> None:
+        batches.append(len(batch))
+        time.sleep(0.005)
+        judge(self, state, batch)
+
+    monkeypatch.setattr(pull_module._Pull, "_verify_planned_row_sums", slowly)
+    row_sums = {"MX_CHECKSUM_ALGORITHM": "row-sum-64"}
+    first_args = ("--model-dir", str(model_dir), *(["--corrupt"] if corrupt_first else []))
+    with (
+        sources(tmp_path, 1, *first_args, env=row_sums) as (first,),
+        sources(tmp_path, 1, "--model-dir", str(model_dir), env=row_sums) as (second,),
+    ):
+        layout = _target(model_dir, engine)
+        result = pull(layout, IDENTITY, [first.endpoint, second.endpoint], engine, FAST)
+    assert max(batches) > 1, f"every chunk was judged alone: {batches}"
+    assert not result.fell_back and result.verified_bytes == result.bytes == layout.total_bytes
+    if corrupt_first:
+        assert result.refetched_tensors >= 1 and first.endpoint in result.failed_sources
+    else:
+        assert result.refetched_tensors == 0 and not result.failed_sources
+    _assert_identical(layout.tensors, original)
 
 
 @pytest.mark.parametrize("algorithm", ["xxh3-64", "row-sum-64"])

@@ -20,10 +20,10 @@ import operator
 import queue
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Literal, NamedTuple, get_args
 
 import numpy
@@ -32,6 +32,7 @@ import torch
 from modelexpress import metrics
 from modelexpress.bulk import gc_paused
 from modelexpress.p2p.arrivals import Arrivals
+from modelexpress.p2p.backlog import Backlog
 from modelexpress.p2p.backoff import CEILING, Backoff
 from modelexpress.p2p.checksum import ROW_SUM_64, XXH3_64, StreamingChecksums, checksums
 from modelexpress.p2p.client import SourceBusyError, WorkerClient
@@ -168,6 +169,28 @@ class _Arrived(NamedTuple):
     chunk: Chunk | None = None
 
 
+class _Planned(NamedTuple):
+    """A planned chunk that landed, for row-sum verification: its index, its runs as stream positions
+    and byte ranges, the positions and names of the tensors it completed, and who delivered it."""
+
+    chunk: int
+    runs: tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]
+    done: numpy.ndarray
+    complete: list[str]
+    source: _Source
+
+
+def _consecutive(batch: list[_Planned]) -> Iterator[list[_Planned]]:
+    """The batch cut where chunk indices stop following on (their bytes stop being contiguous)."""
+    group = [batch[0]]
+    for planned in batch[1:]:
+        if planned.chunk != group[-1].chunk + 1:
+            yield group
+            group = []
+        group.append(planned)
+    yield group
+
+
 @dataclass
 class _State:
     """Book-keeping of one pull: chunks pending, in which tensors, delivered by whom, verified."""
@@ -201,6 +224,8 @@ class _State:
     outstanding: int = 0
     # how long the loop sleeps while READs are in flight, from how long they take here
     backoff: Backoff = field(default_factory=Backoff)
+    # row-sum-64: planned chunks that landed, verified a batch at a time (p2p/backlog.py)
+    planned_row_sums: Backlog[_Planned] | None = None
     refetched: int = 0
     done_bytes: int = 0
 
@@ -384,6 +409,8 @@ class _Pull:
             row_sums=policy != "off" and bool(self.sources) and all(s.algorithm == ROW_SUM_64 for s in self.sources),
         )
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mx-verify")
+        if state.row_sums:
+            state.planned_row_sums = Backlog(pool, partial(self._verify_planned_row_sums, state))
         try:
             if policy != "off":
                 pool.submit(self._prepare_checksums, state)
@@ -645,12 +672,16 @@ class _Pull:
         """row-sum-64: the chunk's rows are reduced on the target's device as it lands, on a stream of
         the verify thread's own (the READs still in flight do not wait for it), and the tensors it
         completed are read back together: one host sync per chunk, not per tensor. A planned chunk
-        goes as columns of stream positions, and its verdicts are one comparison of columns."""
+        goes as columns of stream positions into the backlog (`_verify_planned_row_sums`); a repair
+        or a policy's selection goes by name."""
         pieces, complete, source, chunk = arrived
         state.outstanding += len(complete)
-        runs, done = None, numpy.zeros(0, dtype=numpy.int64)
-        if chunk is not None and chunk.first >= 0:
-            runs, done = state.stream.runs(chunk), state.arrivals.positions(chunk, complete)
+        if chunk is not None and chunk.first >= 0 and state.planned_row_sums is not None:
+            runs = state.stream.runs(chunk)
+            state.planned_row_sums.add(
+                _Planned(chunk.index, runs, state.arrivals.positions(chunk, complete), complete, source)
+            )
+            return
 
         def job() -> None:
             matched: list[bool | None]
@@ -659,20 +690,37 @@ class _Pull:
                 if rowsums is None:
                     raise RuntimeError("the row-sum accumulators could not be set up")
                 with side_stream(self.layout):
-                    if runs is not None:
-                        rowsums.add_runs(*runs)
-                        matched = (rowsums.totals_at(done) == source.expected[done]).tolist() if len(done) else []
-                    else:
-                        rowsums.add_pieces(pieces)
-                        sums = rowsums.totals(complete) if complete else {}
-                        expected = source.manifest.checksum_of
-                        matched = [sums.get(name) == expected[name] for name in complete]
+                    rowsums.add_pieces(pieces)
+                    sums = rowsums.totals(complete) if complete else {}
+                expected = source.manifest.checksum_of
+                matched = [sums.get(name) == expected[name] for name in complete]
             except Exception:  # a failed checksum must be reported, never lost
                 log.exception("checksumming %d tensor(s) failed", len(complete))
                 matched = [False] * len(complete)
             state.results.put(Verdicts(complete, matched))
 
         pool.submit(job)
+
+    def _verify_planned_row_sums(self, state: _State, batch: list[_Planned]) -> None:
+        """The verify thread's job for every planned chunk that landed since its last one: one
+        reduction per run of consecutive chunks, one read-back and one comparison for them all."""
+        names = [name for planned in batch for name in planned.complete]
+        matched: list[bool | None]
+        try:
+            rowsums = state.rowsums
+            if rowsums is None:
+                raise RuntimeError("the row-sum accumulators could not be set up")
+            with side_stream(self.layout):
+                for consecutive in _consecutive(batch):
+                    columns = zip(*(planned.runs for planned in consecutive), strict=True)
+                    rowsums.add_runs(*(numpy.concatenate(column) for column in columns))
+                done = numpy.concatenate([planned.done for planned in batch])
+                expected = numpy.concatenate([planned.source.expected[planned.done] for planned in batch])
+                matched = (rowsums.totals_at(done) == expected).tolist() if len(done) else []
+        except Exception:  # a failed checksum must be reported, never lost
+            log.exception("checksumming %d tensor(s) failed", len(names))
+            matched = [False] * len(names)
+        state.results.put(Verdicts(names, matched))
 
     def _collect_verifications(self, state: _State, pool: ThreadPoolExecutor, wait: float = 0.0) -> None:
         """Act on the verdicts that came back; with `wait`, block up to that long for the first one."""
