@@ -683,40 +683,38 @@ class _Pull:
             )
             return
 
-        def job() -> None:
-            matched: list[bool | None]
-            try:
-                rowsums = state.rowsums
-                if rowsums is None:
-                    raise RuntimeError("the row-sum accumulators could not be set up")
-                with side_stream(self.layout):
-                    rowsums.add_pieces(pieces)
-                    sums = rowsums.totals(complete) if complete else {}
-                expected = source.manifest.checksum_of
-                matched = [sums.get(name) == expected[name] for name in complete]
-            except Exception:  # a failed checksum must be reported, never lost
-                log.exception("checksumming %d tensor(s) failed", len(complete))
-                matched = [False] * len(complete)
-            state.results.put(Verdicts(complete, matched))
+        def by_name(rowsums: RowSums) -> list[bool | None]:
+            rowsums.add_pieces(pieces)
+            sums = rowsums.totals(complete) if complete else {}
+            expected = source.manifest.checksum_of
+            return [sums.get(name) == expected[name] for name in complete]
 
-        pool.submit(job)
+        pool.submit(self._judge_row_sums, state, complete, by_name)
 
     def _verify_planned_row_sums(self, state: _State, batch: list[_Planned]) -> None:
         """The verify thread's job for every planned chunk that landed since its last one: one
         reduction per run of consecutive chunks, one read-back and one comparison for them all."""
-        names = [name for planned in batch for name in planned.complete]
+
+        def together(rowsums: RowSums) -> list[bool | None]:
+            for consecutive in _consecutive(batch):
+                columns = zip(*(planned.runs for planned in consecutive), strict=True)
+                rowsums.add_runs(*(numpy.concatenate(column) for column in columns))
+            done = numpy.concatenate([planned.done for planned in batch])
+            expected = numpy.concatenate([planned.source.expected[planned.done] for planned in batch])
+            return (rowsums.totals_at(done) == expected).tolist() if len(done) else []
+
+        self._judge_row_sums(state, [name for planned in batch for name in planned.complete], together)
+
+    def _judge_row_sums(self, state: _State, names: list[str], judge: Callable[[RowSums], list[bool | None]]) -> None:
+        """In the verify thread: `judge` the row-sum accumulators, on the thread's own CUDA stream,
+        and report its verdicts on `names`; a failure is reported as failed verdicts, never lost."""
         matched: list[bool | None]
         try:
             rowsums = state.rowsums
             if rowsums is None:
                 raise RuntimeError("the row-sum accumulators could not be set up")
             with side_stream(self.layout):
-                for consecutive in _consecutive(batch):
-                    columns = zip(*(planned.runs for planned in consecutive), strict=True)
-                    rowsums.add_runs(*(numpy.concatenate(column) for column in columns))
-                done = numpy.concatenate([planned.done for planned in batch])
-                expected = numpy.concatenate([planned.source.expected[planned.done] for planned in batch])
-                matched = (rowsums.totals_at(done) == expected).tolist() if len(done) else []
+                matched = judge(rowsums)
         except Exception:  # a failed checksum must be reported, never lost
             log.exception("checksumming %d tensor(s) failed", len(names))
             matched = [False] * len(names)
