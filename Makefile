@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP_TORCH_FLAGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: setup test test-unit test-integration lint format generate chart bench demo e2e clean
+.PHONY: setup test test-unit test-integration lint format generate chart bench demo images e2e e2e-node clean
 
 setup: $(VENV)/.installed .cache/redis/redis-server
 
@@ -63,6 +63,16 @@ bench: setup
 
 demo: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash hack/demo.sh
+
+# The operator and worker images from the Dockerfiles, saved as tars in .cache/images (hack/images.sh says
+# how: Docker, a wheelhouse filled outside the build, the base image; IMAGE_PREFIX/IMAGE_TAG to name them).
+images: setup
+	PY=$(PY) bash hack/images.sh
+
+# The README's cluster walkthrough on a real node (../shared/k8s): the images, `helm install`, a ModelCache
+# Job, vLLM replicas pulling from each other. Needs root and containerd (tests/e2e/cluster.py says what).
+e2e-node: images
+	$(PY) -m pytest tests/e2e -v --timeout 2400 -p no:cacheprovider
 
 # kind end to end (needs a Docker engine; skips cleanly without one).
 e2e: setup

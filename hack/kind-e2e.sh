@@ -70,9 +70,10 @@ log "kind cluster $CLUSTER"
 "$KIND" create cluster --name "$CLUSTER" --wait 120s
 
 log "images"
-docker build -f Dockerfile.operator -t modelexpress-operator:dev .
-docker build -f Dockerfile.worker -t modelexpress-worker:dev .
-"$KIND" load docker-image --name "$CLUSTER" modelexpress-operator:dev modelexpress-worker:dev
+# As users build them (hack/images.sh: a wheelhouse, then the Dockerfiles), named as values-kind.yaml says.
+IMAGE_PREFIX="" IMAGE_TAG=dev bash hack/images.sh
+"$KIND" load image-archive --name "$CLUSTER" .cache/images/modelexpress-operator.tar
+"$KIND" load image-archive --name "$CLUSTER" .cache/images/modelexpress-worker.tar
 
 log "chart"
 "$KUBECTL" create namespace mx-e2e

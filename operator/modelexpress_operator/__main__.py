@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import socket
 import sys
 
 import kopf
@@ -42,6 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     import modelexpress_operator.handlers  # noqa: F401 - registers the handlers
 
     kopf.configure(verbose=args.verbose)
+    # kopf names this replica among its peers after POD_ID (the chart sets the pod's name); without it,
+    # kopf asks the password database for the user, which has no entry for the arbitrary non-root uid an
+    # image may run as, and the operator would die at start.
+    os.environ.setdefault("POD_ID", f"{socket.gethostname()}/{os.getpid()}")
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace,

@@ -169,6 +169,9 @@ def test_webhook_injects_refuses_and_fails_open(
         bundle = wait_for(ca_bundle, 30, what="caBundle")
         secret = core.read_namespaced_secret(WEBHOOK_SECRET, namespace)
         assert base64.b64decode(bundle) == base64.b64decode(secret.data["ca.crt"])
+        # Owned by the configuration Helm installs, so `helm uninstall` takes the Secret too.
+        (owner,) = secret.metadata.owner_references
+        assert (owner.kind, owner.name) == ("MutatingWebhookConfiguration", WEBHOOK_CONFIG)
         wait_for(lambda: _listening(webhook_port), 30, what="webhook server")
 
         # An opted-in pod naming a ModelCache: env, read-only mount and port in its first container.

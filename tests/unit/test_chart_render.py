@@ -210,3 +210,27 @@ def test_example_manifests_validate() -> None:
         assert all("--load-format=mx" in " ".join(p["spec"]["containers"][0].get("args", [])).replace(" mx", "=mx")
                    for p in pods)  # fmt: skip
     ModelCache.model_validate(yaml.safe_load((examples / "modelcache-llama.yaml").read_text()))
+
+
+def test_node_e2e_manifests_and_values_validate() -> None:
+    """What `make e2e-node` applies (tests/e2e): the chart with its values, the ModelCache and the vLLM
+    StatefulSet, with the image names hack/images.sh builds by default."""
+    import yaml
+
+    from modelexpress.api.modelcache import ModelCache
+    from tests.helpers.chart import CHART
+
+    e2e = CHART.parents[1] / "tests" / "e2e"
+    values = {**yaml.safe_load((e2e / "values-node.yaml").read_text()), "hfEndpoint": "http://192.0.2.2:8080"}
+    for doc in render(values):
+        validate(doc)
+        for container in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+            assert container["imagePullPolicy"] == "Never" and container["image"].startswith("local/")
+    ModelCache.model_validate(yaml.safe_load((e2e / "manifests" / "modelcache.yaml").read_text()))
+    service, statefulset = yaml.safe_load_all((e2e / "manifests" / "vllm.yaml").read_text())
+    validate(service)
+    validate(statefulset)
+    template = statefulset["spec"]["template"]
+    assert template["metadata"]["annotations"]["modelexpress.io/p2p"] == "enabled"
+    assert template["spec"]["containers"][0]["image"] == "local/modelexpress-worker:dev"
+    assert statefulset["spec"].get("podManagementPolicy", "OrderedReady") == "OrderedReady"

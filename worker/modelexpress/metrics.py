@@ -4,42 +4,66 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-PULL_BYTES = Counter("modelexpress_pull_bytes_total", "Bytes received from peers over NIXL")
+from modelexpress.metrics_relay import install
+
+# The library's own registry, reported through one collector of the global registry, which adds the
+# other processes' metrics where an engine runs several (metrics_relay.py).
+WORKER_REGISTRY = CollectorRegistry(auto_describe=True)
+
+PULL_BYTES = Counter("modelexpress_pull_bytes_total", "Bytes received from peers over NIXL", registry=WORKER_REGISTRY)
 PULL_VERIFIED_BYTES = Counter(
     "modelexpress_pull_verified_bytes_total",
     "Bytes received from peers whose checksums were checked, by the verification policy that held",
     ["policy"],
+    registry=WORKER_REGISTRY,
 )
-PULLS = Counter("modelexpress_pulls_total", "Pulls by outcome", ["outcome"])
+PULLS = Counter("modelexpress_pulls_total", "Pulls by outcome", ["outcome"], registry=WORKER_REGISTRY)
 PULL_SECONDS = Histogram(
     "modelexpress_pull_duration_seconds",
     "Duration of whole pulls (connect, transfer, verification)",
     buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
+    registry=WORKER_REGISTRY,
 )
-CHUNKS = Counter("modelexpress_transfer_chunks_total", "Chunk READs by outcome", ["outcome"])
-SOURCE_FAILURES = Counter("modelexpress_source_failures_total", "Sources abandoned during a pull", ["reason"])
-CHECKSUM_MISMATCHES = Counter("modelexpress_checksum_mismatches_total", "Tensors whose checksum did not match")
+CHUNKS = Counter("modelexpress_transfer_chunks_total", "Chunk READs by outcome", ["outcome"], registry=WORKER_REGISTRY)
+SOURCE_FAILURES = Counter(
+    "modelexpress_source_failures_total", "Sources abandoned during a pull", ["reason"], registry=WORKER_REGISTRY
+)
+CHECKSUM_MISMATCHES = Counter(
+    "modelexpress_checksum_mismatches_total", "Tensors whose checksum did not match", registry=WORKER_REGISTRY
+)
 ARTIFACT_FETCHES = Counter(
     "modelexpress_artifact_fetches_total",
     "Compiled-artifact fetches by outcome (received, present, refused, none, failed)",
     ["outcome"],
+    registry=WORKER_REGISTRY,
 )
-ARTIFACT_BYTES = Counter("modelexpress_artifact_bytes_total", "Bytes of compiled artifacts received from peers")
+ARTIFACT_BYTES = Counter(
+    "modelexpress_artifact_bytes_total", "Bytes of compiled artifacts received from peers", registry=WORKER_REGISTRY
+)
 SERVED_ARTIFACT_BYTES = Counter(
-    "modelexpress_served_artifact_bytes_total", "Bytes of compiled artifacts served to peers"
+    "modelexpress_served_artifact_bytes_total", "Bytes of compiled artifacts served to peers", registry=WORKER_REGISTRY
 )
 REFUSED_PULLERS = Counter(
-    "modelexpress_refused_pullers_total", "Targets this source refused as busy (MX_MAX_PULLERS reached)"
+    "modelexpress_refused_pullers_total",
+    "Targets this source refused as busy (MX_MAX_PULLERS reached)",
+    registry=WORKER_REGISTRY,
 )
 PEER_REFUSALS = Counter(
     "modelexpress_peer_refusals_total",
     "WorkerService calls this source refused (MX_PEER_AUTH), by status code",
     ["code"],
+    registry=WORKER_REGISTRY,
 )
-SERVED_PULLS = Counter("modelexpress_served_pulls_total", "Pulls peers reported complete against this worker")
-SERVED_BYTES = Counter("modelexpress_served_bytes_total", "Bytes peers reported pulling from this worker")
+SERVED_PULLS = Counter(
+    "modelexpress_served_pulls_total", "Pulls peers reported complete against this worker", registry=WORKER_REGISTRY
+)
+SERVED_BYTES = Counter(
+    "modelexpress_served_bytes_total", "Bytes peers reported pulling from this worker", registry=WORKER_REGISTRY
+)
+
+RELAY = install(WORKER_REGISTRY)
 
 
 def serve_metrics(port: int | None, host: str = "0.0.0.0") -> int | None:

@@ -61,7 +61,27 @@ def _write(bundle: CertBundle) -> tuple[str, str]:
     return str(directory / "tls.crt"), str(directory / "tls.key")
 
 
-def _secret_bundle(core: client.CoreV1Api, settings: OperatorSettings) -> tuple[CertBundle, str | None]:
+def _owner(admission: client.AdmissionregistrationV1Api, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """The MutatingWebhookConfiguration as the Secret's owner: the operator makes the Secret at run time,
+    so Helm does not know it, and without an owner it would outlive `helm uninstall` (the garbage
+    collector deletes it with the configuration instead). None while the configuration is missing."""
+    try:
+        config = admission.read_mutating_webhook_configuration(settings.webhook_config_name)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return []
+        raise
+    return [{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+             "name": config.metadata.name, "uid": config.metadata.uid}]  # fmt: skip
+
+
+def _snake(owner: dict[str, Any]) -> dict[str, Any]:
+    return {"api_version": owner["apiVersion"], "kind": owner["kind"], "name": owner["name"], "uid": owner["uid"]}
+
+
+def _secret_bundle(
+    core: client.CoreV1Api, settings: OperatorSettings, owners: list[dict[str, Any]]
+) -> tuple[CertBundle, str | None]:
     """The shared bundle, creating or renewing it; returns why it changed (None: as stored)."""
     namespace, name = settings.own_namespace(), settings.webhook_secret
     ips = [s for s in settings.webhook_extra_sans if _is_ip(s)]
@@ -80,9 +100,14 @@ def _secret_bundle(core: client.CoreV1Api, settings: OperatorSettings) -> tuple[
                 existing = None
         bundle, reason = ensure(existing, dns_names(settings), ips)
         if reason is None:
+            if owners and secret is not None and not secret.metadata.owner_references:
+                secret.metadata.owner_references = [client.V1OwnerReference(**_snake(o)) for o in owners]
+                core.replace_namespaced_secret(name, namespace, secret)  # made by a release that set none
             return bundle, None
         data = {k: base64.b64encode(v).decode() for k, v in bundle.as_secret_data().items()}
         metadata: dict[str, Any] = {"name": name, "labels": {"app.kubernetes.io/component": "webhook"}}
+        if owners:
+            metadata["ownerReferences"] = owners
         body = {
             "metadata": metadata,
             "type": "Opaque",
@@ -135,7 +160,8 @@ def serving_files(api: client.ApiClient, settings: OperatorSettings) -> ServingF
         return ServingFiles(
             str(directory / "tls.crt"), str(directory / "tls.key"), ca.read_bytes() if ca.exists() else None
         )
-    bundle, reason = _secret_bundle(client.CoreV1Api(api), settings)
-    sync_ca_bundle(client.AdmissionregistrationV1Api(api), settings, bundle.ca_cert)
+    admission = client.AdmissionregistrationV1Api(api)
+    bundle, reason = _secret_bundle(client.CoreV1Api(api), settings, _owner(admission, settings))
+    sync_ca_bundle(admission, settings, bundle.ca_cert)
     certfile, keyfile = _write(bundle)
     return ServingFiles(certfile, keyfile, bundle.ca_cert, reason)
