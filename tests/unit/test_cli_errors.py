@@ -138,3 +138,121 @@ def test_bad_operator_variables_stop_it_at_once_with_one_line(env: dict[str, str
     )
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip() == done.stderr.strip().splitlines()[0] and done.stderr.startswith(expected), done.stderr
+
+
+def test_a_port_already_served_refuses_the_second_server_with_one_line(tmp_path: Path) -> None:
+    """gRPC's default SO_REUSEPORT let two servers share a port, clients reaching either at random."""
+    from tests.harness.processes import free_port
+
+    port = str(free_port())
+    env = {**os.environ, "MX_WORKER_HOST": "127.0.0.1", "MODEL_EXPRESS_CACHE_DIRECTORY": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "modelexpress.cli.main"]
+    first = subprocess.Popen([*command, "server", "--host", "127.0.0.1", "--port", port], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        assert first.stdout is not None and "listening" in first.stdout.readline()
+        import torch
+        from safetensors.torch import save_file
+
+        (tmp_path / "model").mkdir()
+        save_file({"w": torch.zeros(4)}, str(tmp_path / "model" / "w.safetensors"))
+        for argv, worker_env in (
+            (["server", "--host", "127.0.0.1", "--port", port], {}),
+            (["worker", "serve", str(tmp_path / "model"), "--model-name", "org/m"], {"MX_WORKER_GRPC_PORT": port}),
+        ):
+            second = subprocess.run([*command, *argv], env={**env, **worker_env}, capture_output=True, text=True,
+                                    timeout=60, check=False)  # fmt: skip
+            assert second.returncode == 2, second.stderr
+            errors = [line for line in second.stderr.splitlines() if "error" in line.lower()]
+            assert errors == [f"error: cannot listen on 127.0.0.1:{port} for the "
+                              f"{'server' if argv[0] == 'server' else 'WorkerService'}: the port is in use (another "
+                              "process serves it) or the address is not one of this machine's; choose another port "
+                              "or host"], second.stderr  # fmt: skip
+            assert "Traceback" not in second.stderr
+    finally:
+        first.terminate()
+        first.wait(10)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--model-name", "bad name!!"], "error: --model-name 'bad name!!': String should match pattern"),
+        (["--model-name", ""], "error: --model-name '': String should have at least 1 character"),
+        (["--model-name", "org/m", "--tp", "-2"], "error: --tp -2: Input should be greater than or equal to 1"),
+        (["--model-name", "org/m", "--pp", "0"], "error: --pp 0: Input should be greater than or equal to 1"),
+        (["--model-name", "org/m", "--revision", "a b"], "error: --revision 'a b': String should match pattern"),
+        (["--model-name", "org/m", "--rank", "5"], "error: --rank 5 is outside --tp 1 x --pp 1 (ranks 0..0)"),
+    ],
+)  # fmt: skip
+def test_bad_identity_flags_name_the_flag(
+    flags: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MX_REGISTRY_PATH", str(tmp_path / "sources.db"))
+    code, err = run(capsys, "worker", "pull", *flags, "--model-dir", str(tmp_path))
+    assert code == 2 and err.startswith(expected) and len(err.splitlines()) == 1, err
+
+
+def test_unusable_registries_and_files_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MX_REGISTRY_PATH", str(tmp_path))
+    assert run(capsys, "sources", "ls") == (1, f"error: MX_REGISTRY_PATH={tmp_path} is a directory: give the "
+                                              f"registry's file, e.g. {tmp_path / 'sources.db'}")  # fmt: skip
+    absent = tmp_path / "nowhere" / "x.db"
+    monkeypatch.setenv("MX_REGISTRY_PATH", str(absent))
+    assert run(capsys, "sources", "ls")[0] == 0 and not absent.parent.exists()  # listing creates nothing
+    monkeypatch.setenv("MX_METADATA_BACKEND", "redis")
+    monkeypatch.setenv("REDIS_URL", "notaurl")
+    code, err = run(capsys, "sources", "ls")
+    assert code == 1 and err.startswith("error: REDIS_URL=notaurl is not a Redis URL"), err
+    monkeypatch.delenv("MX_METADATA_BACKEND")
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    assert run(capsys, "config", "validate", str(binary)) == (
+        1, f"configuration file {binary} is not UTF-8 text (byte 0): give a YAML file")  # fmt: skip
+    assert run(capsys, "config", "generate", "-o", str(tmp_path)) == (
+        2, f"error: --output {tmp_path} is a directory: name the file to write, e.g. {tmp_path / 'model-express.yaml'}")  # fmt: skip
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_version_goes_to_standard_output(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["--version"])
+    out = capsys.readouterr()
+    assert stopped.value.code == 0 and out.out.startswith("modelexpress ") and out.err == ""
+
+
+def test_format_json_is_honoured_by_config_and_validate_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--format json` was accepted and ignored by these verbs (YAML or prose came out)."""
+    for argv in (["config", "generate"], ["config", "show"], ["--format", "json", "config", "show"]):
+        assert main([*argv, "--format", "json"] if "--format" not in argv else argv) == 0
+        assert json.loads(capsys.readouterr().out)["server"]["port"] == 8001
+    good = tmp_path / "good.yaml"
+    good.write_text("server:\n  port: 9001\n")
+    assert main(["config", "validate", str(good), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"file": str(good), "valid": True, "error": None}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server:\n  port: 70000\n")
+    assert main(["config", "validate", str(bad), "--format", "json"]) == 1
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["valid"] is False and "server.port" in verdict["error"]
+    assert main(["server", "--validate-config", "-p", "9002", "--format", "json-pretty"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"valid": True, "host": "0.0.0.0", "port": 9002}
+
+
+def test_the_chunk_size_help_and_docs_give_the_default_the_code_uses() -> None:
+    from modelexpress.config.client import ClientSettings
+
+    default = ClientSettings.model_fields["transfer_chunk_size"].default
+    assert default == 1 << 20
+    from modelexpress.cli.main import _leaves
+
+    root = build_parser()
+    helps = {a.help for p in (root, *_leaves(root)) for a in p._actions if "--transfer-chunk-size" in a.option_strings}
+    assert helps and all(h is not None and "default 1 MiB" in h for h in helps), helps
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "server.md").read_text()
+    row = next(line for line in docs.splitlines() if line.startswith("| `--transfer-chunk-size`"))
+    assert f"`{default}`" in row

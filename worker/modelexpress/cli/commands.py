@@ -67,6 +67,11 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="stream the model's files from the server into this machine's cache",
     )
-    parser.add_argument("--transfer-chunk-size", type=int, default=None, help="bytes per streamed chunk (32768)")
+    parser.add_argument(
+        "--transfer-chunk-size",
+        type=int,
+        default=None,
+        help="bytes per streamed chunk (default 1 MiB, at most 8 MiB; 32768 is the seeds' default)",
+    )
     parser.add_argument("--cache-path", default=None, help="this machine's cache directory (direct/streamed downloads)")
     parser.add_argument("--verbose", "-v", action="count", default=0, help="more logging (-vv for debug)")

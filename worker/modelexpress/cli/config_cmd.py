@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+
+import yaml
 
 from modelexpress.cli.commands import help_for
 from modelexpress.cli.options import add_config_flags, config_from_args
 from modelexpress.config import ConfigError, load_config, render_config_yaml
+from modelexpress.errors import UserError
 from modelexpress.files import write_text_atomic
 
 
@@ -30,23 +34,43 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     show.set_defaults(handler=_show)
 
 
+def json_indent(args: argparse.Namespace) -> int | bool | None:
+    """False for human output (YAML, lines); else the JSON indent (`--format json`: None, json-pretty: 2)."""
+    chosen = getattr(args, "output_format", "human")
+    return False if chosen == "human" else (2 if chosen == "json-pretty" else None)
+
+
 def _generate(args: argparse.Namespace) -> int:
+    indent = json_indent(args)
     text = render_config_yaml(comments=not args.no_comments)
+    if indent is not False:  # the same defaults, as JSON (comments have no place there)
+        text = json.dumps(yaml.safe_load(render_config_yaml(comments=False)), indent=indent) + "\n"
     if args.output is None:
         sys.stdout.write(text)
         return 0
+    if Path(args.output).is_dir():
+        raise UserError(
+            f"--output {args.output} is a directory: name the file to write, e.g. {Path(args.output) / 'model-express.yaml'}"
+        )
     write_text_atomic(args.output, text)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
 
 def _validate(args: argparse.Namespace) -> int:
+    indent = json_indent(args)
     try:
         load_config(args.file)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        if indent is not False:
+            print(json.dumps({"file": str(args.file), "valid": False, "error": str(exc)}, indent=indent))
+        else:
+            print(exc, file=sys.stderr)
         return 1
-    print(f"{args.file}: valid")
+    if indent is not False:
+        print(json.dumps({"file": str(args.file), "valid": True, "error": None}, indent=indent))
+    else:
+        print(f"{args.file}: valid")
     return 0
 
 
@@ -56,5 +80,9 @@ def _show(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+    indent = json_indent(args)
+    if indent is not False:
+        print(json.dumps(config.model_dump(mode="json"), indent=indent))
+        return 0
     sys.stdout.write(render_config_yaml(config, comments=False))
     return 0

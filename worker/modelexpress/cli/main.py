@@ -25,7 +25,8 @@ class _Version(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="show the version and exit")
 
     def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
-        parser.exit(message=f"modelexpress {modelexpress.__version__}\n")
+        print(f"modelexpress {modelexpress.__version__}")  # stdout, as `--help` (argparse's exit message is stderr)
+        parser.exit()
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
@@ -10,10 +11,12 @@ import threading
 from pydantic import ValidationError
 
 from modelexpress.cli.commands import help_for
+from modelexpress.cli.config_cmd import json_indent
 from modelexpress.cli.options import add_config_flags, config_from_args
 from modelexpress.config import ConfigError
 from modelexpress.config.client import ClientSettings
 from modelexpress.config.cluster import ClusterServerSettings
+from modelexpress.errors import UserError
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,7 +36,11 @@ def _server(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     if args.validate_config:
-        print(f"configuration valid: server would listen on {config.server.host}:{config.server.port}")
+        indent = json_indent(args)
+        if indent is not False:
+            print(json.dumps({"valid": True, "host": config.server.host, "port": config.server.port}, indent=indent))
+        else:
+            print(f"configuration valid: server would listen on {config.server.host}:{config.server.port}")
         return 0
     from modelexpress.config.logs import configure_logging
     from modelexpress.server.app import ModelExpressServer
@@ -63,6 +70,8 @@ def _server(args: argparse.Namespace) -> int:
         print(f"cluster mode: ModelCaches in namespace {store.namespace}, files from {store.mount}", flush=True)
     try:
         server = ModelExpressServer(config, chunk_size=chunk, store=store, reviewer=reviewer)
+    except UserError:
+        raise  # a port in use: main prints it, exit 2
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 from modelexpress.cli.commands import help_for
 from modelexpress.config.worker import load_worker_settings
@@ -44,18 +45,24 @@ def _row(record: SourceRecord) -> dict[str, object]:
 
 def _ls(args: argparse.Namespace) -> int:
     settings = load_worker_settings()
-    try:
-        registry = open_registry(settings)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        records = registry.list_sources()
-    except RegistryUnavailableError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        registry.close()
+    if settings.metadata_backend == "embedded" and not Path(settings.registry_path).expanduser().exists():
+        records: list[SourceRecord] = []  # listing never creates the registry (nor its directory)
+    else:
+        try:
+            registry = open_registry(settings)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except RegistryUnavailableError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        try:
+            records = registry.list_sources()
+        except RegistryUnavailableError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            registry.close()
     records = [
         r
         for r in records

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from modelexpress.config import LoggingSettings
 from modelexpress.config.logs import configure_logging
 from modelexpress.config.worker import WorkerSettings, load_worker_settings
@@ -32,15 +34,30 @@ from modelexpress.units import rate, size
 log = logging.getLogger("modelexpress.worker")
 
 
+_FLAGS = {"model_name": "--model-name", "revision": "--revision", "dtype": "--dtype",
+          "tensor_parallel_size": "--tp", "pipeline_parallel_size": "--pp", "rank": "--rank"}  # fmt: skip
+
+
 def _identity(args: argparse.Namespace) -> WorkerIdentity:
-    return WorkerIdentity(
-        model_name=args.model_name,
-        revision=args.revision,
-        dtype=args.dtype,
-        tensor_parallel_size=args.tp,
-        pipeline_parallel_size=args.pp,
-        rank=args.rank,
-    )
+    """The worker's identity from its flags; a bad value is one line naming the flag (UserError)."""
+    try:
+        identity = WorkerIdentity(
+            model_name=args.model_name,
+            revision=args.revision,
+            dtype=args.dtype,
+            tensor_parallel_size=args.tp,
+            pipeline_parallel_size=args.pp,
+            rank=args.rank,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        flag = _FLAGS.get(str(first["loc"][0]), str(first["loc"][0])) if first["loc"] else "a flag"
+        raise UserError(f"{flag} {first.get('input')!r}: {first['msg']}") from None
+    ranks = identity.tensor_parallel_size * identity.pipeline_parallel_size
+    if identity.rank >= ranks:  # a rank no layout has: it would match no source and quietly load from disk
+        raise UserError(f"--rank {identity.rank} is outside --tp {identity.tensor_parallel_size} x --pp "
+                        f"{identity.pipeline_parallel_size} (ranks 0..{ranks - 1})")  # fmt: skip
+    return identity
 
 
 def _wait_for_signal() -> None:

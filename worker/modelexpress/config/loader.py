@@ -129,6 +129,10 @@ class YamlFileSource(PydanticBaseSettingsSource):
             raise ConfigError(f"configuration file {self._path} does not exist") from None
         except OSError as exc:
             raise ConfigError(f"configuration file {self._path} cannot be read: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"configuration file {self._path} is not UTF-8 text (byte {exc.start}): give a YAML file"
+            ) from None
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:  # one line: where, and what the parser expected

@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from modelexpress import metrics
 from modelexpress._proto.worker.v1 import worker_pb2, worker_pb2_grpc
 from modelexpress.artifacts.store import ArtifactStore
+from modelexpress.listening import bind_port
 from modelexpress.p2p.access import AccessInterceptor, PeerAccess
 from modelexpress.p2p.manifest import DEFAULT_PAGE_SIZE, Manifest
 
@@ -157,19 +158,20 @@ class WorkerServer:
         self._health = health.HealthServicer()
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="mx-worker-grpc"),
-            options=[("grpc.max_send_message_length", 64 << 20)],
+            options=[("grpc.max_send_message_length", 64 << 20), ("grpc.so_reuseport", 0)],  # bind exclusively
             interceptors=[AccessInterceptor(access, (SERVICE_NAME,))] if access is not None else None,
         )
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(_Servicer(self), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        address = f"{host}:{port}"
         if tls is not None:  # (certificate chain, private key), PEM
             credentials = grpc.ssl_server_credentials([(tls[1], tls[0])])
-            self.port = self._server.add_secure_port(f"{host}:{port}", credentials)
+            self.port = bind_port(
+                lambda: self._server.add_secure_port(address, credentials), address, "the WorkerService"
+            )
         else:
-            self.port = self._server.add_insecure_port(f"{host}:{port}")
+            self.port = bind_port(lambda: self._server.add_insecure_port(address), address, "the WorkerService")
         self.tls = tls is not None
-        if self.port == 0:
-            raise OSError(f"cannot bind the WorkerService to {host}:{port}")
         self.host = host
         self._set_health()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.records import SourceRecord
-from modelexpress.registry.base import SourceRegistry
+from modelexpress.registry.base import RegistryUnavailableError, SourceRegistry
 from modelexpress.registry.ranking import Placement, rank_sources
 
 _SCHEMA = """
@@ -35,10 +35,17 @@ class EmbeddedRegistry(SourceRegistry):
 
     def __init__(self, path: str | Path, ttl_seconds: float = 3600) -> None:
         self.path = Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise RegistryUnavailableError(
+                f"MX_REGISTRY_PATH={self.path} is a directory: give the registry's file, e.g. {self.path / 'sources.db'}"
+            )
         self.ttl = ttl_seconds
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise RegistryUnavailableError(f"MX_REGISTRY_PATH={self.path} cannot be opened: {exc}") from None
         self._prepare(deadline=time.monotonic() + 30)
 
     def _prepare(self, deadline: float) -> None:

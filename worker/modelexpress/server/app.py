@@ -28,6 +28,7 @@ from modelexpress.cache.sources import ModelSource, parse_source
 from modelexpress.cache.transfers import stays_inside
 from modelexpress.config import ModelExpressConfig
 from modelexpress.config.client import DEFAULT_TRANSFER_CHUNK, MAX_TRANSFER_CHUNK
+from modelexpress.listening import bind_port
 from modelexpress.server.actions import ActionError, actions
 from modelexpress.server.downloads import SingleFlight
 from modelexpress.server.stores import LocalStore, ModelStore, StoreUnavailableError
@@ -205,16 +206,16 @@ class ModelExpressServer:
         self._health = health.HealthServicer()
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="mx-server"),
-            options=[("grpc.max_send_message_length", MAX_TRANSFER_CHUNK + (1 << 20))],
+            # SO_REUSEPORT (gRPC's default) let a second server start on a port in use and clients reach
+            # either at random: bind exclusively, so the second one fails with the port's name.
+            options=[("grpc.max_send_message_length", MAX_TRANSFER_CHUNK + (1 << 20)), ("grpc.so_reuseport", 0)],
         )
         server_pb2_grpc.add_HealthServiceServicer_to_server(_Health(self.started), self._grpc)
         server_pb2_grpc.add_ApiServiceServicer_to_server(_Api(self), self._grpc)
         server_pb2_grpc.add_ModelServiceServicer_to_server(_Models(self), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         address = f"{config.server.host}:{config.server.port}"
-        self.port = self._grpc.add_insecure_port(address)
-        if self.port == 0:
-            raise OSError(f"cannot bind the server to {address}")
+        self.port = bind_port(lambda: self._grpc.add_insecure_port(address), address, "the server")
 
     def start(self) -> None:
         self._grpc.start()
