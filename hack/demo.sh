@@ -9,9 +9,13 @@
 set -euo pipefail
 work=$(mktemp -d)
 pids=()
-cleanup() {
+cleanup_workers() {  # stop the serving workers and wait for their last lines (once)
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  pids=()
+}
+cleanup() {
+  cleanup_workers
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -39,4 +43,7 @@ wait_ready "$work/b.ready"
 
 echo "== 4. worker C: pull striped across A and B"
 modelexpress worker pull --model-name "$name" --model-dir "$model" --log-level warn
+
+echo "== 5. stop A and B (each says what its peers pulled from it)"
+cleanup_workers
 echo "== demo complete"

@@ -20,4 +20,6 @@ def test_demo_serves_pulls_and_stripes() -> None:
     assert len(pulls) == 2, out.stdout
     assert "from 1 source(s); all checksums verified" in pulls[0]
     assert "from 2 source(s); all checksums verified" in pulls[1]
-    assert "== demo complete" in out.stdout
+    lines = out.stdout.splitlines()
+    assert lines[-1] == "== demo complete", lines[-5:]  # nothing after it (the workers' last words came before)
+    assert sum(line.startswith("stopped; peers reported") for line in lines) == 2, out.stdout

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+import grpc
 
 from modelexpress.cli.commands import help_for
 from modelexpress.config.worker import load_worker_settings
@@ -21,7 +24,32 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ls.add_argument("--model-name", help="only this model")
     ls.add_argument("--ready", action="store_true", help="only sources in state Ready")
     ls.add_argument("--format", default="human", choices=["human", "json", "json-pretty"])
+    ls.add_argument("--probe", action="store_true",
+                    help="ask each source's WorkerService whether it answers (2 s each); a record can outlive its worker")  # fmt: skip
     ls.set_defaults(handler=_ls)
+
+
+def _age(seconds: float) -> str:
+    """kubectl's AGE style: 45s, 12m, 3h, 2d."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def _answers(endpoint: str) -> bool:
+    """Whether a WorkerService answers its health check there within 2 seconds."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from modelexpress.channels import worker_channel
+
+    with worker_channel(endpoint) as channel:
+        try:
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        except grpc.RpcError:
+            return False
+    return True
 
 
 def _row(record: SourceRecord) -> dict[str, object]:
@@ -40,6 +68,7 @@ def _row(record: SourceRecord) -> dict[str, object]:
         "bytes": record.total_bytes,
         "activeTransfers": record.active_transfers,
         "updatedAt": datetime.fromtimestamp(record.updated_at, UTC).isoformat(timespec="seconds"),
+        "secondsSinceRefresh": round(time.time() - record.updated_at, 1),
     }
 
 
@@ -70,6 +99,9 @@ def _ls(args: argparse.Namespace) -> int:
         and (not args.ready or r.state == "Ready")
     ]
     rows = [_row(r) for r in sorted(records, key=lambda r: (r.identity.model_name, r.identity.rank, r.worker_id))]
+    if args.probe:
+        for row in rows:
+            row["answers"] = _answers(str(row["endpoint"]))
     if args.format != "human":
         print(json.dumps(rows, indent=2 if args.format == "json-pretty" else None))
         return 0
@@ -77,8 +109,13 @@ def _ls(args: argparse.Namespace) -> int:
         print(f"no sources recorded ({settings.metadata_backend} registry)")
         return 0
     columns = ["model", "layout", "rank", "state", "endpoint", "node", "worker", "activeTransfers"]
-    headers = ["MODEL", "LAYOUT", "RANK", "STATE", "ENDPOINT", "NODE", "WORKER", "LOAD"]
-    cells = [[str(row[c] if row[c] is not None else "-") for c in columns] for row in rows]
+    headers = ["MODEL", "LAYOUT", "RANK", "STATE", "ENDPOINT", "NODE", "WORKER", "LOAD", "REFRESHED"]
+    cells = [[str(row[c] if row[c] is not None else "-") for c in columns] + [_age(float(str(row["secondsSinceRefresh"])))]
+             for row in rows]  # fmt: skip
+    if args.probe:
+        headers.append("ANSWERS")
+        for line, row in zip(cells, rows, strict=True):
+            line.append("yes" if row["answers"] else "no")
     widths = [max(len(h), *(len(line[i]) for line in cells)) for i, h in enumerate(headers)]
     for line in [headers, *cells]:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
