@@ -256,3 +256,26 @@ def test_the_chunk_size_help_and_docs_give_the_default_the_code_uses() -> None:
     docs = (Path(__file__).resolve().parents[2] / "docs" / "server.md").read_text()
     row = next(line for line in docs.splitlines() if line.startswith("| `--transfer-chunk-size`"))
     assert f"`{default}`" in row
+
+
+def test_small_things_a_new_user_met(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exit codes as documented, the variable named, the right words for a file, no silent overwrite."""
+    monkeypatch.setenv("MODEL_EXPRESS_CACHE_DIRECTORY", str(tmp_path / "cache"))
+    assert run(capsys, "cache", "rm", "nope/nope") == (3, "error: nope/nope is not cached")  # 3: not found
+    monkeypatch.setenv("MODEL_EXPRESS_TIMEOUT", "abc")
+    with pytest.raises(SystemExit) as stopped:
+        main(["health"])
+    assert str(stopped.value.code).startswith("error: MODEL_EXPRESS_TIMEOUT='abc': Input should be a valid number")
+    monkeypatch.delenv("MODEL_EXPRESS_TIMEOUT")
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"")
+    code, err = run(capsys, "worker", "serve", str(weights), "--model-name", "org/m")
+    assert code == 2 and err == f"error: {weights} is a file: give the directory that holds the model's *.safetensors"
+    existing = tmp_path / "mx.yaml"
+    existing.write_text("mine\n")
+    assert run(capsys, "config", "generate", "-o", str(existing)) == (
+        2, f"error: --output {existing} exists: pass --force to replace it")  # fmt: skip
+    assert existing.read_text() == "mine\n"
+    assert main(["config", "generate", "-o", str(existing), "--force"]) == 0 and "server:" in existing.read_text()

@@ -276,7 +276,7 @@ def _rm(args: argparse.Namespace) -> int:
         cache.close()
     if not removed:
         print(f"error: {args.source} is not cached", file=sys.stderr)
-        return 1
+        return 3  # not found (1 is for retryable network errors)
     _emit(args, [_row(m) for m in removed], "\n".join(f"removed {m.uri}@{m.revision}" for m in removed))
     return 0
 

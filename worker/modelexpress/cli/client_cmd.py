@@ -63,7 +63,12 @@ def client_settings(args: argparse.Namespace) -> ClientSettings:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "?"
-        raise SystemExit(f"error: --{field.replace('_', '-')}: {first['msg']}") from None
+        flag = {"cache_directory": "--cache-path"}.get(field, f"--{field.replace('_', '-')}")
+        # The flag when it was given, else the variable the value came from.
+        source = flag if flags.get(field) is not None else f"MODEL_EXPRESS_{field.upper()}"
+        if field == "endpoint" and flags.get(field) is None:
+            source = "MODEL_EXPRESS_URL" if "MODEL_EXPRESS_URL" in os.environ else "MODEL_EXPRESS_ENDPOINT"
+        raise SystemExit(f"error: {source}={first['input']!r}: {first['msg']}") from None
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

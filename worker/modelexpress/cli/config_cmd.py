@@ -23,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     generate = verbs.add_parser("generate", help="write every option with its default value")
     generate.add_argument("--output", "-o", type=Path, help="file to write (default: standard output)")
     generate.add_argument("--no-comments", action="store_true", help="leave out the option descriptions")
+    generate.add_argument("--force", action="store_true", help="replace --output if it exists")
     generate.set_defaults(handler=_generate)
 
     validate = verbs.add_parser("validate", help="check a configuration file (with the environment applied)")
@@ -52,6 +53,8 @@ def _generate(args: argparse.Namespace) -> int:
         raise UserError(
             f"--output {args.output} is a directory: name the file to write, e.g. {Path(args.output) / 'model-express.yaml'}"
         )
+    if Path(args.output).exists() and not args.force:  # as `kubectl create` does: never replace silently
+        raise UserError(f"--output {args.output} exists: pass --force to replace it")
     write_text_atomic(args.output, text)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0

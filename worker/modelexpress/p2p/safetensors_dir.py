@@ -80,6 +80,8 @@ def read_header(path: Path) -> list[StoredTensor]:
 
 
 def model_files(directory: Path) -> list[Path]:
+    if Path(directory).is_file():
+        raise SafetensorsError(f"{directory} is a file: give the directory that holds the model's *.safetensors")
     if not Path(directory).is_dir():
         raise SafetensorsError(f"{directory}: no such directory")
     files = sorted(Path(directory).glob("*.safetensors"))
