@@ -279,3 +279,23 @@ def test_small_things_a_new_user_met(
         2, f"error: --output {existing} exists: pass --force to replace it")  # fmt: skip
     assert existing.read_text() == "mine\n"
     assert main(["config", "generate", "-o", str(existing), "--force"]) == 0 and "server:" in existing.read_text()
+
+
+def test_quiet_and_verbose_work_before_and_after_the_verb(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from modelexpress.cli.worker_run import log_level
+
+    for argv in (["-q", "worker", "pull", "--model-name", "a/b"], ["worker", "pull", "--model-name", "a/b", "-q"]):
+        args = build_parser(argv).parse_args(argv)
+        assert args.quiet is True and log_level(args) == "warn"
+    verbose = ["worker", "pull", "--model-name", "a/b", "-v"]
+    assert log_level(build_parser(verbose).parse_args(verbose)) == "debug"
+    explicit = ["worker", "pull", "--model-name", "a/b", "-q", "--log-level", "error"]
+    assert log_level(build_parser(explicit).parse_args(explicit)) == "error"  # an explicit level wins
+    plain = ["worker", "pull", "--model-name", "a/b"]
+    assert log_level(build_parser(plain).parse_args(plain)) == "info"
+    assert main(["-q", "config", "generate", "-o", str(tmp_path / "a.yaml")]) == 0
+    assert main(["config", "generate", "-o", str(tmp_path / "b.yaml"), "-q"]) == 0
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""  # no "wrote ..." under -q
+    assert main(["config", "generate", "-o", str(tmp_path / "c.yaml")]) == 0
+    assert capsys.readouterr().err.strip() == f"wrote {tmp_path / 'c.yaml'}"

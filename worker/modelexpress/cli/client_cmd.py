@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import logging
 import os
 import sys
 import time
@@ -126,8 +125,11 @@ def _prepare(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     def wrapped(args: argparse.Namespace) -> int:
         args.settings = client_settings(args)
         args.timeout = args.settings.timeout
-        if args.verbose:
-            logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO, stream=sys.stderr)
+        if args.verbose:  # the same log format as the worker verbs
+            from modelexpress.config import LoggingSettings
+            from modelexpress.config.logs import configure_logging
+
+            configure_logging(LoggingSettings(level="debug" if args.verbose > 1 else "info", format="compact"))
         return handler(args)
 
     return wrapped

@@ -56,7 +56,8 @@ def _generate(args: argparse.Namespace) -> int:
     if Path(args.output).exists() and not args.force:  # as `kubectl create` does: never replace silently
         raise UserError(f"--output {args.output} exists: pass --force to replace it")
     write_text_atomic(args.output, text)
-    print(f"wrote {args.output}", file=sys.stderr)
+    if not args.quiet:
+        print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
 

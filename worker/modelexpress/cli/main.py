@@ -67,6 +67,12 @@ def _format_everywhere(parser: argparse.ArgumentParser) -> None:
                 "--output-format", "--format", dest="output_format", default=argparse.SUPPRESS,
                 choices=["human", "json", "json-pretty"], help="human (default), json or json-pretty",
             )  # fmt: skip
+        # -q and -v after the verb too (`modelexpress worker pull ... -q`), as before it.
+        if "--quiet" not in leaf._option_string_actions:
+            leaf.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS, help="print only errors")
+        if "--verbose" not in leaf._option_string_actions:
+            leaf.add_argument("--verbose", "-v", action="count", default=argparse.SUPPRESS,
+                              help="more logging (-vv for debug)")  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

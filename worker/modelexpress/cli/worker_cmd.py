@@ -49,4 +49,6 @@ def _identity_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
     parser.add_argument("--pp", type=int, default=1, help="pipeline-parallel size")
     parser.add_argument("--rank", type=int, default=0, help="global rank of this worker")
-    parser.add_argument("--log-level", default="info", help="trace, debug, info, warn or error")
+    parser.add_argument(
+        "--log-level", default=None, help="trace, debug, info, warn or error (default info; -q warn, -v debug)"
+    )

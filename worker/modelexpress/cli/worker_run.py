@@ -38,6 +38,21 @@ _FLAGS = {"model_name": "--model-name", "revision": "--revision", "dtype": "--dt
           "tensor_parallel_size": "--tp", "pipeline_parallel_size": "--pp", "rank": "--rank"}  # fmt: skip
 
 
+def log_level(args: argparse.Namespace) -> str:
+    """--log-level when given, else warn with -q, debug with -v, info."""
+    if getattr(args, "log_level", None):
+        return str(args.log_level)
+    if getattr(args, "quiet", False):
+        return "warn"
+    return "debug" if getattr(args, "verbose", 0) else "info"
+
+
+def say(args: argparse.Namespace, line: str) -> None:
+    """An informational line on standard output; -q leaves only errors (and the JSON asked for)."""
+    if not getattr(args, "quiet", False):
+        print(line, flush=True)
+
+
 def _identity(args: argparse.Namespace) -> WorkerIdentity:
     """The worker's identity from its flags; a bad value is one line naming the flag (UserError)."""
     try:
@@ -69,6 +84,7 @@ def _wait_for_signal() -> None:
 
 
 def _run_source(
+    args: argparse.Namespace,
     identity: WorkerIdentity,
     layout: TensorLayout,
     settings: WorkerSettings,
@@ -84,10 +100,10 @@ def _run_source(
         registry.close()
         raise
     assert source.manifest is not None
-    print(
+    say(
+        args,
         f"serving {source.manifest.tensor_count} tensors ({size(source.manifest.total_bytes)}) of "
         f"{identity.model_name} rank {identity.rank} at {source.endpoint} (agent {engine.name}); Ctrl-C to stop",
-        flush=True,
     )
     if ready_file:
         write_text_atomic(ready_file, source.endpoint)
@@ -97,8 +113,8 @@ def _run_source(
         source.stop()
         registry.close()
         server = source.server
-        print(f"stopped; peers reported {source.served_pulls} pull(s), {size(source.served_bytes)}; at most "
-              f"{server.peak_pullers} target(s) at once, {server.refused_pullers} turned away as busy", flush=True)  # fmt: skip
+        say(args, f"stopped; peers reported {source.served_pulls} pull(s), {size(source.served_bytes)}; at most "
+              f"{server.peak_pullers} target(s) at once, {server.refused_pullers} turned away as busy")  # fmt: skip
 
 
 def _registry_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -117,7 +133,7 @@ def _registry_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[
 
 @_registry_errors
 def serve(args: argparse.Namespace) -> int:
-    configure_logging(LoggingSettings(level=args.log_level, format="compact"))
+    configure_logging(LoggingSettings(level=log_level(args), format="compact"))
     settings = load_worker_settings()
     serve_metrics(settings.metrics_port)
     identity = _identity(args)
@@ -134,7 +150,7 @@ def serve(args: argparse.Namespace) -> int:
              time.perf_counter() - started)  # fmt: skip
     engine = NixlEngine(progress_thread=settings.nixl_progress_thread)
     engine.register(layout)
-    _run_source(identity, layout, settings, engine, args.ready_file)
+    _run_source(args, identity, layout, settings, engine, args.ready_file)
     return 0
 
 
@@ -202,7 +218,7 @@ def _layout_from_sources(endpoints: list[str], timeout: float) -> list[TensorSpe
 
 @_registry_errors
 def pull_verb(args: argparse.Namespace) -> int:
-    configure_logging(LoggingSettings(level=args.log_level, format="compact"))
+    configure_logging(LoggingSettings(level=log_level(args), format="compact"))
     identity = _identity(args)
     endpoints = [_endpoint(e) for e in args.source]
     device = _device(args.device)
@@ -264,7 +280,7 @@ def pull_verb(args: argparse.Namespace) -> int:
         return 1
     _print_summary(args, layout, result)
     if args.serve_after:
-        _run_source(identity, layout, settings, engine, args.ready_file)
+        _run_source(args, identity, layout, settings, engine, args.ready_file)
     else:
         engine.deregister_all()
     return 0
@@ -306,4 +322,4 @@ def _print_summary(args: argparse.Namespace, layout: TensorLayout, result: PullR
     else:
         line = (f"loaded {from_disk} tensors ({size(layout.total_bytes)}) from --model-dir: no source delivered "
                 "any, so nothing was checked against a source")  # fmt: skip
-    print(line, flush=True)
+    say(args, line)
