@@ -30,6 +30,7 @@ MANIFESTS = Path(__file__).parent / "manifests"
 RELEASE, SYSTEM, INFERENCE = "modelexpress", "mx-system", "inference"
 MODEL = "org/tiny-llama"
 TIMINGS: dict[str, float] = {}
+TIMINGS_FILE = LOGS / "timings.json"
 
 
 class StepError(AssertionError):
@@ -77,9 +78,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         provisioner.stop()
         logs = started.collect_logs()
         started.stop()
+        TIMINGS_FILE.write_text(json.dumps(TIMINGS, indent=2))
         print(f"\ne2e-node: logs of the control plane, the node and every pod are in {logs}")
-        print("e2e-node timings: " + json.dumps({k: round(v, 1) for k, v in TIMINGS.items()}))
-        (LOGS / "timings.json").write_text(json.dumps(TIMINGS, indent=2))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The timings of each step and where the logs are, pass or fail (fixture output is captured)."""
+    if not TIMINGS:
+        return
+    terminalreporter.section("e2e-node timings (seconds)")
+    for step, seconds in TIMINGS.items():
+        terminalreporter.write_line(f"{seconds:8.1f}  {step}")
+    terminalreporter.write_line(f"logs of the control plane, the node and every pod: {LOGS}")
 
 
 @dataclass(frozen=True)
