@@ -24,7 +24,7 @@ from modelexpress.config import ModelExpressConfig
 
 def cache_directory(config: ModelExpressConfig, provider: str = "hf") -> Path:
     """The cache directory by the documented precedence."""
-    if "directory" in config.cache.model_fields_set:
+    if config.cache.directory:
         return Path(config.cache.directory).expanduser()
     if provider == "ngc":
         return Path.home() / ".cache" / "ngc"

@@ -84,8 +84,8 @@ class EvictionSettings(Section):
 
 
 class CacheSettings(Section):
-    directory: str = "./cache"
-    """Model cache directory."""
+    directory: str | None = None
+    """Model cache directory (unset: `HF_HUB_CACHE`, else `~/.cache/huggingface/hub`; NGC models `~/.cache/ngc`)."""
     max_size_bytes: int | None = Field(default=None, ge=1)
     """Largest total size of the cache in bytes (null: unlimited)."""
     eviction: EvictionSettings = Field(default_factory=EvictionSettings)
