@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -97,7 +98,7 @@ def _publish_forever(own: CollectorRegistry, target: Path) -> None:
                 last = text
             except OSError:
                 return  # the relaying process ended and took the directory: nobody reads these any more
-        threading.Event().wait(PUBLISH_SECONDS)
+        time.sleep(PUBLISH_SECONDS)
 
 
 def set_up_relay(collector: WorkerMetrics) -> None:

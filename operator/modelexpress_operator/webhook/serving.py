@@ -61,7 +61,7 @@ def _write(bundle: CertBundle) -> tuple[str, str]:
     return str(directory / "tls.crt"), str(directory / "tls.key")
 
 
-def _owner(admission: client.AdmissionregistrationV1Api, settings: OperatorSettings) -> list[dict[str, Any]]:
+def _owner(admission: client.AdmissionregistrationV1Api, settings: OperatorSettings) -> list[client.V1OwnerReference]:
     """The MutatingWebhookConfiguration as the Secret's owner: the operator makes the Secret at run time,
     so Helm does not know it, and without an owner it would outlive `helm uninstall` (the garbage
     collector deletes it with the configuration instead). None while the configuration is missing."""
@@ -71,16 +71,12 @@ def _owner(admission: client.AdmissionregistrationV1Api, settings: OperatorSetti
         if exc.status == 404:
             return []
         raise
-    return [{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-             "name": config.metadata.name, "uid": config.metadata.uid}]  # fmt: skip
-
-
-def _snake(owner: dict[str, Any]) -> dict[str, Any]:
-    return {"api_version": owner["apiVersion"], "kind": owner["kind"], "name": owner["name"], "uid": owner["uid"]}
+    return [client.V1OwnerReference(api_version="admissionregistration.k8s.io/v1", kind="MutatingWebhookConfiguration",
+                                    name=config.metadata.name, uid=config.metadata.uid)]  # fmt: skip
 
 
 def _secret_bundle(
-    core: client.CoreV1Api, settings: OperatorSettings, owners: list[dict[str, Any]]
+    core: client.CoreV1Api, settings: OperatorSettings, owners: list[client.V1OwnerReference]
 ) -> tuple[CertBundle, str | None]:
     """The shared bundle, creating or renewing it; returns why it changed (None: as stored)."""
     namespace, name = settings.own_namespace(), settings.webhook_secret
@@ -101,7 +97,7 @@ def _secret_bundle(
         bundle, reason = ensure(existing, dns_names(settings), ips)
         if reason is None:
             if owners and secret is not None and not secret.metadata.owner_references:
-                secret.metadata.owner_references = [client.V1OwnerReference(**_snake(o)) for o in owners]
+                secret.metadata.owner_references = owners
                 core.replace_namespaced_secret(name, namespace, secret)  # made by a release that set none
             return bundle, None
         data = {k: base64.b64encode(v).decode() for k, v in bundle.as_secret_data().items()}

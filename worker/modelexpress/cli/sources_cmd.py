@@ -79,19 +79,16 @@ def _ls(args: argparse.Namespace) -> int:
     else:
         try:
             registry = open_registry(settings)
-        except ValueError as exc:
+            try:
+                records = registry.list_sources()
+            finally:
+                registry.close()
+        except ValueError as exc:  # a setting open_registry refuses
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        except RegistryUnavailableError as exc:
+        except RegistryUnavailableError as exc:  # unreachable or unusable, at open or while listing
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        try:
-            records = registry.list_sources()
-        except RegistryUnavailableError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            registry.close()
     records = [
         r
         for r in records
