@@ -202,6 +202,37 @@ def test_status_stats_validate_and_clear_all(tmp_path: Path, hub: FakeHub, serve
     assert not (tmp_path / "server" / "cache" / "models--org--tiny").exists()
 
 
+def test_a_local_model_is_forgotten_never_deleted(tmp_path: Path, hub: FakeHub, server: str) -> None:
+    local = tmp_path / "my-model"
+    local.mkdir()
+    (local / "config.json").write_text("{}")
+    recorded = subprocess.run(
+        [sys.executable, "-m", "modelexpress.cli.main", "cache", "pull", str(local)],
+        env=_env(tmp_path, hub, "server"), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert recorded.returncode == 0, recorded.stderr
+    assert [m["model"] for m in _json(cli(tmp_path, hub, server, "--format", "json", "model", "list"))] == [str(local)]
+
+    cleared = cli(tmp_path, hub, server, "model", "clear", str(local))
+    assert cleared.returncode == 0, cleared.stderr
+    assert f"forgot {local}" in cleared.stdout and "stays" in cleared.stdout
+    assert (local / "config.json").read_text() == "{}"
+    assert _json(cli(tmp_path, hub, server, "--format", "json", "model", "list")) == []
+
+    assert subprocess.run(
+        [sys.executable, "-m", "modelexpress.cli.main", "cache", "pull", str(local)],
+        env=_env(tmp_path, hub, "server"), capture_output=True, text=True, timeout=120, check=False,
+    ).returncode == 0  # fmt: skip
+    assert cli(tmp_path, hub, server, "model", "download", "org/tiny", "--strategy", "server").returncode == 0
+    everything = _json(cli(tmp_path, hub, server, "--format", "json", "model", "clear-all", "--yes"))
+    assert isinstance(everything, list) and {r["model"]: r["deleted"] for r in everything} == {
+        str(local): True,
+        "hf://org/tiny": True,
+    }
+    assert (local / "config.json").is_file()
+    assert _json(cli(tmp_path, hub, server, "--format", "json", "model", "list")) == []
+
+
 def _client_files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 

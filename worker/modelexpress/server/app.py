@@ -37,12 +37,13 @@ from modelexpress.tokenreview import TokenReviewer, bearer_token
 log = logging.getLogger(__name__)
 
 
-def _checked_name(name: str, context: grpc.ServicerContext) -> ModelSource:
+def _checked_name(name: str, context: grpc.ServicerContext, local_ok: bool = False) -> ModelSource:
+    """The model a request names; local paths only where `local_ok` (forgetting a record, never serving)."""
     try:
         source = parse_source(name)
     except DownloadError as exc:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    if source.provider == "local":
+    if source.provider == "local" and not local_ok:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "local paths are not served; name a model (hf://org/name)")
     return source
 
@@ -162,7 +163,9 @@ class _Models(server_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
     def DeleteModel(
         self, request: server_pb2.DeleteModelRequest, context: grpc.ServicerContext
     ) -> server_pb2.DeleteModelResponse:
-        source = _checked_name(request.model_name, context)
+        # A local model that `model list` shows can be forgotten: the store drops its record and never
+        # deletes the directory, which the user made and may still use outside ModelExpress.
+        source = _checked_name(request.model_name, context, local_ok=True)
         self.server.authorize(context, f"delete {source.uri}")
         if self.server.readers[source.uri]:
             context.abort(
@@ -171,9 +174,11 @@ class _Models(server_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
         removed = self.server.store.remove(source, request.revision or None)
         if not removed:
             return server_pb2.DeleteModelResponse(deleted=False, message=f"{source.uri} is not cached")
-        return server_pb2.DeleteModelResponse(
-            deleted=True, message=f"removed {len(removed)} revision(s) of {source.uri}"
-        )
+        if source.provider == "local":
+            message = f"forgot {source.uri} ({len(removed)} record(s)); the directory is yours and stays"
+        else:
+            message = f"removed {len(removed)} revision(s) of {source.uri}"
+        return server_pb2.DeleteModelResponse(deleted=True, message=message)
 
 
 def model_files(root: Path) -> list[tuple[str, int]]:
