@@ -179,6 +179,7 @@ def test_only_source_killed_falls_back_to_disk(
         result = pull(layout, IDENTITY, [a.endpoint], engine, FAST, fallback=disk_fallback(model_dir), progress=kill)
     assert result.fell_back, "nothing came from the fallback"
     assert a.endpoint in result.failed_sources
+    assert result.phases.seconds["disk"] > 0  # the tensors the dead source did not deliver, read from disk
     _assert_identical(layout.tensors, original)
     # the same engine and process carry on: a transport failure never poisons the receiver
     with sources(tmp_path, 1, "--model-dir", str(model_dir)) as (fresh,):
@@ -459,6 +460,7 @@ def test_cli_pull_takes_the_layout_from_any_source_that_answers(model_dir: Path,
     assert summary["sources"] == [src.endpoint] and dead in summary["failed_sources"]
     assert summary["tensors"] == summary["verified_tensors"] == len(scan(model_dir))
     assert summary["pulled_bytes"] == summary["bytes"] > 0 and summary["tensors_from_disk"] == 0
+    assert {"link", "manifest", "transfer", "verify"} <= set(summary["phases"]) and "disk" not in summary["phases"]
     gone = cli("--source", dead, "--source", src.endpoint)  # the live one has stopped too
     assert gone.returncode == 3 and "Traceback" not in gone.stderr
     assert gone.stderr.count("\n") == 1 and gone.stderr.startswith("error: no source answered with its tensor layout")

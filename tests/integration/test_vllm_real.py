@@ -57,6 +57,11 @@ def test_pulled_replicas_answer_token_for_token_like_a_disk_load(
         with replica(tmp_path, "b", model_dir, "mx", registry) as b:
             assert b.result["pull_bytes"] > 0 and b.result["pulls_ok"] == 1, b.text()[-3000:]
             assert b.result["tokens"] == baseline
+            # the start split into its phases: links, READs, checks, then vLLM's repacking for its CPU kernels
+            phases = re.search(r"from peers \S+ in [\d.]+s \(.*\); phases: (.*)", b.text())
+            assert phases is not None, b.text()[-3000:]
+            assert re.fullmatch(r"link [\d.]+s, manifest [\d.]+s, transfer [\d.]+s, verify [\d.]+s, "
+                                r"postprocess [\d.]+s", phases.group(1)), phases.group(1)  # fmt: skip
             # vLLM's built-in format, from the other mount: pulls (from A and B) and answers the same.
             with replica(tmp_path, "d", elsewhere, "modelexpress", registry) as d:
                 assert d.result["pull_bytes"] > 0 and d.result["pulls_ok"] == 1, d.text()[-3000:]

@@ -7,6 +7,7 @@ import logging
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from modelexpress.metrics_relay import install
+from modelexpress.phases import Phases
 
 # The library's own registry, reported through one collector of the global registry, which adds the
 # other processes' metrics where an engine runs several (metrics_relay.py).
@@ -24,6 +25,19 @@ PULL_SECONDS = Histogram(
     "modelexpress_pull_duration_seconds",
     "Duration of whole pulls (connect, transfer, verification)",
     buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
+    registry=WORKER_REGISTRY,
+)
+LOAD_PHASE_SECONDS = Histogram(
+    "modelexpress_load_phase_seconds",
+    "Seconds of one weight load spent in each phase (modelexpress.phases.PHASES); phases may overlap",
+    ["phase"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
+    registry=WORKER_REGISTRY,
+)
+WEIGHT_LOADS = Counter(
+    "modelexpress_weight_loads_total",
+    "Weight loads of a rank by where the weights came from (p2p: peers over NIXL; disk)",
+    ["mode"],
     registry=WORKER_REGISTRY,
 )
 CHUNKS = Counter("modelexpress_transfer_chunks_total", "Chunk READs by outcome", ["outcome"], registry=WORKER_REGISTRY)
@@ -64,6 +78,12 @@ SERVED_BYTES = Counter(
 )
 
 RELAY = install(WORKER_REGISTRY)
+
+
+def observe_phases(phases: Phases) -> None:
+    """Record one load's phases in the histogram (once per load, whatever it timed several times)."""
+    for phase, seconds in phases.seconds.items():
+        LOAD_PHASE_SECONDS.labels(phase).observe(seconds)
 
 
 def serve_metrics(port: int | None, host: str = "0.0.0.0") -> int | None:

@@ -303,6 +303,7 @@ def _print_summary(args: argparse.Namespace, layout: TensorLayout, result: PullR
             "verified_tensors": pulled - result.unchecked_tensors,
             "verification": result.verification,
             "verified_bytes": result.verified_bytes,
+            "phases": {phase: round(seconds, 6) for phase, seconds in result.phases.seconds.items()},
         }
         print(json.dumps(summary, indent=2 if args.output_format == "json-pretty" else None), flush=True)
         return

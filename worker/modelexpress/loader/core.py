@@ -32,6 +32,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from modelexpress import metrics
 from modelexpress.config.worker import WorkerSettings, load_worker_settings
 from modelexpress.loader.capture import capture_gate, changed_in_place, state_checksums
 from modelexpress.loader.rehome import attach, module_tensors, plan_pool, rehome
@@ -42,6 +43,7 @@ from modelexpress.p2p.memory import TensorLayout
 from modelexpress.p2p.nixl_engine import NixlEngine
 from modelexpress.p2p.pull import PullError, PullOptions, pull
 from modelexpress.p2p.source import SourceWorker
+from modelexpress.phases import Phases
 from modelexpress.registry.base import RegistryUnavailableError, SourceRegistry, placement
 from modelexpress.units import rate, size
 
@@ -60,6 +62,8 @@ class LoadReport:
     sources: list[str] = field(default_factory=list)
     endpoint: str | None = None
     """Where this worker now serves its weights (None when not serving)."""
+    phases: Phases = field(default_factory=Phases)
+    """Where the load's time went (the same object the loader and its engine adapter add to)."""
 
     @property
     def gbps(self) -> float:
@@ -67,7 +71,13 @@ class LoadReport:
 
     def summary(self, model: str, rank: int) -> str:
         origin = "peers " + ", ".join(self.sources) if self.mode == "p2p" else "disk"
-        return f"{model} rank {rank}: {size(self.bytes)} from {origin} in {self.seconds:.2f}s ({self.reason})"
+        line = f"{model} rank {rank}: {size(self.bytes)} from {origin} in {self.seconds:.2f}s ({self.reason})"
+        return f"{line}; phases: {self.phases.summary()}" if self.phases.seconds else line
+
+    def record(self) -> None:
+        """Count the load and observe its phases (once, when the load is over)."""
+        metrics.WEIGHT_LOADS.labels(self.mode).inc()
+        metrics.observe_phases(self.phases)
 
 
 class WeightLoader:
@@ -86,6 +96,8 @@ class WeightLoader:
         self.serve = serve
         self.gate: str | None = None
         """Why this replica neither pulls nor serves (None while it may)."""
+        self.phases = Phases()
+        """This load's phases: the loader times linking and pulling, its engine adapter the rest."""
         self.layout: TensorLayout | None = None
         self.engine: NixlEngine | None = None
         self.source: SourceWorker | None = None
@@ -119,9 +131,10 @@ class WeightLoader:
         endpoints = self.sources() if pull else []
         if not endpoints:
             return None
-        return prepare_sources(
-            endpoints, self.identity, self.engine, self.settings.connect_timeout_secs, self._pods or {}
-        )
+        with self.phases.timing("link"):
+            return prepare_sources(
+                endpoints, self.identity, self.engine, self.settings.connect_timeout_secs, self._pods or {}
+            )
 
     def _wait_ahead(self) -> PreparedSources | None:
         """What `prepare` linked (None if it did not run or failed: then it is done now, in line)."""
@@ -186,7 +199,7 @@ class WeightLoader:
         report = self.receive(module, device) if self.sources() else None
         if report is None:
             started = time.perf_counter()
-            with torch.no_grad():
+            with torch.no_grad(), self.phases.timing("disk"):
                 load_from_disk(module)
             report = self.adopt(module, device, started)
         self.publish(report)
@@ -218,7 +231,14 @@ class WeightLoader:
         )
         try:
             result = pull(
-                layout, self.identity, self.sources(), self._engine(), options, prepared=prepared, discover=self._again
+                layout,
+                self.identity,
+                self.sources(),
+                self._engine(),
+                options,
+                prepared=prepared,
+                discover=self._again,
+                phases=self.phases,
             )
         except PullError as exc:
             # Each source's failure was logged where it happened; one line says what follows.
@@ -237,6 +257,7 @@ class WeightLoader:
             result.bytes,
             time.perf_counter() - started,
             sources=list(result.sources),
+            phases=self.phases,
         )
 
     def adopt(
@@ -252,13 +273,13 @@ class WeightLoader:
         seconds = time.perf_counter() - started if started is not None else 0.0
         if self.gate:
             nbytes = sum(t.numel() * t.element_size() for t, _ in module_tensors(module).values())
-            return LoadReport("disk", self.gate, nbytes, seconds)
+            return LoadReport("disk", self.gate, nbytes, seconds, phases=self.phases)
         if self.layout is None:
             self._capture(rehome(module, device, copy=True))
         assert self.layout is not None
         if reason is None:
             reason = "every source failed" if self._endpoints else "no Ready source of this layout"
-        return LoadReport("disk", reason, self.layout.total_bytes, seconds)
+        return LoadReport("disk", reason, self.layout.total_bytes, seconds, phases=self.phases)
 
     def _capture(self, layout: TensorLayout) -> None:
         self.layout = layout
@@ -281,9 +302,11 @@ class WeightLoader:
         return not changed
 
     def publish(self, report: LoadReport | None = None) -> str | None:
-        """Serve the pool and record it as Ready (unless the replica is gated or serving is off)."""
+        """Serve the pool and record it as Ready (unless the replica is gated or serving is off); the
+        report, when given, is logged and recorded in the metrics."""
         if report is not None:
             log.info("%s", report.summary(self.identity.model_name, self.identity.rank))
+            report.record()
         if not self.serve or self.layout is None or self.gate:
             if self.gate:
                 log.info("%s rank %d is not served to peers: %s", self.identity.model_name, self.identity.rank,

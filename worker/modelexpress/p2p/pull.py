@@ -55,6 +55,7 @@ from modelexpress.p2p.plan import (
     match,
 )
 from modelexpress.p2p.rowsums import RowSums, side_stream
+from modelexpress.phases import Phases
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,8 @@ class PullResult:
     """Bytes of the pulled tensors whose checksums were checked."""
     unchecked_tensors: int = 0
     """Pulled tensors the policy accepted without a check."""
+    phases: Phases = field(default_factory=Phases)
+    """Seconds in link, manifest, transfer, verify and disk (the tensors no source delivered)."""
 
     @property
     def gbps(self) -> float:
@@ -222,6 +225,8 @@ class _State:
     # batch, not per tensor)
     results: queue.SimpleQueue[Verdicts] = field(default_factory=queue.SimpleQueue)
     outstanding: int = 0
+    # when the last chunk landed: READs end there, and what verification does afterwards is its own phase
+    last_arrival: float | None = None
     # how long the loop sleeps while READs are in flight, from how long they take here
     backoff: Backoff = field(default_factory=Backoff)
     # row-sum-64: planned chunks that landed, verified a batch at a time (p2p/backlog.py)
@@ -247,7 +252,9 @@ class _Pull:
         options: PullOptions,
         progress: Progress | None,
         deaths: Deaths | None = None,
+        phases: Phases | None = None,
     ) -> None:
+        self.phases = phases if phases is not None else Phases()
         self.layout = layout
         self.identity = identity
         self.engine = engine
@@ -282,17 +289,19 @@ class _Pull:
                 self.reserve.extend(e for e in endpoints[n:] if e not in self.reserve)
                 break
             try:
-                link = prepared.take(endpoint) if prepared is not None else None
-                if link is None:
-                    link = link_source(
-                        endpoint,
-                        self.identity,
-                        self.engine,
-                        self.deaths,
-                        self.options.connect_timeout,
-                        self.options.expected_pods.get(endpoint),
-                    )
-                source = self._matched(link)
+                with self.phases.timing("link"):
+                    link = prepared.take(endpoint) if prepared is not None else None
+                    if link is None:
+                        link = link_source(
+                            endpoint,
+                            self.identity,
+                            self.engine,
+                            self.deaths,
+                            self.options.connect_timeout,
+                            self.options.expected_pods.get(endpoint),
+                        )
+                with self.phases.timing("manifest"):
+                    source = self._matched(link)
             except SourceBusyError as exc:
                 self.busy[endpoint] = str(exc)
                 metrics.SOURCE_FAILURES.labels("busy").inc()
@@ -316,7 +325,8 @@ class _Pull:
         while not self.sources and self.busy and discover is not None and time.monotonic() < deadline:
             log.info("all %d source(s) of %s rank %d are busy; waiting for one (up to %.0fs more)",
                      len(self.busy), self.identity.model_name, self.identity.rank, deadline - time.monotonic())  # fmt: skip
-            time.sleep(min(pause * random.uniform(0.5, 1.5), max(0.0, deadline - time.monotonic())))
+            with self.phases.timing("link"):
+                time.sleep(min(pause * random.uniform(0.5, 1.5), max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 5.0)
             self.busy.clear()
             self.connect(discover())
@@ -400,14 +410,18 @@ class _Pull:
     def _transfer(self) -> _State:
         """Plan the chunks and move them, verified, until every tensor is in or nothing can progress."""
         policy = self.options.verification
-        state = _State(
-            make_chunks(self.layout, self.chunk_bytes, self._stream(), default_tail_bytes(self.layout)),
-            self._stream(),
-            streaming=all(s.algorithm == XXH3_64 for s in self.sources),
-            policy=policy,
-            sample=self._sample() if policy == "sampled" else None,
-            row_sums=policy != "off" and bool(self.sources) and all(s.algorithm == ROW_SUM_64 for s in self.sources),
-        )
+        with self.phases.timing("manifest"):
+            state = _State(
+                make_chunks(self.layout, self.chunk_bytes, self._stream(), default_tail_bytes(self.layout)),
+                self._stream(),
+                streaming=all(s.algorithm == XXH3_64 for s in self.sources),
+                policy=policy,
+                sample=self._sample() if policy == "sampled" else None,
+                row_sums=policy != "off"
+                and bool(self.sources)
+                and all(s.algorithm == ROW_SUM_64 for s in self.sources),
+            )
+        moving = time.perf_counter()
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mx-verify")
         if state.row_sums:
             state.planned_row_sums = Backlog(pool, partial(self._verify_planned_row_sums, state))
@@ -434,6 +448,10 @@ class _Pull:
                     self._collect_verifications(state, pool, wait=CEILING)
         finally:
             pool.shutdown(wait=True)
+            ended = time.perf_counter()
+            last = state.last_arrival if state.last_arrival is not None else ended
+            self.phases.add("transfer", last - moving)
+            self.phases.add("verify", ended - last)
         return state
 
     def _report(self, state: _State, missing: list[str], start: float) -> PullResult:
@@ -459,6 +477,7 @@ class _Pull:
             else f"sampled ({self._coverage(state):.0%} of bytes)",
             verified_bytes=checked,
             unchecked_tensors=len(state.unchecked),
+            phases=self.phases,
         )
 
     def _sample(self) -> set[str]:
@@ -568,6 +587,7 @@ class _Pull:
         state.delivered_by[chunk.index] = source
         source.served += chunk.nbytes
         state.done_bytes += chunk.nbytes
+        state.last_arrival = time.perf_counter()
         if self.progress:
             self.progress(min(state.done_bytes, state.total), state.total)
         complete = state.arrivals.arrive(chunk)
@@ -842,9 +862,12 @@ class _Pull:
                 f"(sources: {self._describe_failures()}) and no fallback loader was given"
             )
         log.warning("pulling %d tensor(s) failed; loading them with the fallback loader", len(missing))
-        fallback(self.layout.tensors, missing)
+        with self.phases.timing("disk"):
+            fallback(self.layout.tensors, missing)
         if self.sources and self.options.verification != "off":
-            bad = [n for n, ok in self._verify_many(missing, None).items() if not ok]
+            with self.phases.timing("verify"):
+                verdicts = self._verify_many(missing, None)
+            bad = [n for n, ok in verdicts.items() if not ok]
             if bad:
                 raise PullError(
                     f"{len(bad)} tensor(s) loaded by the fallback loader differ from the sources' checksums, "
@@ -885,19 +908,23 @@ def pull(
     progress: Progress | None = None,
     prepared: PreparedSources | None = None,
     discover: Discover | None = None,
+    phases: Phases | None = None,
 ) -> PullResult:
     """Fill `layout`'s tensors from the sources at `endpoints` (or the fallback); verified or an exception.
 
     `engine` must already have `layout` registered. `prepared`: the sources linked ahead of time with
     the same engine (`links.prepare_sources`), taken instead of linking them now. `discover`: asks the
     registry again for Ready sources, so that a target every source turned away as busy waits for
-    one (`PullOptions.busy_wait`) instead of falling back at once.
+    one (`PullOptions.busy_wait`) instead of falling back at once. `phases`: where the pull adds the
+    seconds of its phases, failed or not (a load's own, observed by whoever made it); without one the
+    pull observes its phases itself.
     """
     if prepared is not None and prepared.engine is not engine:
         raise ValueError("the prepared sources were linked with another NIXL engine")
     started = time.perf_counter()
     deaths = prepared.deaths if prepared is not None else None
-    job = _Pull(layout, identity, engine, options or PullOptions(), progress, deaths)
+    own = phases is None
+    job = _Pull(layout, identity, engine, options or PullOptions(), progress, deaths, phases)
     try:
         job.connect(endpoints, prepared)
         job.wait_while_busy(discover, job.options.busy_wait)
@@ -917,5 +944,7 @@ def pull(
         if prepared is not None:
             prepared.close()
         metrics.PULL_SECONDS.observe(time.perf_counter() - started)
+        if own:
+            metrics.observe_phases(job.phases)
     metrics.PULLS.labels("fallback" if result.fell_back else "ok").inc()
     return result

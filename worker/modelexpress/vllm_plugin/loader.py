@@ -30,6 +30,7 @@ from modelexpress.loader import LoadReport, WeightLoader
 from modelexpress.loader.naming import ModelNameError, name_model
 from modelexpress.loader.streamer import stream_tensors
 from modelexpress.metrics import serve_metrics
+from modelexpress.phases import Phases
 from modelexpress.registry import open_registry
 from modelexpress.vllm_plugin.artifacts import compile_key, fetch_in_background, serve_when_compiled
 from modelexpress.vllm_plugin.identity import vllm_identity
@@ -95,6 +96,8 @@ def loader_class(load_format: str) -> type[BaseModelLoader]:
             self._report: LoadReport | None = None
             self._device: torch.device | None = None
             self._loading = False
+            self._phases = Phases()
+            self._weights_loaded = 0.0
 
         def download_model(self, model_config: ModelConfig) -> None:
             if not os.environ.get("MX_MODEL_URI"):
@@ -109,15 +112,19 @@ def loader_class(load_format: str) -> type[BaseModelLoader]:
             device = vllm_config.device_config.device if self.load_config.device is None else self.load_config.device
             self._device = torch.device(device)
             self._weights, self._why_not = _weight_loader(vllm_config, model_config)
+            self._phases = self._weights.phases if self._weights is not None else Phases()
             key = _artifact_key(vllm_config, self._weights)
             if self._weights is not None:  # the NIXL agent and the sources' links, while vLLM builds the model
                 self._weights.prepare(pull=load_format != "mx-source")
             fetching = None
             if self._weights is not None and key is not None and load_format != "mx-source":
                 fetching = fetch_in_background(self._weights.sources, key, self._weights.settings)
+                _time_artifacts(fetching, self._phases)
             self._loading = True
             try:
                 model: nn.Module = super().load_model(vllm_config, model_config, prefix)
+                # what vLLM did after load_weights: process_weights_after_loading (repacking, quantization)
+                self._phases.add("postprocess", time.perf_counter() - self._weights_loaded)
             finally:
                 self._loading = False
                 if fetching is not None:  # in place, or not at all, before vLLM's first forward pass compiles
@@ -131,6 +138,7 @@ def loader_class(load_format: str) -> type[BaseModelLoader]:
                     serve_when_compiled(weights.source.server, key, vllm_config)
             elif report is not None:
                 log.info("%s; not exchanged peer to peer", report.summary(model_config.model, 0))
+                report.record()
             return model
 
         def load_weights(self, model: nn.Module, model_config: ModelConfig) -> None:
@@ -147,14 +155,18 @@ def loader_class(load_format: str) -> type[BaseModelLoader]:
             if report is None:
                 if load_format == "mx-target":
                     raise RuntimeError(_target_failure(weights, reason))
-                self._load_from_disk(model, model_config)
+                with self._phases.timing("disk"):
+                    self._load_from_disk(model, model_config)
                 if weights is not None:
                     why = "--load-format mx-source" if load_format == "mx-source" and not reason else None
                     report = weights.adopt(model, self._device, started, reason=why)
                 else:
                     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-                    report = LoadReport("disk", reason or "", nbytes, time.perf_counter() - started)
+                    report = LoadReport(
+                        "disk", reason or "", nbytes, time.perf_counter() - started, phases=self._phases
+                    )
             self._report = report
+            self._weights_loaded = time.perf_counter()
 
         def _load_from_disk(self, model: nn.Module, model_config: ModelConfig) -> None:
             uri = os.environ.get("MX_MODEL_URI")
@@ -172,6 +184,12 @@ def _artifact_key(vllm_config: VllmConfig, weights: WeightLoader | None) -> dict
     if weights is None or not weights.settings.artifact_transfer:
         return None
     return compile_key(vllm_config, weights.identity)
+
+
+def _time_artifacts(fetching: Future[FetchResult], phases: Phases) -> None:
+    """Add the fetch's wall time to the load's `artifacts` phase when it ends (it runs beside the build)."""
+    launched = time.perf_counter()
+    fetching.add_done_callback(lambda _: phases.add("artifacts", time.perf_counter() - launched))
 
 
 def _report_artifacts(fetching: Future[FetchResult]) -> None:
