@@ -29,7 +29,14 @@ from modelexpress.api.common import Condition
 from modelexpress.api.modelmetadata import ModelIdentity, ModelMetadata
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress_operator.events import post_event
-from modelexpress_operator.metrics import API_REQUESTS, ERRORS, RECONCILE_SECONDS, RECONCILES, SOURCES
+from modelexpress_operator.metrics import (
+    API_REQUESTS,
+    ERRORS,
+    RECONCILE_SECONDS,
+    RECONCILES,
+    forget_sources,
+    show_sources,
+)
 from modelexpress_operator.settings import OperatorSettings
 from modelexpress_operator.status import metadata_status
 from modelexpress_operator.topology import Topology
@@ -234,6 +241,7 @@ class Recorder:
 
     def resource_deleted(self, namespace: str, name: str) -> None:
         book = self.books.pop((namespace, name), None)
+        forget_sources(namespace, name)
         if book is not None:
             self._drop_entries(book)
             if book.task is not None:
@@ -299,7 +307,7 @@ class Recorder:
             RECONCILES.labels(PLURAL, "ok").inc()
             RECONCILE_SECONDS.labels(PLURAL).observe(time.perf_counter() - started)
             self._announce(book, status)
-            self._count_sources()
+            show_sources(book.namespace, book.name, [entry.state for entry in book.sources.values()])
 
     async def _retry_later(self, book: Book, exc: Exception, delay: float) -> None:
         RECONCILES.labels(PLURAL, "error").inc()
@@ -398,14 +406,6 @@ class Recorder:
         asyncio.get_running_loop().run_in_executor(
             None, post_event, self.api, self._ref(book.namespace, book.name, book.uid), event_type, reason, message
         )
-
-    def _count_sources(self) -> None:
-        counts = dict.fromkeys(SourceState, 0)
-        for book in self.books.values():
-            for entry in book.sources.values():
-                counts[entry.state] += 1
-        for state, count in counts.items():
-            SOURCES.labels(state.value).set(count)
 
     @staticmethod
     def _ref(namespace: str, name: str, uid: str) -> dict[str, Any]:

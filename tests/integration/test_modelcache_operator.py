@@ -188,6 +188,13 @@ def test_modelcache_downloads_onto_its_pvc_and_turns_ready(
     # The files are on the volume in the hub layout.
     snapshot = node.claim_dir(namespace, "tiny-cache") / status["path"]
     assert (snapshot / "model.safetensors").read_bytes() == FILES["model.safetensors"]
+    # The operator's gauges say the same (what the dashboard's cache panels read).
+    gauge = {"namespace": namespace, "name": "tiny"}
+    wait_for(lambda: REGISTRY.get_sample_value("modelexpress_operator_cache_phase", {**gauge, "phase": "Ready"}) == 1,
+             30, what="cache phase gauge")  # fmt: skip
+    assert REGISTRY.get_sample_value("modelexpress_operator_cache_phase", {**gauge, "phase": "Downloading"}) == 0
+    assert REGISTRY.get_sample_value("modelexpress_operator_cache_downloaded_bytes", gauge) == status["sizeBytes"]
+    assert REGISTRY.get_sample_value("modelexpress_operator_cache_size_bytes", gauge) == status["sizeBytes"]
     kubectl = shutil.which("kubectl")
     if kubectl:  # the CLI users have: kubectl wait returns at once on the Ready condition
         waited = subprocess.run(
@@ -205,6 +212,8 @@ def test_modelcache_downloads_onto_its_pvc_and_turns_ready(
         what="PVC gone",
     )
     core.delete_persistent_volume(volume)
+    wait_for(lambda: REGISTRY.get_sample_value("modelexpress_operator_cache_phase", {**gauge, "phase": "Ready"}) is None,
+             30, what="the deleted cache's series removed")  # fmt: skip
 
 
 def test_missing_model_fails_with_the_reason_and_no_retry(

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from prometheus_client import REGISTRY
 
 from hack.make_tiny_model import tiny_model as make_tiny_model
 from hack.make_tiny_model import write
@@ -245,6 +246,12 @@ def test_not_ready_pod_leaves_and_silent_worker_turns_stale(
         handed_out = registry.find_ready(identity)
         assert [r.worker_id for r in handed_out] == ["steady/0"]
         assert status_of(custom_objects, namespace, name)["readySources"] == 1
+        # the operator's gauge counts the ranks by state as the status records them (the dashboard's panel)
+        by_state = {"namespace": namespace, "model": name}
+        wait_for(lambda: REGISTRY.get_sample_value("modelexpress_operator_sources", {**by_state, "state": "Stale"}) == 1,
+                 10, what="Stale counted")  # fmt: skip
+        assert REGISTRY.get_sample_value("modelexpress_operator_sources", {**by_state, "state": "Ready"}) == 1
+        assert REGISTRY.get_sample_value("modelexpress_operator_sources", {**by_state, "state": "Draining"}) == 0
 
         hanging.resume()  # it answers again: Ready again
         wait_for(

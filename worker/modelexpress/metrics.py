@@ -7,7 +7,7 @@ import logging
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from modelexpress.metrics_relay import install
-from modelexpress.phases import Phases
+from modelexpress.phases import PHASES, Phases
 
 # The library's own registry, reported through one collector of the global registry, which adds the
 # other processes' metrics where an engine runs several (metrics_relay.py).
@@ -76,6 +76,22 @@ SERVED_PULLS = Counter(
 SERVED_BYTES = Counter(
     "modelexpress_served_bytes_total", "Bytes peers reported pulling from this worker", registry=WORKER_REGISTRY
 )
+
+# Every label value known in advance exists from the start, at zero: a dashboard shows 0 rather than
+# "no data", an alert's rate() sees the first event, and each series is at /metrics before it happens.
+_KNOWN_LABELS: tuple[tuple[Counter | Histogram, tuple[str, ...]], ...] = (
+    (PULL_VERIFIED_BYTES, ("full", "sampled", "off")),
+    (PULLS, ("ok", "fallback", "failed")),
+    (LOAD_PHASE_SECONDS, PHASES),
+    (WEIGHT_LOADS, ("p2p", "disk")),
+    (CHUNKS, ("done", "failed")),
+    (SOURCE_FAILURES, ("busy", "connect", "transfer")),
+    (ARTIFACT_FETCHES, ("received", "present", "refused", "none", "failed")),
+    (PEER_REFUSALS, ("unauthenticated", "permission_denied", "unavailable")),
+)
+for _metric, _values in _KNOWN_LABELS:
+    for _value in _values:
+        _metric.labels(_value)
 
 RELAY = install(WORKER_REGISTRY)
 
