@@ -22,6 +22,8 @@ KUBERNETES_VERSION = "1.36.0"
 # Kinds outside the Kubernetes API the chart may render, and the API group each needs.
 CUSTOM_KINDS = {
     "ServiceMonitor": "monitoring.coreos.com",
+    "PodMonitor": "monitoring.coreos.com",
+    "PrometheusRule": "monitoring.coreos.com",
     "Issuer": "cert-manager.io",
     "Certificate": "cert-manager.io",
     "KopfPeering": "kopf.dev",

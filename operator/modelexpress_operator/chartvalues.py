@@ -3,7 +3,7 @@ refuses a bad value with its path before anything is rendered, and the defaults 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -21,20 +21,74 @@ class Image(KubeModel):
     """When the kubelet pulls the image."""
 
 
-class ServiceMonitor(KubeModel):
-    enabled: bool = False
-    """Create a Prometheus Operator ServiceMonitor for the metrics Service."""
-    interval: str = Field(default="30s", pattern=r"^[0-9]+(ms|s|m|h)$")
-    """Scrape interval."""
-
-
 class Metrics(KubeModel):
     enabled: bool = True
     """Serve Prometheus metrics and create the metrics Service."""
     port: int = Field(default=8080, ge=1, le=65535)
     """Metrics port of the operator."""
-    service_monitor: ServiceMonitor = Field(default_factory=ServiceMonitor)
-    """Prometheus Operator scraping."""
+
+
+class ServerMetrics(KubeModel):
+    enabled: bool = True
+    """Serve the server's Prometheus metrics (a `metrics` port on its pods and Service)."""
+    port: int = Field(default=9090, ge=1, le=65535)
+    """Metrics port of the server."""
+
+
+Interval = Annotated[str, Field(pattern=r"^[0-9]+(ms|s|m|h)$")]
+
+
+class ServiceMonitors(KubeModel):
+    enabled: bool = False
+    """ServiceMonitors for the operator's and the server's metrics (Prometheus Operator). The operator's
+    keeps its `namespace` label (honorLabels): it names the ModelCache's or ModelMetadata's namespace."""
+    interval: Interval = "30s"
+    """Scrape interval."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Labels added to each monitor (what your Prometheus's serviceMonitorSelector matches)."""
+
+
+class WorkerPodMonitor(KubeModel):
+    enabled: bool = False
+    """A PodMonitor in each workers namespace for opted-in pods (`modelexpress.io/p2p: enabled`): vLLM's
+    /metrics, where the workers' `modelexpress_*` metrics are relayed."""
+    port: str = Field(default="http", min_length=1, max_length=15)
+    """Name of the engine container's port serving /metrics (vLLM's API port)."""
+    path: str = Field(default="/metrics", pattern=r"^/")
+    """Path of the metrics."""
+    interval: Interval = "30s"
+    """Scrape interval."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Labels added to the PodMonitors (what your Prometheus's podMonitorSelector matches)."""
+
+
+class PrometheusRuleValues(KubeModel):
+    enabled: bool = False
+    """A PrometheusRule with the alerts of docs/monitoring.md (pulls falling back to disk, checksum
+    mismatches, refused peers, a failed ModelCache, no active operator, failing status writes, stale
+    sources)."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Labels added to the rule (what your Prometheus's ruleSelector matches)."""
+
+
+class GrafanaDashboard(KubeModel):
+    enabled: bool = False
+    """The ModelExpress dashboard as a ConfigMap that Grafana's dashboard sidecar loads."""
+    labels: dict[str, str] = Field(default_factory=lambda: {"grafana_dashboard": "1"})
+    """Labels of the ConfigMap (the sidecar's label; kube-prometheus-stack's default is shown)."""
+    annotations: dict[str, str] = Field(default_factory=dict)
+    """Annotations of the ConfigMap (e.g. `grafana_folder` for the sidecar's folder)."""
+
+
+class Monitoring(KubeModel):
+    service_monitors: ServiceMonitors = Field(default_factory=ServiceMonitors)
+    """Scraping of the operator and the server."""
+    pod_monitor: WorkerPodMonitor = Field(default_factory=WorkerPodMonitor)
+    """Scraping of the workers."""
+    prometheus_rule: PrometheusRuleValues = Field(default_factory=PrometheusRuleValues)
+    """Alerts."""
+    grafana_dashboard: GrafanaDashboard = Field(default_factory=GrafanaDashboard)
+    """The Grafana dashboard."""
 
 
 class TopologyValues(KubeModel):
@@ -116,6 +170,8 @@ class ServerValues(KubeModel):
     """Callers of ensure/delete must present a ServiceAccount token (TokenReview)."""
     cache: ServerCache = Field(default_factory=ServerCache)
     """The claim ModelCaches created by the server download into."""
+    metrics: ServerMetrics = Field(default_factory=ServerMetrics)
+    """Prometheus metrics."""
     resources: ResourceRequirements = Field(
         default_factory=lambda: ResourceRequirements(
             requests={"cpu": "100m", "memory": "256Mi"}, limits={"memory": "2Gi"}
@@ -188,6 +244,8 @@ class ChartValues(KubeModel):
     """The ModelExpress server."""
     workers: WorkersValues = Field(default_factory=WorkersValues)
     """Where workers run."""
+    monitoring: Monitoring = Field(default_factory=Monitoring)
+    """Prometheus Operator and Grafana objects (each off by default; their CRDs must exist)."""
 
 
 def values_schema() -> dict[str, Any]:

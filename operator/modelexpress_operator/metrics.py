@@ -47,7 +47,7 @@ CACHE_DOWNLOADED_BYTES = Gauge(
 )
 CACHE_SIZE_BYTES = Gauge(
     "modelexpress_operator_cache_size_bytes",
-    "Bytes a ModelCache's model takes once downloaded (status.progress.bytesTotal, else status.sizeBytes)",
+    "Bytes a ModelCache's model takes (status.progress.bytesTotal, else sizeBytes, else the source's listing)",
     ["namespace", "name"],
 )
 WATCHED_WORKERS = Gauge("modelexpress_operator_watched_workers", "Worker status streams being followed")
@@ -84,7 +84,7 @@ def show_cache(namespace: str, name: str, status: Mapping[str, Any] | None) -> N
         CACHE_PHASE.labels(namespace, name, phase.value).set(1 if phase.value == current else 0)
     progress = status.get("progress") or {}
     CACHE_DOWNLOADED_BYTES.labels(namespace, name).set(progress.get("bytesDone") or 0)
-    size = progress.get("bytesTotal") or status.get("sizeBytes")
+    size = progress.get("bytesTotal") or status.get("sizeBytes") or status.get("sourceBytes")
     if size:
         CACHE_SIZE_BYTES.labels(namespace, name).set(size)
 

@@ -237,6 +237,7 @@ class Recorder:
             self._names = {k: v for k, v in self._names.items() if not (k[0] == namespace and v == name)}
         book.spec, book.generation, book.uid = spec, generation, uid
         self._names.setdefault((namespace, digest), name)
+        show_sources(namespace, name, [entry.state for entry in book.sources.values()])  # a model with none shows 0
         book.dirty.set()
 
     def resource_deleted(self, namespace: str, name: str) -> None:

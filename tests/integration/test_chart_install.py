@@ -115,7 +115,7 @@ def test_rendered_chart_is_accepted_and_its_rbac_runs_a_modelcache(
 
 # Kinds whose CRDs belong to cert-manager and the Prometheus Operator, not installed in this control
 # plane: they are checked for shape in tests/unit/test_chart_render.py only.
-THIRD_PARTY_KINDS = {"ServiceMonitor", "Certificate", "Issuer"}
+THIRD_PARTY_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "Certificate", "Issuer"}
 
 
 @pytest.mark.parametrize("values_name", VALUES_FILES)

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from modelexpress._proto.modelexpress.v1 import server_pb2, server_pb2_grpc
-from tests.harness.processes import die_with_parent
+from tests.harness.processes import die_with_parent, free_port
 from tests.helpers.fake_hub import FakeHub
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,12 +48,12 @@ def _env(tmp_path: Path, hub: FakeHub, name: str) -> dict[str, str]:
     }
 
 
-def start_server(tmp_path: Path, hub: FakeHub) -> tuple[subprocess.Popen[str], str]:
+def start_server(tmp_path: Path, hub: FakeHub, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
     """A `modelexpress server` process on a free port over the cache and database under tmp_path/server."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelexpress.cli.main", "server", "--host", "127.0.0.1", "--port", "0"],
-        env=_env(tmp_path, hub, "server"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-        preexec_fn=die_with_parent,  # noqa: PLW1509
+        env={**_env(tmp_path, hub, "server"), **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, cwd=ROOT, preexec_fn=die_with_parent,  # noqa: PLW1509
     )  # fmt: skip
     assert proc.stdout is not None
     endpoint = None
@@ -308,3 +311,44 @@ def test_a_cut_stream_leaves_nothing_that_looks_complete_and_a_retry_completes_i
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_the_server_exports_its_downloads_and_streams_at_metrics(tmp_path: Path, hub: FakeHub) -> None:
+    metrics_port = free_port()
+    proc, endpoint = start_server(tmp_path, hub, {"MODEL_EXPRESS_SERVER_METRICS_PORT": str(metrics_port)})
+    try:
+        assert cli(tmp_path, hub, endpoint, "model", "download", "org/tiny", "--strategy", "server").returncode == 0
+        assert cli(tmp_path, hub, endpoint, "model", "download", "org/absent", "--strategy", "server").returncode != 0
+        with grpc.insecure_channel(endpoint) as channel:
+            chunks = list(
+                server_pb2_grpc.ModelServiceStub(channel).StreamModelFiles(
+                    server_pb2.ModelFilesRequest(model_name="hf://org/tiny"), timeout=30
+                )
+            )
+        assert sum(len(c.data) for c in chunks) == sum(map(len, FILES.values()))
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
+            samples = {
+                s.name: s.value for f in text_string_to_metric_families(reply.read().decode()) for s in f.samples
+            }
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert samples["modelexpress_server_downloads_started_total"] == 2
+    assert samples["modelexpress_server_download_failures_total"] == 1
+    assert samples["modelexpress_server_streamed_bytes_total"] == sum(map(len, FILES.values()))
+    assert samples["modelexpress_server_downloads_in_flight"] == 0 and samples["modelexpress_server_streams"] == 0
+    assert samples["modelexpress_server_refused_calls_total"] == 0
+
+
+def test_a_metrics_port_in_use_is_one_line(tmp_path: Path, hub: FakeHub) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run(
+            [sys.executable, "-m", "modelexpress.cli.main", "server", "--host", "127.0.0.1", "--port", "0"],
+            env={**_env(tmp_path, hub, "server"), "MODEL_EXPRESS_SERVER_METRICS_PORT": str(port)},
+            capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
+        )  # fmt: skip
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.strip().startswith("error: cannot serve metrics on 127.0.0.1:") and run.stderr.count("\n") == 1

@@ -77,6 +77,8 @@ def _server(args: argparse.Namespace) -> int:
         return 1
     server.start()
     print(f"ModelExpress server listening on {config.server.host}:{server.port}", flush=True)
+    if server.metrics_port is not None:
+        print(f"metrics on http://{config.server.host}:{server.metrics_port}/metrics", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -40,6 +40,8 @@ class ServerSettings(Section):
     """Address the gRPC server binds to."""
     port: int = Field(default=8001, ge=0, le=65535)
     """gRPC port (0 picks a free port)."""
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """Port of the server's Prometheus /metrics (unset: not served; 0 picks a free port)."""
     graceful_shutdown: bool = True
     """Finish in-flight requests before stopping on SIGTERM."""
     shutdown_timeout_seconds: int = Field(default=30, ge=0)

@@ -28,9 +28,10 @@ from modelexpress.cache.sources import ModelSource, parse_source
 from modelexpress.cache.transfers import stays_inside
 from modelexpress.config import ModelExpressConfig
 from modelexpress.config.client import DEFAULT_TRANSFER_CHUNK, MAX_TRANSFER_CHUNK
-from modelexpress.listening import bind_port
+from modelexpress.listening import PortUnavailableError, bind_port
 from modelexpress.server.actions import ActionError, actions
 from modelexpress.server.downloads import SingleFlight
+from modelexpress.server.metrics import ServerCounters, ServerView, serve_server_metrics
 from modelexpress.server.stores import LocalStore, ModelStore, StoreUnavailableError
 from modelexpress.tokenreview import TokenReviewer, bearer_token
 
@@ -157,6 +158,7 @@ class _Models(server_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
                             last_file=last_file and end,
                         )
                         offset += len(data)
+                        self.server.counters.add("streamed_bytes", len(data))
                         if end or not data:
                             break
 
@@ -206,6 +208,8 @@ class ModelExpressServer:
         self.chunk_size = chunk_size
         self.downloads = SingleFlight()
         self.readers: Counter[str] = Counter()
+        self.counters = ServerCounters()
+        self.metrics_port: int | None = None
         self.started = time.time()
         self._readers_lock = threading.Lock()
         self._health = health.HealthServicer()
@@ -223,6 +227,19 @@ class ModelExpressServer:
         self.port = bind_port(lambda: self._grpc.add_insecure_port(address), address, "the server")
 
     def start(self) -> None:
+        view = ServerView(
+            self.counters,
+            downloads_started=lambda: self.downloads.started,
+            downloads_in_flight=lambda: len(self.downloads.in_flight()),
+            streams=lambda: sum(self.readers.values()),
+        )
+        try:
+            self.metrics_port = serve_server_metrics(view, self.config.server.metrics_port, self.config.server.host)
+        except OSError as exc:
+            raise PortUnavailableError(
+                f"cannot serve metrics on {self.config.server.host}:{self.config.server.metrics_port} "
+                f"({exc.strerror}); choose another server.metrics_port"
+            ) from exc
         self._grpc.start()
         self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info("ModelExpress server listening on %s:%d", self.config.server.host, self.port)
@@ -256,6 +273,7 @@ class ModelExpressServer:
             return
         token = bearer_token(context.invocation_metadata())
         if token is None:
+            self.counters.add("refused_calls")
             context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"{what} needs a ServiceAccount token: send 'authorization: Bearer <token>' "
@@ -267,6 +285,7 @@ class ModelExpressServer:
             log.warning("TokenReview failed: %s", type(exc).__name__)
             context.abort(grpc.StatusCode.UNAVAILABLE, "cannot check the token now (TokenReview failed); retry")
         if user is None:
+            self.counters.add("refused_calls")
             context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{what}: the token was not accepted by the API server")
         log.info("%s by %s", what, user.username)
 
@@ -288,6 +307,7 @@ class ModelExpressServer:
             try:
                 model = self.store.ensure(source, revision, allow or None, ignore or None, progress)
             except DownloadError as exc:
+                self.counters.add("download_failures")
                 publish(
                     server_pb2.ModelStatusUpdate(
                         model_name=source.uri,
@@ -298,6 +318,7 @@ class ModelExpressServer:
                 )
                 return
             except Exception as exc:  # every waiter must hear how it ended
+                self.counters.add("download_failures")
                 log.exception("downloading %s failed", source.uri)
                 publish(
                     server_pb2.ModelStatusUpdate(
