@@ -30,6 +30,7 @@ def test_generate_writes_a_valid_file(tmp_path: Path) -> None:
     assert data["server"] == {
         "host": "0.0.0.0",
         "port": 8001,
+        "metrics_port": None,
         "graceful_shutdown": True,
         "shutdown_timeout_seconds": 30,
     }
