@@ -22,8 +22,9 @@ from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.manifest import Manifest
 from modelexpress.p2p.memory import TensorSpec, allocate_pool
 from modelexpress.p2p.nixl_engine import NixlEngine
-from modelexpress.p2p.plan import SourceMap, Stream, make_chunks, match
+from modelexpress.p2p.plan import SourceMap, match
 from modelexpress.p2p.service import WorkerInfo, WorkerServer
+from modelexpress.p2p.stream import Stream, make_chunks
 
 
 def control_plane(count: int) -> dict[str, float]:
@@ -32,7 +33,9 @@ def control_plane(count: int) -> dict[str, float]:
         for i in range(count)
     ]
     source = allocate_pool(specs)
-    manifest = Manifest.build(WorkerIdentity(model_name="bench/100k"), source, {s.name: i for i, s in enumerate(specs)})
+    manifest = Manifest.build(
+        WorkerIdentity(model_name="bench/100k"), source, {s.name: i for i, s in enumerate(specs)}, "xxh3-64"
+    )
     server = WorkerServer(WorkerInfo(agent_name="bench"), "127.0.0.1", 0)
     server.publish(manifest, b"")
     server.set_state("Ready")

@@ -1,4 +1,4 @@
-"""Batched `row-sum-64` (p2p/rowsums.py) against the per-tensor reference, same run: values equal, and
+"""Batched `row-sum-64` (p2p/checksum/batched.py) against the per-tensor reference, same run: values equal, and
 time per layout on host memory or (`--device cuda`) GPU memory.
 
 For each layout the reference checksums every tensor with its own kernels and `.item()`; the batched
@@ -19,9 +19,8 @@ import sys
 import torch
 from timing import best_of
 
-from modelexpress.p2p.checksum import row_sum64
+from modelexpress.p2p.checksum import RowSums, row_sum64
 from modelexpress.p2p.memory import TensorLayout, TensorSpec, allocate_pool
-from modelexpress.p2p.rowsums import RowSums
 
 MIB = 1 << 20
 

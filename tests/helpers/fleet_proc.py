@@ -19,9 +19,9 @@ import time
 from typing import Any
 
 from modelexpress.p2p.identity import WorkerIdentity
-from modelexpress.p2p.manifest import Manifest
 from modelexpress.p2p.memory import TensorSpec, allocate_pool
 from modelexpress.p2p.service import WorkerInfo, WorkerServer
+from tests.helpers.manifests import build_manifest
 
 
 def start_worker(spec: dict[str, Any]) -> WorkerServer:
@@ -41,7 +41,7 @@ def start_worker(spec: dict[str, Any]) -> WorkerServer:
     )
     server = WorkerServer(info, "127.0.0.1", int(spec.get("port", 0)))
     server.start()
-    server.publish(Manifest.build(identity, layout), b"no-nixl-in-the-fleet")
+    server.publish(build_manifest(identity, layout), b"no-nixl-in-the-fleet")
     server.set_state(spec.get("state", "Ready"))
     return server
 

@@ -19,9 +19,8 @@ import torch
 from modelexpress.config.worker import WorkerSettings
 from modelexpress.files import write_text_atomic
 from modelexpress.metrics import serve_metrics
-from modelexpress.p2p.checksum import checksum
+from modelexpress.p2p.checksum import checksum, choose_algorithm
 from modelexpress.p2p.identity import WorkerIdentity
-from modelexpress.p2p.manifest import checksum_algorithm
 from modelexpress.p2p.memory import TensorLayout, adopt_tensors, allocate_pool
 from modelexpress.p2p.safetensors_dir import load_into, scan
 from modelexpress.p2p.source import SourceWorker
@@ -66,7 +65,7 @@ def main() -> None:
     checksums = None
     if args.corrupt:
         # Checksums of the good bytes, then the damage, before anyone can READ: no race with targets.
-        algorithm = checksum_algorithm(layout, settings.checksum_algorithm)
+        algorithm = choose_algorithm(layout, settings.checksum_algorithm)
         checksums = {name: checksum(tensor, algorithm) for name, tensor in layout.tensors.items()}
         for tensor in layout.tensors.values():
             if tensor.numel():

@@ -10,9 +10,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelexpress.p2p.client import SourceUnavailableError, WorkerClient
 from modelexpress.p2p.identity import WorkerIdentity
-from modelexpress.p2p.manifest import Manifest
 from modelexpress.p2p.memory import TensorSpec, allocate_pool
 from modelexpress.p2p.service import SERVICE_NAME, WorkerInfo, WorkerServer
+from tests.helpers.manifests import build_manifest
 
 IDENTITY = WorkerIdentity(model_name="org/model")
 
@@ -37,7 +37,7 @@ def test_status_stream_health_and_manifest() -> None:
         ended = threading.Event()
         client.watch(lambda s: seen.append(str(s.state)), lambda _reason: ended.set())
         layout = allocate_pool([TensorSpec(f"t{i}", "float32", (i,)) for i in range(10_000)])
-        manifest = Manifest.build(IDENTITY, layout)
+        manifest = build_manifest(IDENTITY, layout)
         server.publish(manifest, b"agent-metadata-bytes")
         server.set_state("Ready")
         assert client.manifest(page_size=512) == manifest
@@ -58,7 +58,7 @@ def test_heartbeats_and_puller_streams_count_as_active_transfers() -> None:
 
     server = WorkerServer(WorkerInfo(agent_name="agent-y", pod_uid="uid-7"), "127.0.0.1", 0)
     server.start()
-    server.publish(Manifest.build(IDENTITY, allocate_pool([TensorSpec("w", "float32", (4,))])), b"meta")
+    server.publish(build_manifest(IDENTITY, allocate_pool([TensorSpec("w", "float32", (4,))])), b"meta")
     server.set_state("Ready")
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     stub = worker_pb2_grpc.WorkerServiceStub(channel)

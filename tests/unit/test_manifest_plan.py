@@ -21,20 +21,18 @@ from modelexpress.p2p.memory import (
     adopt_tensors,
     allocate_pool,
 )
-from modelexpress.p2p.plan import (
+from modelexpress.p2p.plan import Descriptor, SourceMap, TensorMismatchError, match
+from modelexpress.p2p.stream import (
     DEFAULT_CHUNK_BYTES,
     TAIL_BYTES,
     VRAM_TAIL_BYTES,
     Chunk,
-    Descriptor,
     Piece,
-    SourceMap,
-    TensorMismatchError,
     default_chunk_bytes,
     default_tail_bytes,
     make_chunks,
-    match,
 )
+from tests.helpers.manifests import build_manifest, entries_by_name
 
 IDENTITY = WorkerIdentity(model_name="org/model", tensor_parallel_size=2, rank=1)
 
@@ -73,7 +71,7 @@ def test_adopt_registers_each_allocation_once() -> None:
 def test_manifest_of_100k_tensors_round_trips_compactly() -> None:
     specs = _specs(100_000)
     layout = allocate_pool(specs)
-    manifest = Manifest.build(IDENTITY, layout, checksums={s.name: i for i, s in enumerate(specs)})
+    manifest = build_manifest(IDENTITY, layout, checksums={s.name: i for i, s in enumerate(specs)})
     started = time.perf_counter()
     chunks = list(manifest.to_chunks(page_size=4096))
     back = Manifest.from_chunks(chunks)
@@ -90,7 +88,7 @@ def test_manifest_of_100k_tensors_round_trips_compactly() -> None:
 
 def test_manifest_stream_errors_are_caught() -> None:
     layout = allocate_pool(_specs(10))
-    chunks = list(Manifest.build(IDENTITY, layout).to_chunks(page_size=4))
+    chunks = list(build_manifest(IDENTITY, layout).to_chunks(page_size=4))
     with pytest.raises(ManifestError, match="start with a header"):
         Manifest.from_chunks(chunks[1:])
     with pytest.raises(ManifestError, match="expected"):
@@ -115,10 +113,14 @@ def test_manifest_stream_errors_are_caught() -> None:
 def test_malformed_manifest_pages_are_named(damage: object, message: str) -> None:
     specs = [TensorSpec(f"w{i}", "bfloat16", (3,)) for i in range(4)]
     specs.append(TensorSpec("scale", "float32", (1,), is_parameter=False))
-    manifest = Manifest.build(IDENTITY, allocate_pool(specs))
+    manifest = build_manifest(IDENTITY, allocate_pool(specs))
     chunks = list(manifest.to_chunks(page_size=4))
     back = Manifest.from_chunks(chunks)
-    assert back == manifest and not back.by_name()["scale"].is_parameter and back.by_name()["w0"].is_parameter
+    assert (
+        back == manifest
+        and not entries_by_name(back)["scale"].is_parameter
+        and entries_by_name(back)["w0"].is_parameter
+    )
     damage(chunks[1].page)  # type: ignore[operator]
     with pytest.raises(ManifestError, match=message):
         Manifest.from_chunks(chunks)
@@ -126,8 +128,8 @@ def test_malformed_manifest_pages_are_named(damage: object, message: str) -> Non
 
 def test_manifest_carries_its_checksum_algorithm() -> None:
     layout = allocate_pool(_specs(5))
-    assert Manifest.build(IDENTITY, layout).checksum_algorithm == "xxh3-64"  # host memory
-    manifest = Manifest.build(IDENTITY, layout, algorithm="row-sum-64")
+    assert build_manifest(IDENTITY, layout).checksum_algorithm == "xxh3-64"  # host memory
+    manifest = build_manifest(IDENTITY, layout, algorithm="row-sum-64")
     chunks = list(manifest.to_chunks())
     assert Manifest.from_chunks(chunks).checksum_algorithm == "row-sum-64"
     chunks[0].header.checksum_algorithm = 3  # known to the protocol, not to this worker
@@ -143,16 +145,17 @@ def test_identity_differences_are_listed() -> None:
 
 def test_match_takes_the_source_order_or_any_other_and_ignores_tensors_only_the_source_has() -> None:
     specs = _specs(30)
-    same = Manifest.build(IDENTITY, allocate_pool(specs), checksums={s.name: i for i, s in enumerate(specs)})
-    shuffled = Manifest.build(IDENTITY, allocate_pool(specs[::-1]), checksums={s.name: i for i, s in enumerate(specs)})
+    same = build_manifest(IDENTITY, allocate_pool(specs), checksums={s.name: i for i, s in enumerate(specs)})
+    shuffled = build_manifest(IDENTITY, allocate_pool(specs[::-1]), checksums={s.name: i for i, s in enumerate(specs)})
     more = [*specs, TensorSpec("lm_head.bias", "bfloat16", (4,))]
-    larger = Manifest.build(IDENTITY, allocate_pool(more), checksums={s.name: i for i, s in enumerate(more)})
+    larger = build_manifest(IDENTITY, allocate_pool(more), checksums={s.name: i for i, s in enumerate(more)})
     local = allocate_pool(specs)
     for manifest in (same, shuffled, larger):
         rows = match(local, manifest)  # each of ours, in our order: its row at the source
         assert [manifest.tensors[row].name for row in rows.tolist()] == [s.name for s in specs]
         assert all(
-            manifest.tensors[row] == manifest.by_name()[s.name] for row, s in zip(rows.tolist(), specs, strict=True)
+            manifest.tensors[row] == entries_by_name(manifest)[s.name]
+            for row, s in zip(rows.tolist(), specs, strict=True)
         )
     with pytest.raises(
         TensorMismatchError, match=r"1 tensor\(s\) do not match.*local float16\[8\] != source bfloat16\[8\]"
@@ -161,7 +164,7 @@ def test_match_takes_the_source_order_or_any_other_and_ignores_tensors_only_the_
 
 
 def test_match_lists_first_differences() -> None:
-    source = Manifest.build(IDENTITY, allocate_pool(_specs(30)))
+    source = build_manifest(IDENTITY, allocate_pool(_specs(30)))
     local_specs = _specs(30)
     local_specs[3] = TensorSpec(local_specs[3].name, "float16", local_specs[3].shape)
     local_specs.append(TensorSpec("extra.weight", "bfloat16", (2,)))
@@ -179,7 +182,7 @@ def test_pages_of_one_rank_and_of_mixed_ranks_decode_alike_and_match() -> None:
     shapes = [(4, 2), (3, 5), (6, 1), (2, 2), (), (7,), (1, 2, 3, 4), (5,), (2, 3)]
     specs = [TensorSpec(f"model.layers.{i}.weight", "float32", shape) for i, shape in enumerate(shapes)]
     layout = allocate_pool(specs)
-    manifest = Manifest.build(IDENTITY, layout)
+    manifest = build_manifest(IDENTITY, layout)
     for page_size in (4, 3, 1):  # [rank 2 x4], then mixed pages; one tensor per page
         back = Manifest.from_chunks(list(manifest.to_chunks(page_size=page_size)))
         assert back == manifest and [e.shape for e in back.tensors] == shapes
@@ -214,11 +217,11 @@ def test_manifest_version_is_the_entry_by_entry_digest_when_built_and_when_recei
     ]
     layout = allocate_pool(specs)
     checksums = {s.name: (2**64 - 1 - i if i % 2 else i) for i, s in enumerate(specs)}  # top bit set too
-    manifest = Manifest.build(IDENTITY, layout, checksums=checksums)
+    manifest = build_manifest(IDENTITY, layout, checksums=checksums)
     assert manifest.version == _version_entry_by_entry(manifest)
     for page_size in (4, 1):
         assert Manifest.from_chunks(list(manifest.to_chunks(page_size=page_size))).version == manifest.version
-    empty = Manifest.build(IDENTITY, allocate_pool([]), checksums={})
+    empty = build_manifest(IDENTITY, allocate_pool([]), checksums={})
     assert empty.version == _version_entry_by_entry(empty)
     assert Manifest.from_chunks(list(empty.to_chunks())) == empty
 
@@ -226,7 +229,7 @@ def test_manifest_version_is_the_entry_by_entry_digest_when_built_and_when_recei
 def test_small_pooled_tensors_coalesce_into_one_descriptor() -> None:
     specs = _specs(4096, numel=50)  # 100 bytes each, padded to 256 (under 4 KiB)
     local, remote = allocate_pool(specs), allocate_pool(specs)
-    manifest = Manifest.build(IDENTITY, remote, checksums={s.name: 0 for s in specs})
+    manifest = build_manifest(IDENTITY, remote, checksums={s.name: 0 for s in specs})
     chunks = make_chunks(local, chunk_bytes=64 << 20)
     assert len(chunks) == 1
     runs = SourceMap(local, manifest, match(local, manifest)).descriptors(chunks[0])
@@ -238,7 +241,7 @@ def test_pooled_tensors_on_4k_boundaries_coalesce_across_their_padding() -> None
     specs = [TensorSpec(f"experts.{i}.weight", "bfloat16", (5368,)) for i in range(2000)]  # 10736 bytes each
     local, remote = allocate_pool(specs), allocate_pool(specs)
     assert local.placements[1].offset == 12288  # 1552 bytes of padding after each tensor
-    manifest = Manifest.build(IDENTITY, remote, checksums={s.name: 0 for s in specs})
+    manifest = build_manifest(IDENTITY, remote, checksums={s.name: 0 for s in specs})
     source = SourceMap(local, manifest, match(local, manifest))
     chunks = make_chunks(local, chunk_bytes=8 << 20)
     assert [len(source.descriptors(c)) for c in chunks] == [1] * len(chunks)
@@ -248,7 +251,7 @@ def test_different_layouts_split_descriptors_and_chunks_split_big_tensors() -> N
     specs = [TensorSpec("a", "uint8", (1000,)), TensorSpec("b", "uint8", (3000,))]
     local = allocate_pool(specs)
     remote = allocate_pool(list(reversed(specs)))  # the source holds them in the other order
-    manifest = Manifest.build(IDENTITY, remote, checksums={"a": 0, "b": 0})
+    manifest = build_manifest(IDENTITY, remote, checksums={"a": 0, "b": 0})
     chunks = make_chunks(local, chunk_bytes=1024)
     assert [c.nbytes for c in chunks] == [1024, 1024, 1024, 928]
     assert [[p.name for p in c.pieces] for c in chunks] == [["a", "b"], ["b"], ["b"], ["b"]]
@@ -260,7 +263,7 @@ def _piece_by_piece(chunk: Chunk, local: TensorLayout, manifest: Manifest) -> li
     """The reference: each piece's addresses, merged with the run before it when both sides continue at
     the same distance (< ROW_ALIGNMENT of padding) in the same regions."""
     placements = {p.spec.name: p for p in local.placements}
-    entries = manifest.by_name()
+    entries = entries_by_name(manifest)
     local_bases = {r.id: r.address for r in local.regions}
     remote_bases = {r.id: r.address for r in manifest.regions}
     runs: list[list[int]] = []
@@ -294,7 +297,7 @@ def test_source_map_descriptors_equal_the_piece_by_piece_merge(chunk_bytes: int)
         "one allocation each": adopt_tensors({s.name: torch.zeros(s.shape, dtype=torch.uint8) for s in specs}),
     }
     for label, remote in layouts.items():
-        manifest = Manifest.build(IDENTITY, remote, checksums={s.name: 0 for s in specs})
+        manifest = build_manifest(IDENTITY, remote, checksums={s.name: 0 for s in specs})
         source = SourceMap(local, manifest, match(local, manifest))
         for chunk in make_chunks(local, chunk_bytes):
             assert source.descriptors(chunk) == _piece_by_piece(chunk, local, manifest), (label, chunk)
@@ -303,13 +306,13 @@ def test_source_map_descriptors_equal_the_piece_by_piece_merge(chunk_bytes: int)
     shuffled = TensorLayout(
         pool.regions, [pool.placements[i] for i in (5, 0, 11, 2, 9, 1, 3, 10, 4, 6, 8, 7)], pool.tensors, pool.buffers()
     )
-    manifest = Manifest.build(IDENTITY, layouts["reversed"], checksums={s.name: 0 for s in specs})
+    manifest = build_manifest(IDENTITY, layouts["reversed"], checksums={s.name: 0 for s in specs})
     source = SourceMap(shuffled, manifest, match(shuffled, manifest))
     for chunk in make_chunks(shuffled, chunk_bytes):
         assert source.descriptors(chunk) == _piece_by_piece(chunk, shuffled, manifest), chunk
     # the local side in many regions too (the source in one pool)
     scattered = adopt_tensors({s.name: torch.zeros(s.shape, dtype=torch.uint8) for s in specs})
-    manifest = Manifest.build(IDENTITY, layouts["same pool"], checksums={s.name: 0 for s in specs})
+    manifest = build_manifest(IDENTITY, layouts["same pool"], checksums={s.name: 0 for s in specs})
     source = SourceMap(scattered, manifest, match(scattered, manifest))
     for chunk in make_chunks(scattered, chunk_bytes):
         assert source.descriptors(chunk) == _piece_by_piece(chunk, scattered, manifest), chunk
@@ -321,7 +324,7 @@ def test_source_map_descriptors_equal_the_piece_by_piece_merge(chunk_bytes: int)
 def test_a_source_tensor_in_a_region_its_manifest_does_not_describe_is_refused_by_name() -> None:
     specs = _specs(3)
     local = allocate_pool(specs)
-    manifest = Manifest.build(IDENTITY, allocate_pool(specs), checksums={s.name: 0 for s in specs})
+    manifest = build_manifest(IDENTITY, allocate_pool(specs), checksums={s.name: 0 for s in specs})
     manifest.columns.region_ids[1] = 7
     with pytest.raises(
         TensorMismatchError, match=rf"{specs[1].name}: in the source's region 7, which is not described"

@@ -36,9 +36,9 @@ from modelexpress import metrics
 from modelexpress.config.worker import WorkerSettings, load_worker_settings
 from modelexpress.loader.capture import capture_gate, changed_in_place, state_checksums
 from modelexpress.loader.rehome import attach, module_tensors, plan_pool, rehome
+from modelexpress.p2p.checksum import choose_algorithm
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.links import PreparedSources, prepare_sources
-from modelexpress.p2p.manifest import checksum_algorithm
 from modelexpress.p2p.memory import TensorLayout
 from modelexpress.p2p.nixl_engine import NixlEngine
 from modelexpress.p2p.pull import PullError, PullOptions, pull
@@ -286,7 +286,7 @@ class WeightLoader:
         self._checksums = state_checksums(layout, self._algorithm(layout))
 
     def _algorithm(self, layout: TensorLayout) -> str:
-        return checksum_algorithm(layout, self.settings.checksum_algorithm)
+        return choose_algorithm(layout, self.settings.checksum_algorithm)
 
     def seal(self) -> bool:
         """After the engine's post-processing: does the pool still hold the loaded state? If not, the

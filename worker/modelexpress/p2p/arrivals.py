@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy
 
-from modelexpress.p2p.plan import Chunk, Stream
+from modelexpress.p2p.stream import Chunk, Stream
 
 
 class Arrivals:

@@ -22,8 +22,7 @@ import xxhash
 
 from modelexpress._proto.worker.v1 import worker_pb2
 from modelexpress.bulk import without_gc
-from modelexpress.p2p.checksum import ROW_SUM_64, XXH3_64
-from modelexpress.p2p.checksum import checksums as compute_checksums
+from modelexpress.p2p.checksum.algorithms import ROW_SUM_64, XXH3_64
 from modelexpress.p2p.dtypes import NAME_TO_WIRE, WIRE_TO_NAME
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.memory import Region, TensorLayout
@@ -89,7 +88,7 @@ class Manifest:
     regions: tuple[Region, ...]
     columns: TensorColumns
     version: str
-    checksum_algorithm: str = XXH3_64
+    checksum_algorithm: str
 
     @property
     def tensor_count(self) -> int:
@@ -115,9 +114,6 @@ class Manifest:
             strict=True,
         )
         return tuple(map(tuple.__new__, itertools.repeat(TensorEntry), rows))
-
-    def by_name(self) -> dict[str, TensorEntry]:
-        return dict(zip(self.columns.names, self.tensors, strict=True))
 
     @cached_property
     def rows(self) -> dict[str, int]:
@@ -146,16 +142,9 @@ class Manifest:
 
     @classmethod
     def build(
-        cls,
-        identity: WorkerIdentity,
-        layout: TensorLayout,
-        checksums: dict[str, int] | None = None,
-        algorithm: str = "auto",
+        cls, identity: WorkerIdentity, layout: TensorLayout, checksums: dict[str, int], algorithm: str
     ) -> Manifest:
-        """The manifest of a layout; checksums are computed (with `checksum_algorithm`) unless given."""
-        algorithm = checksum_algorithm(layout, algorithm)
-        if checksums is None:
-            checksums = compute_checksums(layout, algorithm)
+        """The manifest of a layout with each tensor's checksum, computed with `algorithm` by the caller."""
         ours = layout.columns
         count = len(ours.names)
         columns = TensorColumns(
@@ -224,14 +213,6 @@ class Manifest:
         if _version(columns) != header.manifest_version:
             raise ManifestError("manifest version does not match its contents (changed while it was sent?)")
         return cls(WorkerIdentity.from_proto(header.identity), regions, columns, header.manifest_version, algorithm)
-
-
-def checksum_algorithm(layout: TensorLayout, choice: str = "auto") -> str:
-    """The checksum a source of `layout` publishes: `auto` is `row-sum-64` when any region is GPU
-    memory (so targets verify on their GPU), else `xxh3-64`."""
-    if choice != "auto":
-        return choice
-    return ROW_SUM_64 if layout.in_gpu_memory else XXH3_64
 
 
 def _encode_page(columns: TensorColumns, low: int, high: int) -> worker_pb2.TensorPage:

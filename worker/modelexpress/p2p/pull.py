@@ -34,7 +34,7 @@ from modelexpress.bulk import gc_paused
 from modelexpress.p2p.arrivals import Arrivals
 from modelexpress.p2p.backlog import Backlog
 from modelexpress.p2p.backoff import CEILING, Backoff
-from modelexpress.p2p.checksum import ROW_SUM_64, XXH3_64, StreamingChecksums, checksums
+from modelexpress.p2p.checksum import ROW_SUM_64, XXH3_64, RowSums, StreamingChecksums, checksums, side_stream
 from modelexpress.p2p.client import SourceBusyError, WorkerClient
 from modelexpress.p2p.gil import short_switch_interval
 from modelexpress.p2p.identity import WorkerIdentity
@@ -43,18 +43,8 @@ from modelexpress.p2p.manifest import Manifest
 from modelexpress.p2p.memory import TensorLayout
 from modelexpress.p2p.nixl_engine import NixlEngine, ReadHandle, TransferError
 from modelexpress.p2p.notices import pulled
-from modelexpress.p2p.plan import (
-    Chunk,
-    Piece,
-    SourceMap,
-    Stream,
-    TensorMismatchError,
-    default_chunk_bytes,
-    default_tail_bytes,
-    make_chunks,
-    match,
-)
-from modelexpress.p2p.rowsums import RowSums, side_stream
+from modelexpress.p2p.plan import SourceMap, TensorMismatchError, match
+from modelexpress.p2p.stream import Chunk, Piece, Stream, default_chunk_bytes, default_tail_bytes, make_chunks
 from modelexpress.phases import Phases
 
 log = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ from modelexpress.config.worker import WorkerSettings, WorkerSettingsError
 from modelexpress.kubeclient import default_namespace, kube_api_client
 from modelexpress.p2p import notices
 from modelexpress.p2p.access import PeerAccess, PeerPolicy
+from modelexpress.p2p.checksum import checksums, choose_algorithm
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.manifest import Manifest
 from modelexpress.p2p.memory import TensorLayout
@@ -123,7 +124,9 @@ class SourceWorker:
         self.server.start()
         if not self.engine.regions:
             self.engine.register(self.layout)
-        self.manifest = Manifest.build(self.identity, self.layout, self._checksums, self.settings.checksum_algorithm)
+        algorithm = choose_algorithm(self.layout, self.settings.checksum_algorithm)
+        served = self._checksums if self._checksums is not None else checksums(self.layout, algorithm)
+        self.manifest = Manifest.build(self.identity, self.layout, served, algorithm)
         self.server.publish(self.manifest, self.engine.metadata())
         self.server.set_state("Ready", f"{self.manifest.tensor_count} tensors, {self.manifest.total_bytes} bytes")
         self._registry = registry

@@ -1,6 +1,6 @@
 """`row-sum-64` of many tensors at once: segmented reductions over a pool, one host sync per batch.
 
-The per-tensor reference (`checksum.row_sum64`) launches several kernels per tensor and waits for
+The per-tensor reference (`rowsum.row_sum64`) launches several kernels per tensor and waits for
 the device with `.item()`: 4096 small tensors cost 4096 waits. Here the same values come from a
 fixed number of kernels per batch and one wait:
 
@@ -29,17 +29,14 @@ from operator import itemgetter
 import numpy
 import torch
 
-from modelexpress.p2p.checksum import ROW_WORDS, row_sum_digests, row_sum_total
+from modelexpress.p2p.checksum.rowsum import ROW_WORDS, row_sum_digests, row_sum_total
 from modelexpress.p2p.memory import ROW_ALIGNMENT, TensorLayout
-from modelexpress.p2p.plan import Stream
+from modelexpress.p2p.stream import Stream
 
 ROW_BYTES = ROW_WORDS * 8
 assert ROW_BYTES == ROW_ALIGNMENT
 _GATHER_WORDS = 1 << 21
 """Words gathered at once for the last rows of a batch (16 MiB of int64): bounds the window's memory."""
-
-HOST_SYNCS = [0]
-"""How many times a batch's totals were read back to the host (a test counts them)."""
 
 
 def _device_index(values: numpy.ndarray | Sequence[int], device: torch.device) -> torch.Tensor:
@@ -193,15 +190,6 @@ class RowSums:
         values = weighted.mul_(2) - total * _device_index(base * 2 - 1, device)
         self._accumulator(int(self._device[index[0]])).index_add_(0, _device_index(index, device), values)
 
-    def forget(self, names: Sequence[str]) -> None:
-        """Zero the accumulators of `names` (their bytes will arrive again)."""
-        index = self._indices(names)
-        self._off_grid[index] = False
-        devices = self._device[index]
-        for device in numpy.unique(devices).tolist():
-            acc = self._accumulator(device)
-            acc.index_fill_(0, _device_index(index[devices == device], acc.device), 0)
-
     # --- verdicts -------------------------------------------------------------------------------------
 
     def totals(self, names: Sequence[str]) -> dict[str, int]:
@@ -228,7 +216,6 @@ class RowSums:
             picked = acc[indices]
             acc.index_fill_(0, indices, 0)
             self._off_grid[group[whole]] = False
-            HOST_SYNCS[0] += 1
             totals[chosen] = picked.cpu().numpy().view(numpy.uint64)
         return row_sum_digests(totals, self._size[index])
 
