@@ -44,10 +44,9 @@ from timing import best_of
 from modelexpress.config.worker import WorkerSettings
 from modelexpress.p2p.client import WorkerClient
 from modelexpress.p2p.identity import WorkerIdentity
-from modelexpress.p2p.links import prepare_sources
 from modelexpress.p2p.memory import TensorSpec, allocate_pool
 from modelexpress.p2p.nixl_engine import NixlEngine
-from modelexpress.p2p.pull import PullOptions, pull
+from modelexpress.p2p.pull import PullOptions, prepare_sources, pull
 from modelexpress.p2p.source import SourceWorker
 
 MIB = 1 << 20

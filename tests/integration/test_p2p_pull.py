@@ -24,14 +24,17 @@ import torch
 
 import modelexpress.p2p.pull as pull_module
 from hack.make_tiny_model import tiny_model, write
-from modelexpress.p2p.backoff import FLOOR, FRACTION, Backoff
 from modelexpress.p2p.checksum import tensor_bytes
-from modelexpress.p2p.gil import PULL_SWITCH_INTERVAL
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.memory import TensorSpec, allocate_pool
 from modelexpress.p2p.nixl_engine import NixlEngine
 from modelexpress.p2p.plan import TensorMismatchError
 from modelexpress.p2p.pull import NoSourceError, PullOptions, pull
+from modelexpress.p2p.pull import sources as pull_sources
+from modelexpress.p2p.pull.backoff import FLOOR, FRACTION, Backoff
+from modelexpress.p2p.pull.gil import PULL_SWITCH_INTERVAL
+from modelexpress.p2p.pull.transfer import Transfer
+from modelexpress.p2p.pull.verify import RowSumRuns
 from modelexpress.p2p.safetensors_dir import disk_fallback, scan
 from tests.harness.processes import free_port
 from tests.helpers.read_backs import count_read_backs
@@ -99,7 +102,7 @@ def test_the_cyclic_gc_is_paused_while_a_pull_plans_and_moves_bytes_and_restored
     seen: dict[str, list[bool]] = {"match": [], "post": []}
     intervals: list[float] = []  # the GIL switch interval is short while READs are posted, then restored
     before = sys.getswitchinterval()
-    real_match, real_post = pull_module.match, pull_module._Pull._post
+    real_match, real_post = pull_sources.match, Transfer._post
 
     def match(*args: Any, **kwargs: Any) -> Any:
         seen["match"].append(gc.isenabled())
@@ -110,8 +113,8 @@ def test_the_cyclic_gc_is_paused_while_a_pull_plans_and_moves_bytes_and_restored
         intervals.append(sys.getswitchinterval())
         return real_post(self, *args, **kwargs)
 
-    monkeypatch.setattr(pull_module, "match", match)
-    monkeypatch.setattr(pull_module._Pull, "_post", post)
+    monkeypatch.setattr(pull_sources, "match", match)
+    monkeypatch.setattr(Transfer, "_post", post)
     assert gc.isenabled()
     with sources(tmp_path, 1, "--model-dir", str(model_dir)) as (src,):
         result = pull(_target(model_dir, engine), IDENTITY, [src.endpoint], engine, FAST)
@@ -506,14 +509,14 @@ def test_row_sum_chunks_that_land_while_the_verify_thread_is_busy_are_judged_tog
     model_dir = tmp_path / "rows"
     write(model_dir, original, files=2)
     batches: list[int] = []
-    judge = pull_module._Pull._verify_planned_row_sums
+    judge = RowSumRuns.judge_planned
 
-    def slowly(self: Any, state: Any, batch: list[Any]) -> None:
+    def slowly(self: Any, batch: list[Any]) -> None:
         batches.append(len(batch))
         time.sleep(0.005)
-        judge(self, state, batch)
+        judge(self, batch)
 
-    monkeypatch.setattr(pull_module._Pull, "_verify_planned_row_sums", slowly)
+    monkeypatch.setattr(RowSumRuns, "judge_planned", slowly)
     row_sums = {"MX_CHECKSUM_ALGORITHM": "row-sum-64"}
     first_args = ("--model-dir", str(model_dir), *(["--corrupt"] if corrupt_first else []))
     with (

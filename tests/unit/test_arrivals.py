@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
-from modelexpress.p2p.arrivals import Arrivals
 from modelexpress.p2p.memory import TensorLayout, TensorSpec, adopt_tensors, allocate_pool
+from modelexpress.p2p.pull.arrivals import Arrivals
 from modelexpress.p2p.stream import Chunk, Piece, Stream, make_chunks
 
 SIZES = [100, 4096, 0, 7, 8192, 300, 1, 0, 5000, 256, 12288, 33, 3 << 20, 0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from modelexpress.p2p.backlog import Backlog
+from modelexpress.p2p.pull.backlog import Backlog
 
 
 def test_items_added_while_the_worker_is_busy_are_taken_in_one_batch_in_order() -> None:

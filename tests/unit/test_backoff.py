@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from modelexpress.p2p.backoff import CEILING, FLOOR, FRACTION, Backoff
+from modelexpress.p2p.pull.backoff import CEILING, FLOOR, FRACTION, Backoff
 
 
 def _sleeps(backoff: Backoff, turns: int, oldest_age: float) -> list[float]:

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from modelexpress.p2p.gil import PULL_SWITCH_INTERVAL, short_switch_interval
+from modelexpress.p2p.pull.gil import PULL_SWITCH_INTERVAL, short_switch_interval
 
 
 def test_overlapping_pulls_keep_the_interval_short_until_the_last_one_ends() -> None:

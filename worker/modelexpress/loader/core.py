@@ -38,10 +38,9 @@ from modelexpress.loader.capture import capture_gate, changed_in_place, state_ch
 from modelexpress.loader.rehome import attach, module_tensors, plan_pool, rehome
 from modelexpress.p2p.checksum import choose_algorithm
 from modelexpress.p2p.identity import WorkerIdentity
-from modelexpress.p2p.links import PreparedSources, prepare_sources
 from modelexpress.p2p.memory import TensorLayout
 from modelexpress.p2p.nixl_engine import NixlEngine
-from modelexpress.p2p.pull import PullError, PullOptions, pull
+from modelexpress.p2p.pull import PreparedSources, PullError, PullOptions, prepare_sources, pull
 from modelexpress.p2p.source import SourceWorker
 from modelexpress.phases import Phases
 from modelexpress.registry.base import RegistryUnavailableError, SourceRegistry, placement
