@@ -44,11 +44,15 @@ def test_register_with_the_real_vllm_adds_the_three_formats_and_the_builtin_one_
     from vllm.config.load import LoadConfig
     from vllm.model_executor.model_loader import get_model_loader
 
+    from modelexpress.vllm_plugin.loader import LOADERS, ModelExpressLoader, MxModelLoader
+
     register()
+    assert set(LOADERS) == set(LOAD_FORMATS)
     for load_format in LOAD_FORMATS:
-        assert type(get_model_loader(LoadConfig(load_format=load_format))).__name__.startswith("MxModelLoader")
+        loader = get_model_loader(LoadConfig(load_format=load_format))
+        assert type(loader) is LOADERS[load_format] and isinstance(loader, MxModelLoader)
     builtin = get_model_loader(LoadConfig(load_format="modelexpress"))
-    assert type(builtin._loader).__name__ == "MxModelLoader_mx"  # vLLM's wrapper imported ours
+    assert type(builtin._loader) is ModelExpressLoader  # vLLM's wrapper imported ours
 
 
 @pytest.mark.parametrize(

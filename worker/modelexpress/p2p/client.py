@@ -130,8 +130,8 @@ class WorkerClient:
     def attach(self, on_end: Callable[[str], None]) -> worker_pb2.WorkerStatus:
         """Follow the status stream as a puller; returns its first message (the current status).
 
-        One call where a target used to read the status and then open the stream: the stream's
-        first message is the status. Bounded by the client's timeout. `on_end` is called only for a
+        One call, not a status read and then a stream: the stream's first message is the status,
+        so a target learns it in one round trip. Bounded by the client's timeout. `on_end` is called only for a
         stream that was attached; a refusal (SourceBusyError when the source is busy) is raised.
         """
         first: list[worker_pb2.WorkerStatus] = []

@@ -20,9 +20,9 @@ DEFAULT_CHUNK_BYTES = 64 << 20
 # A GPU reads 64 MiB in tens of microseconds, less than posting a READ costs in Python: bigger chunks.
 DEFAULT_VRAM_CHUNK_BYTES = 512 << 20
 TAIL_BYTES = 1 << 20
-# Into GPU memory each chunk's verification costs a few hundred microseconds of fixed work (the verify
-# thread's launches and read-back, ~0.3 ms measured on a CPU) against microseconds for its bytes, so
-# tapering below this buys nothing and adds READs, and verify jobs, to the end of the pull.
+# Into GPU memory each chunk's verification has a fixed cost (the verify thread's launches and
+# read-back, a fraction of a millisecond) against microseconds for its bytes, so tapering below this
+# buys nothing and adds READs, and verify jobs, to the end of the pull.
 VRAM_TAIL_BYTES = 128 << 20
 
 

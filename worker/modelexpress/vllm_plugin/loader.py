@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -84,99 +84,126 @@ def _weight_loader(vllm_config: VllmConfig, model_config: ModelConfig) -> tuple[
     return WeightLoader(identity, settings, open_registry(settings)), ""
 
 
-def loader_class(load_format: str) -> type[BaseModelLoader]:
-    class MxModelLoader(BaseModelLoader):  # type: ignore[misc]
-        """Peers over NIXL first, else disk; then serve (one class per registered format)."""
+class MxModelLoader(BaseModelLoader):  # type: ignore[misc]
+    """`--load-format mx`: peers over NIXL first, else disk; then serve. The other formats are
+    subclasses that change what it may do (`pulls`, `needs_peers`, `disk_reason`)."""
 
-        def __init__(self, load_config: Any) -> None:
-            super().__init__(load_config)
-            self._disk = DefaultModelLoader(dataclasses.replace(load_config, load_format="auto"))
-            self._weights: WeightLoader | None = None
-            self._why_not: str = ""
-            self._report: LoadReport | None = None
-            self._device: torch.device | None = None
+    load_format: ClassVar[str] = "mx"
+    pulls: ClassVar[bool] = True
+    """Ask Ready peers for the weights (and the compiled artifacts) before loading from disk."""
+    needs_peers: ClassVar[bool] = False
+    """Fail rather than load from disk when no peer delivers."""
+    disk_reason: ClassVar[str | None] = None
+    """Why the weights came from disk, when the format itself is the reason."""
+
+    def __init__(self, load_config: Any) -> None:
+        super().__init__(load_config)
+        self._disk = DefaultModelLoader(dataclasses.replace(load_config, load_format="auto"))
+        self._weights: WeightLoader | None = None
+        self._why_not: str = ""
+        self._report: LoadReport | None = None
+        self._device: torch.device | None = None
+        self._loading = False
+        self._phases = Phases()
+        self._weights_loaded = 0.0
+
+    def download_model(self, model_config: ModelConfig) -> None:
+        if not os.environ.get("MX_MODEL_URI"):
+            self._disk.download_model(model_config)
+
+    def get_all_weights(self, model_config: ModelConfig, model: nn.Module) -> Any:
+        """vLLM's in-place reload reads the checkpoint through this; the served state goes stale."""
+        _withdraw(model, "its weights are being reloaded")
+        return self._disk.get_all_weights(model_config, model)
+
+    def load_model(self, vllm_config: VllmConfig, model_config: ModelConfig, prefix: str = "") -> nn.Module:
+        device = vllm_config.device_config.device if self.load_config.device is None else self.load_config.device
+        self._device = torch.device(device)
+        self._weights, self._why_not = _weight_loader(vllm_config, model_config)
+        self._phases = self._weights.phases if self._weights is not None else Phases()
+        key = _artifact_key(vllm_config, self._weights)
+        if self._weights is not None:  # the NIXL agent and the sources' links, while vLLM builds the model
+            self._weights.prepare(pull=self.pulls)
+        fetching = None
+        if self._weights is not None and key is not None and self.pulls:
+            fetching = fetch_in_background(self._weights.sources, key, self._weights.settings)
+            _time_artifacts(fetching, self._phases)
+        self._loading = True
+        try:
+            model: nn.Module = super().load_model(vllm_config, model_config, prefix)
+            # what vLLM did after load_weights: process_weights_after_loading (repacking, quantization)
+            self._phases.add("postprocess", time.perf_counter() - self._weights_loaded)
+        finally:
             self._loading = False
-            self._phases = Phases()
-            self._weights_loaded = 0.0
+            if fetching is not None:  # in place, or not at all, before vLLM's first forward pass compiles
+                _report_artifacts(fetching)
+        weights, report = self._weights, self._report
+        if weights is not None and report is not None:
+            weights.seal()
+            weights.publish(report)
+            model.__dict__[_ATTRIBUTE] = weights  # serves as long as the model lives
+            if key is not None and weights.source is not None:
+                serve_when_compiled(weights.source.server, key, vllm_config)
+        elif report is not None:
+            log.info("%s; not exchanged peer to peer", report.summary(model_config.model, 0))
+            report.record()
+        return model
 
-        def download_model(self, model_config: ModelConfig) -> None:
-            if not os.environ.get("MX_MODEL_URI"):
-                self._disk.download_model(model_config)
-
-        def get_all_weights(self, model_config: ModelConfig, model: nn.Module) -> Any:
-            """vLLM's in-place reload reads the checkpoint through this; the served state goes stale."""
+    def load_weights(self, model: nn.Module, model_config: ModelConfig) -> None:
+        if not self._loading:  # a reload outside load_model: new weights, so stop serving the old ones
             _withdraw(model, "its weights are being reloaded")
-            return self._disk.get_all_weights(model_config, model)
-
-        def load_model(self, vllm_config: VllmConfig, model_config: ModelConfig, prefix: str = "") -> nn.Module:
-            device = vllm_config.device_config.device if self.load_config.device is None else self.load_config.device
-            self._device = torch.device(device)
-            self._weights, self._why_not = _weight_loader(vllm_config, model_config)
-            self._phases = self._weights.phases if self._weights is not None else Phases()
-            key = _artifact_key(vllm_config, self._weights)
-            if self._weights is not None:  # the NIXL agent and the sources' links, while vLLM builds the model
-                self._weights.prepare(pull=load_format != "mx-source")
-            fetching = None
-            if self._weights is not None and key is not None and load_format != "mx-source":
-                fetching = fetch_in_background(self._weights.sources, key, self._weights.settings)
-                _time_artifacts(fetching, self._phases)
-            self._loading = True
-            try:
-                model: nn.Module = super().load_model(vllm_config, model_config, prefix)
-                # what vLLM did after load_weights: process_weights_after_loading (repacking, quantization)
-                self._phases.add("postprocess", time.perf_counter() - self._weights_loaded)
-            finally:
-                self._loading = False
-                if fetching is not None:  # in place, or not at all, before vLLM's first forward pass compiles
-                    _report_artifacts(fetching)
-            weights, report = self._weights, self._report
-            if weights is not None and report is not None:
-                weights.seal()
-                weights.publish(report)
-                model.__dict__[_ATTRIBUTE] = weights  # serves as long as the model lives
-                if key is not None and weights.source is not None:
-                    serve_when_compiled(weights.source.server, key, vllm_config)
-            elif report is not None:
-                log.info("%s; not exchanged peer to peer", report.summary(model_config.model, 0))
-                report.record()
-            return model
-
-        def load_weights(self, model: nn.Module, model_config: ModelConfig) -> None:
-            if not self._loading:  # a reload outside load_model: new weights, so stop serving the old ones
-                _withdraw(model, "its weights are being reloaded")
+            self._load_from_disk(model, model_config)
+            return
+        started = time.perf_counter()
+        weights = self._weights
+        reason = self._why_not or (weights.check(model) if weights is not None else None)
+        report = weights.receive(model, self._device) if weights is not None and not reason and self.pulls else None
+        if report is None:
+            if self.needs_peers:
+                raise RuntimeError(_target_failure(weights, reason))
+            with self._phases.timing("disk"):
                 self._load_from_disk(model, model_config)
-                return
-            started = time.perf_counter()
-            weights = self._weights
-            reason = self._why_not or (weights.check(model) if weights is not None else None)
-            report = None
-            if weights is not None and not reason and load_format != "mx-source":
-                report = weights.receive(model, self._device)
-            if report is None:
-                if load_format == "mx-target":
-                    raise RuntimeError(_target_failure(weights, reason))
-                with self._phases.timing("disk"):
-                    self._load_from_disk(model, model_config)
-                if weights is not None:
-                    why = "--load-format mx-source" if load_format == "mx-source" and not reason else None
-                    report = weights.adopt(model, self._device, started, reason=why)
-                else:
-                    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-                    report = LoadReport(
-                        "disk", reason or "", nbytes, time.perf_counter() - started, phases=self._phases
-                    )
-            self._report = report
-            self._weights_loaded = time.perf_counter()
-
-        def _load_from_disk(self, model: nn.Module, model_config: ModelConfig) -> None:
-            uri = os.environ.get("MX_MODEL_URI")
-            if uri:
-                model.load_weights(stream_tensors(uri))  # type: ignore[operator]
+            if weights is not None:
+                report = weights.adopt(model, self._device, started, reason=None if reason else self.disk_reason)
             else:
-                self._disk.load_weights(model, model_config)
+                nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+                report = LoadReport("disk", reason or "", nbytes, time.perf_counter() - started, phases=self._phases)
+        self._report = report
+        self._weights_loaded = time.perf_counter()
 
-    MxModelLoader.__name__ = f"MxModelLoader_{load_format.replace('-', '_')}"
-    return MxModelLoader
+    def _load_from_disk(self, model: nn.Module, model_config: ModelConfig) -> None:
+        uri = os.environ.get("MX_MODEL_URI")
+        if uri:
+            model.load_weights(stream_tensors(uri))  # type: ignore[operator]
+        else:
+            self._disk.load_weights(model, model_config)
+
+
+class MxSourceLoader(MxModelLoader):
+    """`--load-format mx-source`: load from disk, never asking peers, then serve (the first replica)."""
+
+    load_format = "mx-source"
+    pulls = False
+    disk_reason = "--load-format mx-source"
+
+
+class MxTargetLoader(MxModelLoader):
+    """`--load-format mx-target`: from peers only; without a peer that delivers, the load fails."""
+
+    load_format = "mx-target"
+    needs_peers = True
+
+
+class ModelExpressLoader(MxModelLoader):
+    """vLLM's built-in `--load-format modelexpress` (it imports `modelexpress.engines.vllm.loader`): `mx`."""
+
+    load_format = "modelexpress"
+
+
+LOADERS: dict[str, type[MxModelLoader]] = {
+    cls.load_format: cls for cls in (MxModelLoader, MxSourceLoader, MxTargetLoader)
+}
+"""The formats this plugin registers with vLLM (`modelexpress` is vLLM's own name, imported by it)."""
 
 
 def _artifact_key(vllm_config: VllmConfig, weights: WeightLoader | None) -> dict[str, str] | None:

@@ -65,8 +65,8 @@ def register() -> None:
         return
     from modelexpress.metrics import RELAY
     from modelexpress.metrics_relay import set_up_relay
-    from modelexpress.vllm_plugin.loader import loader_class
+    from modelexpress.vllm_plugin.loader import LOADERS
 
     set_up_relay(RELAY)  # the engine's /metrics reports what its worker processes pulled and served
-    for load_format in LOAD_FORMATS:
-        register_model_loader(load_format)(loader_class(load_format))
+    for load_format, loader in LOADERS.items():
+        register_model_loader(load_format)(loader)

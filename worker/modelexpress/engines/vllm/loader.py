@@ -19,8 +19,8 @@ if _reason is not None:
 
     MxModelLoader = refusing_loader(_reason)
 else:
-    from modelexpress.vllm_plugin.loader import loader_class
+    from modelexpress.vllm_plugin.loader import ModelExpressLoader
 
-    MxModelLoader = loader_class("mx")
+    MxModelLoader = ModelExpressLoader
 
 __all__ = ["MxModelLoader"]

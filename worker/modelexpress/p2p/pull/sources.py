@@ -98,7 +98,7 @@ class Sources:
         first, until `max_sources` are linked; the rest wait in reserve for one that fails."""
         if prepared is not None:
             self.prepared = prepared
-        with gc_paused():  # a manifest of thousands of entries, matched: see Transfer.run
+        with gc_paused():  # a manifest of thousands of entries, matched: see transfer._transfer
             for n, endpoint in enumerate(endpoints):
                 if self.options.max_sources and len(self.alive()) >= self.options.max_sources:
                     self.reserve.extend(e for e in endpoints[n:] if e not in self.reserve)

@@ -332,8 +332,8 @@ def _transfer(
     chunk_bytes = options.chunk_bytes or default_chunk_bytes(layout)
     # Thousands of small book-keeping objects, none in a cycle: the allocations would set off the
     # cyclic collector, and a full pass walks every object of the process (in a serving engine,
-    # millions: hundreds of milliseconds, once seen inside one match of 4096 tensors). Paused while
-    # the pull plans and moves bytes; a disk fallback runs with it on.
+    # millions of them: hundreds of milliseconds). Paused while the pull plans and moves bytes; a disk
+    # fallback runs with it on.
     with gc_paused(), short_switch_interval():  # the poster waits less for the checksum thread's GIL
         with phases.timing("manifest"):
             sizes = {p.spec.name: p.spec.nbytes for p in layout.placements}
