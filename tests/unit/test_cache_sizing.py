@@ -4,19 +4,19 @@ repository, a sizing Job (with the credentials) for anything else, and each fail
 from __future__ import annotations
 
 import pytest
-from kubernetes import client
 
 from modelexpress.api import ModelCacheSpec
 from modelexpress.cache.errors import DownloadError
 from modelexpress_operator.cachejobs import is_sizing_job, sizing_job_manifest
-from modelexpress_operator.caches import CacheController, SizingNeeded, WaitingError
+from modelexpress_operator.caches.refusals import Refused
+from modelexpress_operator.caches.sizing import NeedsSizingJob, source_size
 from modelexpress_operator.settings import OperatorSettings
 from tests.harness.processes import free_port
 from tests.helpers.fake_hub import FakeHub
 
 
-def _controller(endpoint: str) -> CacheController:
-    return CacheController(client.ApiClient(), OperatorSettings(hf_endpoint=endpoint))
+def _size(endpoint: str, spec: ModelCacheSpec) -> int | NeedsSizingJob:
+    return source_size(spec, OperatorSettings(hf_endpoint=endpoint))
 
 
 def _spec(**fields: object) -> ModelCacheSpec:
@@ -27,30 +27,26 @@ def test_public_repository_is_sized_by_the_operator_and_private_ones_by_a_job() 
     with FakeHub() as hub:
         hub.add("org/public", {"config.json": b"{}", "model.safetensors": b"x" * 1000})
         hub.add("org/private", {"config.json": b"{}"}, token="hf_secret")
-        controller = _controller(hub.endpoint)
-        assert controller._source_bytes(_spec(source="hf://org/public")) == 1002
-        with pytest.raises(SizingNeeded, match="read with Secret hf-token"):
-            controller._source_bytes(_spec(credentialsSecretRef={"name": "hf-token"}))
+        assert _size(hub.endpoint, _spec(source="hf://org/public")) == 1002
+        private = _size(hub.endpoint, _spec(credentialsSecretRef={"name": "hf-token"}))
+        assert isinstance(private, NeedsSizingJob) and "read with Secret hf-token" in private.why
         with pytest.raises(DownloadError) as refused:  # no credentials: say so, not "size unknown"
-            controller._source_bytes(_spec())
+            _size(hub.endpoint, _spec())
         assert refused.value.reason.value == "Unauthorized" and "credentialsSecretRef" in str(refused.value)
         assert str(refused.value).count("does not exist") == 0  # one cause, said once
         with pytest.raises(DownloadError) as missing:
-            controller._source_bytes(_spec(source="hf://org/nope"))
+            _size(hub.endpoint, _spec(source="hf://org/nope"))
         assert missing.value.reason.value in ("NotFound", "Unauthorized")
 
 
 def test_object_stores_and_ngc_are_sized_by_a_job() -> None:
-    controller = _controller("http://127.0.0.1:9")
     for source in ("s3://bucket/llama", "gs://bucket/llama", "ngc://nvidia/team/model:1.0"):
-        with pytest.raises(SizingNeeded):
-            controller._source_bytes(_spec(source=source))
+        assert isinstance(_size("http://127.0.0.1:9", _spec(source=source)), NeedsSizingJob)
 
 
 def test_an_unreachable_hub_keeps_its_reason_and_is_retried() -> None:
-    controller = _controller(f"http://127.0.0.1:{free_port()}")
-    with pytest.raises(WaitingError) as waiting:
-        controller._source_bytes(_spec(source="hf://org/public"))
+    with pytest.raises(Refused) as waiting:
+        _size(f"http://127.0.0.1:{free_port()}", _spec(source="hf://org/public"))
     reason, message = waiting.value.args
     assert reason == "NetworkError" and "retried" in message and "spec.storage.size" in message
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import kopf
 from pydantic import ValidationError
@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from modelexpress import API_GROUP, API_VERSION
 from modelexpress.api import RETRY_ANNOTATION, ModelCacheSpec
 from modelexpress_operator.cachejobs import CACHE_LABEL
-from modelexpress_operator.caches import _Retry
+from modelexpress_operator.caches import retry_due
 from modelexpress_operator.errors import invalid_spec
 from modelexpress_operator.metrics import RECONCILES
 from modelexpress_operator.runtime import Runtime
@@ -44,18 +44,13 @@ async def reconcile_cache(
     parsed = _spec(spec)
     runtime: Runtime = memo.runtime
     generation = int(meta.get("generation") or 0)
-    try:
-        update = await asyncio.to_thread(
-            runtime.caches.reconcile, meta["namespace"], meta["name"], meta["uid"], parsed, generation, dict(status)
-        )
-    except _Retry as waiting:
-        patch.status.update(waiting.status)
-        await asyncio.to_thread(runtime.caches.announce, meta["namespace"], meta["name"], meta["uid"], dict(status),
-                                waiting.status)  # fmt: skip
+    result = await asyncio.to_thread(
+        runtime.caches.reconcile, meta["namespace"], meta["name"], meta["uid"], parsed, generation, dict(status)
+    )
+    patch.status.update(result.status)
+    if result.waiting is not None:
         RECONCILES.labels("modelcaches", "waiting").inc()
-        raise kopf.TemporaryError(str(waiting), delay=15) from None
-    patch.status.update(update)
-    await asyncio.to_thread(runtime.caches.announce, meta["namespace"], meta["name"], meta["uid"], dict(status), update)
+        raise kopf.TemporaryError(result.waiting, delay=15)
     RECONCILES.labels("modelcaches", "ok").inc()
 
 
@@ -77,12 +72,9 @@ def _unanswered_retry(meta: kopf.Meta, status: Any) -> str | None:
 
 
 async def _answer_retry(runtime: Runtime, meta: kopf.Meta) -> None:
-    namespace, name = str(meta["namespace"]), str(meta["name"])
-    outcome, before, after = await asyncio.to_thread(runtime.caches.requested_retry, namespace, name)
+    outcome = await asyncio.to_thread(runtime.caches.requested_retry, str(meta["namespace"]), str(meta["name"]))
     if outcome != "handled":
         RECONCILES.labels("modelcaches", f"retry-{outcome}").inc()
-    if outcome == "requested":
-        await asyncio.to_thread(runtime.caches.announce, namespace, name, str(meta["uid"]), before, after)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={CACHE_LABEL: kopf.PRESENT})
@@ -123,22 +115,20 @@ async def retry_failed_download(
             except Exception as exc:  # the next check tries again
                 logger.warning("answering the retry request on %s failed: %s", meta["name"], exc)
         seen = unanswered
-        due = runtime.caches.retry_due(status, generation, datetime.now(UTC))
+        due = retry_due(status, generation, datetime.now(UTC))
         if due is None or due > 0:
             await asyncio.sleep(check if due is None else min(due, check))
             continue
         namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
         try:
-            update = await asyncio.to_thread(
-                runtime.caches.retry, namespace, name, uid, _spec(body.spec), generation, status
+            await asyncio.to_thread(
+                runtime.caches.next_attempt, namespace, name, uid, _spec(body.spec), generation, status
             )
-            await asyncio.to_thread(runtime.caches.write_status, namespace, name, update)
         except Exception as exc:  # the next check tries again
             logger.warning("retrying the download of %s failed: %s", name, exc)
             await asyncio.sleep(check)
             continue
         RECONCILES.labels("modelcaches", "retry-scheduled").inc()
-        await asyncio.to_thread(runtime.caches.announce, namespace, name, uid, status, update)
         # kopf's view catches up with the status just written before the next check reads it
         await asyncio.sleep(min(1.0, check))
 
@@ -150,35 +140,27 @@ async def evict_unused_cache(
     """Checks every `MX_OPERATOR_EVICTION_CHECK_SECS` whether this cache has been unused for too long."""
     assert namespace is not None  # ModelCache is namespaced
     runtime: Runtime = memo.runtime
-    custom = runtime.caches.custom
     while not stopped:
         await asyncio.sleep(runtime.settings.eviction_check_secs)
         try:
-            current = cast(
-                dict[str, Any],
-                await asyncio.to_thread(
-                    custom.get_namespaced_custom_object, API_GROUP, API_VERSION, namespace, "modelcaches", name
-                ),
-            )
-            spec = ModelCacheSpec.model_validate(current.get("spec") or {})
-            generation = int(current["metadata"].get("generation") or 0)
+            current = await asyncio.to_thread(runtime.caches.kube.read, namespace, name)
+            if current is None:
+                continue  # being deleted: the daemon stops with it
             update = await asyncio.to_thread(
                 runtime.caches.evict_if_unused,
                 namespace,
                 name,
-                spec,
-                generation,
+                str(current["metadata"]["uid"]),
+                ModelCacheSpec.model_validate(current.get("spec") or {}),
+                int(current["metadata"].get("generation") or 0),
                 current.get("status") or {},
                 datetime.now(UTC),
             )
         except Exception as exc:  # the next check tries again
             logger.warning("eviction check of %s failed: %s", name, exc)
             continue
-        if update:
-            await asyncio.to_thread(runtime.caches.write_status, namespace, name, update)
+        if update.get("phase") == "Evicted":
             logger.info("evicted: %s", next(c["message"] for c in update["conditions"] if c["type"] == "Ready"))
-            uid = current["metadata"]["uid"]
-            await asyncio.to_thread(runtime.caches.announce, namespace, name, uid, current.get("status") or {}, update)
 
 
 @kopf.on.delete(API_GROUP, API_VERSION, "modelcaches")
