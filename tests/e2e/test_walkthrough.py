@@ -44,6 +44,16 @@ def pod(cluster: Cluster, name: str, namespace: str = INFERENCE) -> client.V1Pod
     return client.CoreV1Api(cluster.api).read_namespaced_pod(name, namespace)
 
 
+def replaced(cluster: Cluster, gone: client.V1Pod) -> bool:
+    """A pod of the same name and another UID exists (between the two, the name reads 404)."""
+    try:
+        return bool(pod(cluster, gone.metadata.name).metadata.uid != gone.metadata.uid)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+
+
 def weights_line(cluster: Cluster, name: str) -> tuple[str, list[str], float]:
     """Where the pod's rank 0 got its weights: ('disk', [], seconds) or ('peers', [endpoints], seconds)."""
     log = cluster.kubectl("-n", INFERENCE, "logs", name)
@@ -134,8 +144,7 @@ def test_a_deleted_replica_leaves_the_record_and_a_new_replica_pulls_from_a_runn
          lambda: all(s.get("podUid") != gone.metadata.uid for s in sources(cluster)), 60)  # fmt: skip
     # The StatefulSet replaces it; the replacement pulls from the replica still running.
     wait(cluster, "replaced replica Ready", INFERENCE, "app=tiny-llama",
-         lambda: pod(cluster, gone.metadata.name).metadata.uid != gone.metadata.uid
-         and pod_ready(cluster, gone.metadata.name), 420)  # fmt: skip
+         lambda: replaced(cluster, gone) and pod_ready(cluster, gone.metadata.name), 420)  # fmt: skip
     kind, peers, _ = weights_line(cluster, gone.metadata.name)
     assert kind == "peers" and peers == [f"{kept.status.pod_ip}:50051"], peers
     # Scaled to 3: the third replica pulls from the running ones (replica 2 among them).
