@@ -237,7 +237,7 @@ class Recorder:
             self._names = {k: v for k, v in self._names.items() if not (k[0] == namespace and v == name)}
         book.spec, book.generation, book.uid = spec, generation, uid
         self._names.setdefault((namespace, digest), name)
-        show_sources(namespace, name, [entry.state for entry in book.sources.values()])  # a model with none shows 0
+        self._show_sources(book)  # a model with none shows 0
         book.dirty.set()
 
     def resource_deleted(self, namespace: str, name: str) -> None:
@@ -308,7 +308,7 @@ class Recorder:
             RECONCILES.labels(PLURAL, "ok").inc()
             RECONCILE_SECONDS.labels(PLURAL).observe(time.perf_counter() - started)
             self._announce(book, status)
-            show_sources(book.namespace, book.name, [entry.state for entry in book.sources.values()])
+            self._show_sources(book)
 
     async def _retry_later(self, book: Book, exc: Exception, delay: float) -> None:
         RECONCILES.labels(PLURAL, "error").inc()
@@ -407,6 +407,10 @@ class Recorder:
         asyncio.get_running_loop().run_in_executor(
             None, post_event, self.api, self._ref(book.namespace, book.name, book.uid), event_type, reason, message
         )
+
+    @staticmethod
+    def _show_sources(book: Book) -> None:
+        show_sources(book.namespace, book.name, [entry.state for entry in book.sources.values()])
 
     @staticmethod
     def _ref(namespace: str, name: str, uid: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hack.make_tiny_model import tiny_model, write
 from modelexpress_operator import monitoring
+from tests.harness.controlplane import ControlPlane
 from tests.harness.fixtures import GROUP, VERSION
 from tests.harness.kube import wait_for
 from tests.harness.processes import die_with_parent, free_port
@@ -61,26 +62,26 @@ def _wait_scrape(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @pytest.fixture
-def operator_metrics(control_plane: object, namespace: str, tmp_path: Path) -> Iterator[int]:
-    """The operator as a process watching the test namespace, its /metrics on a free port."""
+def operator_metrics(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> Iterator[int]:
+    """The operator as a process watching the test namespace (ModelCaches sized from a local hub), its
+    /metrics on a free port."""
     port, log = free_port(), tmp_path / "operator.log"
-    hub = FakeHub()
-    hub.add("org/tiny", {"config.json": b"{}", "model.safetensors": b"\0" * 4096})
-    env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig), "HF_ENDPOINT": hub.__enter__().endpoint,  # type: ignore[attr-defined]
-           "PYTHONPATH": str(ROOT)}  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "modelexpress_operator", "--namespace", namespace, "--standalone",
-             "--metrics-port", str(port), "--health-port", "0"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT, preexec_fn=die_with_parent,  # noqa: PLW1509
-        )  # fmt: skip
-    try:
-        _wait_scrape(port, proc, log)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        hub.__exit__(None, None, None)
+    with FakeHub() as hub:
+        hub.add("org/tiny", {"config.json": b"{}", "model.safetensors": b"\0" * 4096})
+        env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig), "HF_ENDPOINT": hub.endpoint,
+               "PYTHONPATH": str(ROOT)}  # fmt: skip
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "modelexpress_operator", "--namespace", namespace, "--standalone",
+                 "--metrics-port", str(port), "--health-port", "0"],
+                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT, preexec_fn=die_with_parent,  # noqa: PLW1509
+            )  # fmt: skip
+        try:
+            _wait_scrape(port, proc, log)
+            yield port
+        finally:
+            proc.terminate()
+            proc.wait(30)
 
 
 def test_alerts_and_panels_name_only_exported_series(

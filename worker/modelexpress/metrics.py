@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 
 from modelexpress.metrics_relay import install
 from modelexpress.phases import PHASES, Phases
@@ -102,11 +102,12 @@ def observe_phases(phases: Phases) -> None:
         LOAD_PHASE_SECONDS.labels(phase).observe(seconds)
 
 
-def serve_metrics(port: int | None, host: str = "0.0.0.0") -> int | None:
-    """Expose /metrics on `port` (0 picks one); returns the port, or None when disabled."""
+def serve_metrics(port: int | None, host: str = "0.0.0.0", registry: CollectorRegistry = REGISTRY) -> int | None:
+    """Expose `registry` (the global one by default) at /metrics on `port` (0 picks one); returns the
+    port, or None when disabled."""
     if port is None:
         return None
-    server, _thread = start_http_server(port, addr=host)
+    server, _thread = start_http_server(port, addr=host, registry=registry)
     bound: int = server.server_port
     logging.getLogger(__name__).info("Prometheus metrics on http://%s:%d/metrics", host, bound)
     return bound

@@ -7,16 +7,15 @@ demand, so nothing is exported that the server does not know, and a scrape costs
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-log = logging.getLogger(__name__)
+from modelexpress.metrics import serve_metrics
 
 
 @dataclass
@@ -81,7 +80,4 @@ def serve_server_metrics(view: ServerView, port: int | None, host: str) -> int |
         return None
     registry = CollectorRegistry(auto_describe=True)
     registry.register(ServerCollector(view))
-    server, _thread = start_http_server(port, addr=host, registry=registry)
-    bound: int = server.server_port
-    log.info("Prometheus metrics on http://%s:%d/metrics", host, bound)
-    return bound
+    return serve_metrics(port, host, registry)
