@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # `make images`: build the operator and worker images from Dockerfile.operator and Dockerfile.worker and
-# save them as docker-archive tars (what `docker load`, `kind load image-archive` and the node's
-# `node.sh import` read).
+# save them as docker-archive tars with gzip layers (what `docker load`, `kind load image-archive` and
+# the node's `node.sh import` read).
 #
 #   hack/images.sh                        # -> .cache/images/modelexpress-{operator,worker}.tar
 #   IMAGE_PREFIX=ghcr.io/me/ IMAGE_TAG=0.1.0 hack/images.sh   # names to push (docker push them yourself)
 #
 # Python packages come from a wheelhouse filled here, outside the build (build/wheels/{operator,worker},
-# by pip with this machine's index and hack/constraints-cpu.txt), so builds ask no index; a second run
-# with nothing changed reuses the wheelhouse, Docker's layer cache and the saved tars.
+# by pip with this machine's index and hack/constraints-cpu.txt), and served to the builds on loopback,
+# so builds ask no index and no layer holds a wheel; a second run with nothing changed reuses the
+# wheelhouse, Docker's layer cache and the saved tars.
 #
 # Env:
 #   BASE_IMAGE   the Dockerfiles' base (default python:3.11-slim-bookworm where a registry is reachable).
@@ -19,6 +20,10 @@
 #   IMAGE_PREFIX image name prefix (default local/), IMAGE_TAG (default dev), OUT (default .cache/images).
 #   DOCKER_HOST  the engine to use. With none answering, as root with Debian's dockerd installed, a
 #                private engine is started under .cache/docker for this run (its layer cache stays there).
+#   IMAGES_PRUNE =1: once the tars are saved, delete what only a rebuild needs (the private engine's
+#                data and the wheelhouse, ~5 GB): CI sets it, where the disk is what the run may use.
+#   WHEELS_PORT  the loopback port the wheelhouse is served on during the builds (default 29787; it is
+#                part of Docker's cache key, so it stays the same from run to run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -32,6 +37,9 @@ mkdir -p "$OUT"
 say() { printf 'images: %s\n' "$*" >&2; }
 fail() { printf 'error: %s\n' "$*" >&2; exit 1; }
 elapsed() { echo "$(( $(date +%s) - $1 ))s"; }
+free_disk() { df -h --output=avail "$root" | tail -n 1 | tr -d ' '; }
+
+say "free disk: $(free_disk) (a first build with the node's import needs ~15 GB)"
 
 # --- a Docker engine -------------------------------------------------------------------------------
 own_engine=""
@@ -46,7 +54,12 @@ stop_engine() {
     done
   fi
 }
-trap stop_engine EXIT
+wheel_server=""
+stop_all() {
+  [[ -n $wheel_server ]] && kill "$wheel_server" 2>/dev/null || true
+  stop_engine
+}
+trap stop_all EXIT
 if ! docker info >/dev/null 2>&1; then
   command -v dockerd >/dev/null || fail "no Docker engine answers (docker info) and dockerd is not installed: apt-get install docker.io, or set DOCKER_HOST"
   [[ $(id -u) -eq 0 ]] || fail "no Docker engine answers (docker info); start one, or run as root to have this script start its own"
@@ -136,6 +149,17 @@ else
   fill_wheels worker "${without_torch[@]}" "setuptools>=77" wheel
 fi
 
+# --- serve the wheelhouse -----------------------------------------------------------------------------
+# The builds run on the host network; pip in them reads the folder's listing as a find-links page.
+port=${WHEELS_PORT:-29787}
+"$PY" -m http.server --bind 127.0.0.1 --directory "$root/build/wheels" "$port" >"$OUT/wheel-server.log" 2>&1 &
+wheel_server=$!
+for _ in $(seq 40); do
+  "$PY" -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=1)" "http://127.0.0.1:$port/" 2>/dev/null && break
+  kill -0 "$wheel_server" 2>/dev/null || fail "could not serve the wheelhouse on 127.0.0.1:$port (in use? set WHEELS_PORT): $(tail -n 1 "$OUT/wheel-server.log")"
+  sleep 0.25
+done
+
 # --- build and save ----------------------------------------------------------------------------------
 build() { # component
   local name="${PREFIX}modelexpress-$1:$TAG" tar="$OUT/modelexpress-$1.tar" start id
@@ -143,19 +167,36 @@ build() { # component
   say "building $name from Dockerfile.$1 (base $BASE_IMAGE)"
   # The classic builder: Debian's docker.io has no buildx; nothing here needs BuildKit.
   if ! DOCKER_BUILDKIT=0 docker build --network host -f "Dockerfile.$1" -t "$name" \
-    --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg VLLM="$VLLM" . >"$OUT/build-$1.log" 2>&1; then
+    --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg VLLM="$VLLM" \
+    --build-arg WHEELS_URL="http://127.0.0.1:$port/$1/" --build-arg WHEELS_STAMP="$(cat "build/wheels/$1.stamp")" \
+    . >"$OUT/build-$1.log" 2>&1; then
     tail -n 40 "$OUT/build-$1.log" >&2
-    fail "docker build of Dockerfile.$1 failed (whole log: $OUT/build-$1.log)"
+    fail "docker build of Dockerfile.$1 failed (whole log: $OUT/build-$1.log; free disk: $(free_disk))"
   fi
   id=$(docker image inspect -f '{{.Id}}' "$name")
   if [[ -s $tar && -f $tar.id && $(cat "$tar.id") == "$name $id" ]]; then
     say "built $name in $(elapsed "$start"), unchanged: $tar kept"
     return
   fi
-  docker save -o "$tar.tmp" "$name"
-  mv "$tar.tmp" "$tar"
+  # Layers gzip-compressed on the way (hack/save_image.py): a third of the size, in the tar and on a node.
+  docker save "$name" | "$PY" hack/save_image.py "$tar" || fail "could not save $name to $tar (free disk: $(free_disk))"
   echo "$name $id" >"$tar.id"
   say "built $name in $(elapsed "$start"): $(docker image inspect -f '{{.Size}}' "$name" | awk '{printf "%.0f MB", $1/1e6}'), saved to $tar"
 }
 build operator
 build worker
+kill "$wheel_server" 2>/dev/null || true
+wheel_server=""
+
+if [[ ${IMAGES_PRUNE:-} == 1 ]]; then
+  if [[ -n $own_engine ]]; then
+    stop_engine
+    own_dir=$own_engine
+    own_engine=""
+    rm -rf "$own_dir"
+  else
+    say "IMAGES_PRUNE: the engine at $DOCKER_HOST is not this script's; its images and cache are left as they are"
+  fi
+  rm -rf build/wheels
+  say "pruned the engine's data and the wheelhouse (a rebuild fills them again); free disk: $(free_disk)"
+fi
