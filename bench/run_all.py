@@ -18,6 +18,7 @@ BENCHMARKS = [
     "server_streaming.py",
     "vllm_start.py",
     "vllm_artifacts.py",
+    "rl_update.py",
     "cli_startup.py",
 ]
 

@@ -15,7 +15,13 @@ WORKER_TLS_SERVER_NAME = "modelexpress-worker"
 
 
 def __getattr__(name: str) -> Any:
-    """`__version__` on first use: importlib.metadata costs a tenth of a light command's start-up."""
+    """`__version__` on first use: importlib.metadata costs a tenth of a light command's start-up.
+    `configure_vllm_logging` (what vLLM's `modelexpress` weight-transfer backend calls on import) from
+    `modelexpress.config.logs`, looked up here so that this package's face imports none of its layers."""
+    if name == "configure_vllm_logging":
+        import importlib
+
+        return importlib.import_module("modelexpress.config.logs").configure_vllm_logging
     if name != "__version__":
         raise AttributeError(f"module 'modelexpress' has no attribute {name!r}")
     from importlib.metadata import PackageNotFoundError, version
@@ -28,4 +34,6 @@ def __getattr__(name: str) -> Any:
     return found
 
 
-__all__ = ["API_GROUP", "API_VERSION", "PEER_TOKEN_FILE", "WORKER_TLS_SERVER_NAME", "__version__"]
+__all__ = [
+    "API_GROUP", "API_VERSION", "PEER_TOKEN_FILE", "WORKER_TLS_SERVER_NAME", "__version__", "configure_vllm_logging",
+]  # fmt: skip

@@ -76,6 +76,18 @@ SERVED_PULLS = Counter(
 SERVED_BYTES = Counter(
     "modelexpress_served_bytes_total", "Bytes peers reported pulling from this worker", registry=WORKER_REGISTRY
 )
+WEIGHT_UPDATES = Counter(
+    "modelexpress_weight_updates_total",
+    "Weight versions a replica was asked to take (RL), by outcome",
+    ["outcome"],
+    registry=WORKER_REGISTRY,
+)
+WEIGHT_UPDATE_BYTES = Counter(
+    "modelexpress_weight_update_bytes_total",
+    "Bytes of weight versions pulled, by origin: the sources an update named (the trainer), or replicas",
+    ["origin"],
+    registry=WORKER_REGISTRY,
+)
 
 # Every label value known in advance exists from the start, at zero: a dashboard shows 0 rather than
 # "no data", an alert's rate() sees the first event, and each series is at /metrics before it happens.
@@ -88,6 +100,8 @@ _KNOWN_LABELS: tuple[tuple[Counter | Histogram, tuple[str, ...]], ...] = (
     (SOURCE_FAILURES, ("busy", "connect", "transfer")),
     (ARTIFACT_FETCHES, ("received", "present", "refused", "none", "failed")),
     (PEER_REFUSALS, ("unauthenticated", "permission_denied", "unavailable")),
+    (WEIGHT_UPDATES, ("installed", "unchanged", "failed")),
+    (WEIGHT_UPDATE_BYTES, ("trainer", "replica")),
 )
 for _metric, _values in _KNOWN_LABELS:
     for _value in _values:

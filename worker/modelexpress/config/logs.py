@@ -136,3 +136,19 @@ def configure_logging(settings: LoggingSettings, stream: Any = None) -> logging.
             logging.DEBUG if LEVELS[settings.level] <= logging.DEBUG else logging.WARNING
         )
     return handler
+
+
+def configure_vllm_logging() -> None:
+    """Give the `modelexpress` loggers a handler of their own in a vLLM process (`modelexpress.configure_vllm_logging`).
+
+    vLLM configures only its own loggers: without this, what the loader decides (peers or disk, and
+    why) would never reach the pod's log. A process that configured logging itself keeps its own."""
+    package = logging.getLogger("modelexpress")
+    if package.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(TextFormatter(compact=False, structured=False))
+    handler.addFilter(SecretMaskingFilter())
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    package.propagate = False

@@ -13,6 +13,8 @@ class WorkerIdentity(ModelIdentity):
 
     rank: int = Field(default=0, ge=0)
     """Global rank: pipeline stage x TP size + TP rank."""
+    weights_version: str = Field(default="", max_length=128, pattern=r"^[A-Za-z0-9._-]*$")
+    """The version of the weights served (an RL training step); empty: the checkpoint as published."""
 
     def layout_key(self) -> tuple[object, ...]:
         """Everything that must be equal for two workers to exchange weights (rank included)."""
@@ -28,6 +30,7 @@ class WorkerIdentity(ModelIdentity):
             self.expert_parallel_size,
             self.gpu_architecture or "",
             self.rank,
+            self.weights_version,
         )
 
     def differences(self, other: WorkerIdentity) -> list[str]:
@@ -44,6 +47,7 @@ class WorkerIdentity(ModelIdentity):
             "expert_parallel_size",
             "gpu_architecture",
             "rank",
+            "weights_version",
         ]
         return [
             f"{name}: {a!r} != {b!r}"
@@ -64,6 +68,7 @@ class WorkerIdentity(ModelIdentity):
             expert_parallel_size=self.expert_parallel_size,
             gpu_architecture=self.gpu_architecture or "",
             rank=self.rank,
+            weights_version=self.weights_version,
         )
 
     @classmethod
@@ -80,4 +85,5 @@ class WorkerIdentity(ModelIdentity):
             expert_parallel_size=msg.expert_parallel_size or 1,
             gpu_architecture=msg.gpu_architecture or None,
             rank=msg.rank,
+            weights_version=msg.weights_version,
         )

@@ -87,7 +87,10 @@ class SourceWorker:
         settings: WorkerSettings,
         engine: NixlEngine | None = None,
         checksums: dict[str, int] | None = None,
+        algorithm: str | None = None,
     ) -> None:
+        """`checksums` (with the `algorithm` they were made with): the digests to serve, when the caller
+        has them already (a target serves those it verified against); computed otherwise."""
         self.identity = identity
         self.layout = layout
         self.settings = settings
@@ -111,6 +114,7 @@ class SourceWorker:
             instance=settings.instance or settings.pod_name or "",
         )
         self._checksums = checksums
+        self._algorithm = algorithm
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.manifest: Manifest | None = None
@@ -124,12 +128,18 @@ class SourceWorker:
         self.server.start()
         if not self.engine.regions:
             self.engine.register(self.layout)
-        algorithm = choose_algorithm(self.layout, self.settings.checksum_algorithm)
+        self._registry = registry
+        self._offer()
+        self._spawn(self._heartbeat, "mx-heartbeat")
+        self._spawn(self._respond, "mx-responder")
+
+    def _offer(self) -> None:
+        """Manifest of the memory as it is now, served and recorded as Ready."""
+        algorithm = self._algorithm or choose_algorithm(self.layout, self.settings.checksum_algorithm)
         served = self._checksums if self._checksums is not None else checksums(self.layout, algorithm)
         self.manifest = Manifest.build(self.identity, self.layout, served, algorithm)
         self.server.publish(self.manifest, self.engine.metadata())
         self.server.set_state("Ready", f"{self.manifest.tensor_count} tensors, {self.manifest.total_bytes} bytes")
-        self._registry = registry
         if self._registry is not None:
             self._record = SourceRecord(
                 worker_id=self.worker_id,
@@ -145,8 +155,21 @@ class SourceWorker:
                 pod_uid=self.settings.pod_uid or None,
             )
             self._registry.publish(self._record)
-        self._spawn(self._heartbeat, "mx-heartbeat")
-        self._spawn(self._respond, "mx-responder")
+
+    def hold(self, reason: str) -> None:
+        """Stop offering the memory because its contents are about to change: peers and the registry see
+        the source leave Ready (linked targets abandon it), until `republish`."""
+        self.server.set_state("Initializing", reason)
+        if self._registry is not None and self._record is not None:
+            self._record = self._record.model_copy(update={"state": "Initializing"})
+            self._registry.publish(self._record)
+
+    def republish(
+        self, identity: WorkerIdentity, checksums: dict[str, int] | None = None, algorithm: str | None = None
+    ) -> None:
+        """Offer the same memory again, now holding `identity`'s weights (a new version, say)."""
+        self.identity, self._checksums, self._algorithm = identity, checksums, algorithm
+        self._offer()
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)

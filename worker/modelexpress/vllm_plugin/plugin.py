@@ -6,6 +6,8 @@ import logging
 import os
 from typing import Any
 
+from modelexpress.config.logs import configure_vllm_logging
+
 log = logging.getLogger("modelexpress.vllm")
 LOAD_FORMATS = ("mx", "mx-source", "mx-target")
 
@@ -27,25 +29,9 @@ def refusing_loader(reason: str) -> type[Any]:
     return UnsupportedVllm
 
 
-def _show_logs() -> None:
-    """vLLM configures only its own loggers: without this, what the loader decides (peers or disk, and
-    why) would never reach the pod's log. A process that configured logging itself keeps its own."""
-    package = logging.getLogger("modelexpress")
-    if package.handlers or logging.getLogger().handlers:
-        return
-    from modelexpress.config.logs import SecretMaskingFilter, TextFormatter
-
-    handler = logging.StreamHandler()
-    handler.setFormatter(TextFormatter(compact=False, structured=False))
-    handler.addFilter(SecretMaskingFilter())
-    package.addHandler(handler)
-    package.setLevel(logging.INFO)
-    package.propagate = False
-
-
 def register() -> None:
     """Entry point of `vllm.general_plugins`; a no-op with MX_REGISTER_LOADERS=0 or without vLLM."""
-    _show_logs()
+    configure_vllm_logging()
     if os.environ.get("MX_REGISTER_LOADERS", "1").strip().lower() in ("0", "false", "no", "off"):
         log.info("MX_REGISTER_LOADERS=0: the mx load formats are not registered")
         return

@@ -68,6 +68,8 @@ class PullResult:
     verified_bytes: int = 0
     """Bytes of the pulled tensors whose checksums were checked."""
     unchecked_tensors: int = 0
+    served: dict[str, int] = field(default_factory=dict)
+    """Bytes each source delivered, by endpoint (READs that failed and were read again elsewhere excluded)."""
     """Pulled tensors the policy accepted without a check."""
     phases: Phases = field(default_factory=Phases)
     """Seconds in link, manifest, transfer, verify and disk (the tensors no source delivered)."""

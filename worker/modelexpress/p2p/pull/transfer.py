@@ -252,6 +252,7 @@ class Transfer:
             bytes=pulled,
             seconds=time.perf_counter() - started,
             sources=[s.endpoint for s in self.sources.linked if s.served],
+            served={s.endpoint: s.served for s in self.sources.linked if s.served},
             failed_sources=self.sources.failure_reasons(),
             retried_chunks=self.sources.requeued,
             refetched_tensors=book.refetched,

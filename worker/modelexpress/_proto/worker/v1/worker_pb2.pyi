@@ -82,7 +82,7 @@ CHECKSUM_ALGORITHM_SHA256_64: ChecksumAlgorithm
 CHECKSUM_ALGORITHM_ROW_SUM_64: ChecksumAlgorithm
 
 class WorkerIdentity(_message.Message):
-    __slots__ = ("model_name", "revision", "engine", "engine_version", "dtype", "quantization", "tensor_parallel_size", "pipeline_parallel_size", "expert_parallel_size", "gpu_architecture", "rank")
+    __slots__ = ("model_name", "revision", "engine", "engine_version", "dtype", "quantization", "tensor_parallel_size", "pipeline_parallel_size", "expert_parallel_size", "gpu_architecture", "rank", "weights_version")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,7 @@ class WorkerIdentity(_message.Message):
     EXPERT_PARALLEL_SIZE_FIELD_NUMBER: _ClassVar[int]
     GPU_ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_VERSION_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     revision: str
     engine: str
@@ -105,7 +106,8 @@ class WorkerIdentity(_message.Message):
     expert_parallel_size: int
     gpu_architecture: str
     rank: int
-    def __init__(self, model_name: _Optional[str] = ..., revision: _Optional[str] = ..., engine: _Optional[str] = ..., engine_version: _Optional[str] = ..., dtype: _Optional[str] = ..., quantization: _Optional[str] = ..., tensor_parallel_size: _Optional[int] = ..., pipeline_parallel_size: _Optional[int] = ..., expert_parallel_size: _Optional[int] = ..., gpu_architecture: _Optional[str] = ..., rank: _Optional[int] = ...) -> None: ...
+    weights_version: str
+    def __init__(self, model_name: _Optional[str] = ..., revision: _Optional[str] = ..., engine: _Optional[str] = ..., engine_version: _Optional[str] = ..., dtype: _Optional[str] = ..., quantization: _Optional[str] = ..., tensor_parallel_size: _Optional[int] = ..., pipeline_parallel_size: _Optional[int] = ..., expert_parallel_size: _Optional[int] = ..., gpu_architecture: _Optional[str] = ..., rank: _Optional[int] = ..., weights_version: _Optional[str] = ...) -> None: ...
 
 class MemoryRegion(_message.Message):
     __slots__ = ("id", "kind", "device_id", "address", "length")

@@ -1,0 +1,1 @@
+"""Inference engines that take new weight versions through ModelExpress."""

@@ -1,0 +1,1 @@
+"""vLLM: the `modelexpress` weight-transfer backend (`--weight-transfer-config '{"backend": "modelexpress"}'`)."""
