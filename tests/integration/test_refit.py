@@ -7,6 +7,10 @@ match their digests with no healthy source to repair them, a layout that does no
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +43,15 @@ def weights() -> dict[str, torch.Tensor]:
     return {f"model.layers.{i}.w": torch.randn(128, 256, generator=gen) for i in range(4)} | {
         "lm_head.weight": torch.randn(300, 256, generator=gen)
     }
+
+
+def _sources_ls(path: Path, *flags: str) -> str:
+    """`modelexpress sources ls` against the test's registry."""
+    env = {**os.environ, "MX_METADATA_BACKEND": "embedded", "MX_REGISTRY_PATH": str(path)}
+    done = subprocess.run([sys.executable, "-m", "modelexpress", "sources", "ls", *flags], env=env,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def _same(receiver: VersionReceiver, expected: dict[str, torch.Tensor]) -> bool:
@@ -91,6 +104,15 @@ def test_a_replica_serves_the_version_it_holds_to_other_replicas(
         assert _same(second, weights)
         records = {r.endpoint: r for r in registry.all()}
         assert records[second.source.endpoint if second.source else ""].identity.weights_version == "7"
+        listed = _sources_ls(registry.path, "--format", "json")
+        assert {row["endpoint"]: row["version"] for row in json.loads(listed)} == {
+            first.source.endpoint if first.source else "": "7",
+            second.source.endpoint if second.source else "": "7",
+            trainer.endpoint: "7",
+        }
+        table = _sources_ls(registry.path).splitlines()
+        assert table[0].split()[:5] == ["MODEL", "LAYOUT", "RANK", "VERSION", "STATE"]
+        assert all(line.split()[3] == "7" for line in table[1:]), table
     finally:
         for receiver in (first, second):
             receiver.close()

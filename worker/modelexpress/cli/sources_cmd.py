@@ -59,6 +59,7 @@ def _row(record: SourceRecord) -> dict[str, object]:
         "revision": identity.revision,
         "layout": identity.layout,
         "rank": identity.rank,
+        "version": identity.weights_version or None,
         "worker": record.worker_id,
         "state": record.state,
         "endpoint": record.endpoint,
@@ -109,6 +110,10 @@ def _ls(args: argparse.Namespace) -> int:
     headers = ["MODEL", "LAYOUT", "RANK", "STATE", "ENDPOINT", "NODE", "WORKER", "LOAD", "REFRESHED"]
     cells = [[str(row[c] if row[c] is not None else "-") for c in columns] + [_age(float(str(row["secondsSinceRefresh"])))]
              for row in rows]  # fmt: skip
+    if any(row["version"] for row in rows):  # weight versions (RL) only where some source has one
+        headers.insert(3, "VERSION")
+        for line, row in zip(cells, rows, strict=True):
+            line.insert(3, str(row["version"] or "-"))
     if args.probe:
         headers.append("ANSWERS")
         for line, row in zip(cells, rows, strict=True):
