@@ -97,10 +97,12 @@ def test_a_replica_serves_the_version_it_holds_to_other_replicas(
     try:
         trainer.publish("7", weights.items())
         _take(first, "7", [trainer.endpoint or ""])
-        trainer.withdraw("training again")  # what send_weights does once every replica has the version
-        staged = second.fetch("7", [trainer.endpoint or ""], 20)  # the trainer is named, the registry knows more
+        # the trainer is named and still offers the version, the registry knows a replica that has it
+        staged = second.fetch("7", [trainer.endpoint or ""], 20)
         assert staged.result is not None and staged.result.sources == [first.source.endpoint if first.source else ""]
+        assert staged.by_origin() == {"trainer": 0, "replica": sum(t.nbytes for t in weights.values())}
         second.commit(staged)
+        trainer.withdraw("training again")  # what send_weights does once every replica has the version
         assert _same(second, weights)
         records = {r.endpoint: r for r in registry.all()}
         assert records[second.source.endpoint if second.source else ""].identity.weights_version == "7"

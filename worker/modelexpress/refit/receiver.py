@@ -92,6 +92,11 @@ class VersionReceiver:
         identity = version_identity(self.model_name, version)
         engine = self._pull_engine()
         prepared = self._link(identity, hints, engine, deadline, timeout)
+        if any(endpoint not in hints for endpoint in prepared.links):
+            # Replicas that hold the version already serve it: the named sources (the trainer) are left
+            # to those that found none, so the trainer's link carries each version about once.
+            for endpoint in [e for e in prepared.links if e in hints]:
+                prepared.drop(endpoint)
         offered = next(iter(prepared.links.values())).manifest
         if self.manifest is not None:
             problems = layout_differences(self.manifest, offered)

@@ -105,12 +105,17 @@ class PreparedSources:
             raise failure
         return self.links.pop(endpoint, None)
 
-    def close(self) -> None:
-        """Drop the links no pull took."""
-        for link in self.links.values():
+    def drop(self, endpoint: str) -> None:
+        """Drop one link before the pull (a source the caller would rather not read)."""
+        link = self.links.pop(endpoint, None)
+        if link is not None:
             self.engine.remove_remote(link.remote_agent)
             link.client.close()
-        self.links.clear()
+
+    def close(self) -> None:
+        """Drop the links no pull took."""
+        for endpoint in list(self.links):
+            self.drop(endpoint)
 
 
 def prepare_sources(
