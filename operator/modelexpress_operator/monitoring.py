@@ -52,6 +52,14 @@ ALERTS: tuple[Alert, ...] = (
         "not be asked (unavailable).",
     ),
     Alert(
+        "ModelExpressWeightUpdatesFailing",
+        'sum by (namespace, pod) (increase(modelexpress_weight_updates_total{outcome="failed"}[15m])) > 0',
+        "Replicas failed to take new weight versions (RL)",
+        "{{ $labels.namespace }}/{{ $labels.pod }} failed {{ $value }} weight update(s) in 15 minutes and "
+        "still serves the version it had: its log says why (no source of the version in time, a layout "
+        "that does not fit the model, bytes no source could repair).",
+    ),
+    Alert(
         "ModelExpressCacheFailed",
         'max by (namespace, name) (modelexpress_operator_cache_phase{phase="Failed"}) == 1',
         "A ModelCache failed to download",
@@ -184,6 +192,19 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 "Sources a pull abandoned, by reason: connect (link, identity), transfer (READs), busy (the "
                 "source serves its maximum of targets).",
                 ((f"sum by (reason) (rate(modelexpress_source_failures_total[{RATE}]))", "{{reason}}"),),
+                stacked=True,
+            ),
+            Panel(
+                "RL weight updates",
+                "Bytes of new weight versions replicas pulled, from the trainer (the sources an update named) "
+                "or from replicas that had the version already (docs/rl.md).",
+                (
+                    (
+                        f"sum by (origin) (rate(modelexpress_weight_update_bytes_total[{RATE}]))",
+                        "from {{origin}}",
+                    ),
+                ),
+                unit="Bps",
                 stacked=True,
             ),
         ),

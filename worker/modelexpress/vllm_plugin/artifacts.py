@@ -44,7 +44,7 @@ def compile_key(vllm_config: Any, identity: WorkerIdentity) -> dict[str, str] | 
     if vllm_config.compilation_config.mode == CompilationMode.NONE or envs.VLLM_DISABLE_COMPILE_CACHE:
         return None
     return {
-        **{name: str(value) for name, value in zip(_IDENTITY_FIELDS, identity.layout_key(), strict=True)},
+        **_identity_fields(identity),
         "torch": torch.__version__,
         "vllm_config_hash": vllm_config.compute_hash(),
         "vllm_compile_env_hash": hash_factors(envs.compile_factors()),
@@ -52,10 +52,22 @@ def compile_key(vllm_config: Any, identity: WorkerIdentity) -> dict[str, str] | 
     }
 
 
-_IDENTITY_FIELDS = (
-    "model", "revision", "engine", "vllm", "dtype", "quantization", "tensor_parallel_size",
-    "pipeline_parallel_size", "expert_parallel_size", "gpu_architecture", "rank",
-)  # fmt: skip
+def _identity_fields(identity: WorkerIdentity) -> dict[str, str]:
+    """What of the rank's identity decides what it compiles (not the weights' version: kernels do not
+    depend on the values of the weights)."""
+    return {
+        "model": identity.model_name,
+        "revision": identity.revision,
+        "engine": identity.engine,
+        "vllm": identity.engine_version or "",
+        "dtype": identity.dtype,
+        "quantization": identity.quantization or "",
+        "tensor_parallel_size": str(identity.tensor_parallel_size),
+        "pipeline_parallel_size": str(identity.pipeline_parallel_size),
+        "expert_parallel_size": str(identity.expert_parallel_size),
+        "gpu_architecture": identity.gpu_architecture or "",
+        "rank": str(identity.rank),
+    }
 
 
 def cache_roots() -> dict[str, Path]:
