@@ -107,3 +107,21 @@ def test_entry_points_are_what_vllm_opens_first() -> None:
     assert is_entry_point("torch_compile_cache/torch_aot_compile/h/rank_0_0/model")
     assert is_entry_point("torch_compile_cache/ab12/rank_0_0/backbone/vllm_compile_cache.py")
     assert not is_entry_point("torch_compile_cache/torch_aot_compile/h/inductor_cache/ab/model.so")
+
+
+def test_the_compile_key_names_every_identity_field_but_the_weights_version() -> None:
+    from modelexpress.p2p.identity import WorkerIdentity
+    from modelexpress.vllm_plugin.artifacts import _identity_fields
+
+    identity = WorkerIdentity(model_name="org/m", engine_version="0.32.0", dtype="float32", tensor_parallel_size=2,
+                              rank=1)  # fmt: skip
+    fields = _identity_fields(identity)
+    assert fields == {
+        "model": "org/m", "revision": "main", "engine": "vllm", "vllm": "0.32.0", "dtype": "float32",
+        "quantization": "", "tensor_parallel_size": "2", "pipeline_parallel_size": "1", "expert_parallel_size": "1",
+        "gpu_architecture": "", "rank": "1",
+    }  # fmt: skip
+    # kernels do not depend on the values of the weights: every version shares the compiled artifacts
+    assert _identity_fields(identity.model_copy(update={"weights_version": "7"})) == fields
+    # and everything else that is part of the identity is part of the key
+    assert len(fields) == len(identity.layout_key()) - 1
