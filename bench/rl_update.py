@@ -19,7 +19,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,17 +56,6 @@ class LLMClient:
 
     def finish_weight_update(self, weight_version: str | None = None) -> None:
         self.llm.finish_weight_update(weight_version)
-
-
-def after(repeat: int, prepare: Any, run: Any) -> float:
-    """The shortest wall time of `run()` over `repeat` rounds, each after an untimed `prepare()`."""
-    best = float("inf")
-    for _ in range(repeat):
-        prepare()
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 def tokens(llm: Any) -> list[list[int]]:
@@ -129,8 +117,8 @@ def main() -> int:
         def reload() -> None:
             llm.collective_rpc("reload_weights", kwargs={"weights_path": str(saved)})
 
-        full_s = after(args.repeat, step_all, engine.send_weights)
-        delta_s = after(args.repeat, step_two, engine.send_weights)
+        full_s, _ = best_of(args.repeat, engine.send_weights, prepare=step_all)
+        delta_s, _ = best_of(args.repeat, engine.send_weights, prepare=step_two)
         sent = tokens(llm)
         save_s, _ = best_of(1, save)
         reload_s, _ = best_of(args.repeat, reload)

@@ -39,7 +39,7 @@ fail() { printf 'error: %s\n' "$*" >&2; exit 1; }
 elapsed() { echo "$(( $(date +%s) - $1 ))s"; }
 free_disk() { df -h --output=avail "$root" | tail -n 1 | tr -d ' '; }
 
-say "free disk: $(free_disk) (a first build with the node's import needs ~15 GB)"
+say "free disk: $(free_disk) (a first build with the node's import needs ~10 GB beside the venv)"
 
 # --- a Docker engine -------------------------------------------------------------------------------
 own_engine=""

@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 import signal
 import socket
+import subprocess
 
 _PR_SET_PDEATHSIG = 1
 # Loaded before any fork, so the child only makes one libc call between fork and exec.
@@ -15,6 +16,18 @@ _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 def die_with_parent() -> None:
     """`preexec_fn`: the kernel SIGKILLs the child when the test process dies (nothing to shut down gracefully)."""
     _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def stop(proc: subprocess.Popen[bytes], grace: float = 30) -> None:
+    """SIGTERM, `grace` seconds to end, then SIGKILL; returns once the process is gone."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def free_port() -> int:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from modelexpress.files import write_text_atomic
-from tests.harness.processes import die_with_parent
+from tests.harness.processes import die_with_parent, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,13 +116,7 @@ def replica(
             time.sleep(0.2)
         yield Replica(proc, json.loads(out.read_text()), log)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
 
 
 _KERNEL_BUILDS: list[str] = []
@@ -212,9 +206,9 @@ def main() -> int:
     }
     write_text_atomic(args.out, json.dumps(result))
     if args.serve:
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        stop.wait()
+        stopping = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+        stopping.wait()
         del llm  # the model, and with it the replica's WorkerService, goes away
     return 0
 

@@ -9,7 +9,6 @@ has vLLM's RL routes (/init_weight_transfer_engine, /start_weight_update, /updat
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.harness.processes import die_with_parent, free_port
+from tests.harness.processes import die_with_parent, free_port, stop
 from tests.helpers.vllm_replica import PROMPTS, ROOT, _env
 
 STARTUP_SECONDS = 300
@@ -82,13 +81,7 @@ def server(
                 time.sleep(0.5)
         yield up
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
 
 
 __all__ = ["ROOT", "Server", "server"]

@@ -24,12 +24,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.harness.processes import die_with_parent, free_port
+from tests.harness.processes import die_with_parent, free_port, require_vllm
 from tests.helpers.cpu_kind import thread_binds
 from tests.helpers.tiny_llama import write_tiny_llama
 from tests.helpers.vllm_replica import ROOT, replica
 from tests.helpers.vllm_server import NO_PROXY, Server, server
 
+require_vllm()
 pytestmark = pytest.mark.timeout(1500)
 INSTALLED = re.compile(
     r"version (\S+) of \S+ installed: (\d+) of (\d+) tensors changed, ([\d.]+) MB pulled from (.+?) in [\d.]+s;"

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.memory import adopt_tensors
-from modelexpress.refit import changed_tensors, identity_name, layout_differences, version_identity
+from modelexpress.refit import changed_tensors, identity_name, layout_differences, layout_of, version_identity
 from tests.helpers.manifests import build_manifest
 
 
@@ -54,14 +54,14 @@ def test_digests_of_different_algorithms_are_never_compared() -> None:
 
 def test_layout_differences_name_each_tensor() -> None:
     tensors = _tensors()
-    held = _manifest("1", tensors)
-    assert layout_differences(held, _manifest("2", tensors)) == []
+    held = layout_of(_manifest("1", tensors))
+    assert layout_differences(held, layout_of(_manifest("2", tensors))) == []
     other = dict(tensors)
     other["layers.0.w"] = torch.zeros(32, 64)
     other["layers.2.w"] = tensors["layers.2.w"].double()
     del other["layers.1.w"]
     other["extra"] = torch.zeros(4)
-    problems = layout_differences(held, _manifest("2", other))
+    problems = layout_differences(held, layout_of(_manifest("2", other)))
     assert "layers.1.w: missing from the new version" in problems
     assert "extra: not in the model" in problems
     assert "layers.0.w: (32, 64) float32, the model has (64, 64) float32" in problems

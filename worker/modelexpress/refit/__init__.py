@@ -6,6 +6,7 @@ holds, commits it once installed, and offers it to the other replicas. The engin
 (`modelexpress_rl`) drive both through an engine's own weight-update API.
 """
 
+from modelexpress.refit.environment import settings_and_registry
 from modelexpress.refit.publisher import WeightPublisher
 from modelexpress.refit.receiver import Staged, VersionReceiver
 from modelexpress.refit.versions import (
@@ -15,10 +16,11 @@ from modelexpress.refit.versions import (
     changed_tensors,
     identity_name,
     layout_differences,
+    layout_of,
     version_identity,
 )
 
 __all__ = [
     "CHECKPOINT_ENGINE", "LayoutMismatchError", "Staged", "UpdateError", "VersionReceiver", "WeightPublisher",
-    "changed_tensors", "identity_name", "layout_differences", "version_identity",
+    "changed_tensors", "identity_name", "layout_differences", "layout_of", "settings_and_registry", "version_identity",
 ]  # fmt: skip

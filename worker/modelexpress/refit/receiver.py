@@ -29,6 +29,7 @@ from modelexpress.refit.versions import (
     UpdateError,
     changed_tensors,
     layout_differences,
+    layout_of,
     version_identity,
 )
 from modelexpress.registry.base import RegistryUnavailableError, SourceRegistry, placement
@@ -99,7 +100,7 @@ class VersionReceiver:
                 prepared.drop(endpoint)
         offered = next(iter(prepared.links.values())).manifest
         if self.manifest is not None:
-            problems = layout_differences(self.manifest, offered)
+            problems = layout_differences(layout_of(self.manifest), layout_of(offered))
             if problems:
                 prepared.close()
                 raise LayoutMismatchError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 
 from modelexpress.api.modelmetadata import MODEL_NAME_PATTERN
 from modelexpress.p2p.identity import WorkerIdentity
@@ -42,17 +43,27 @@ def version_identity(model_name: str, version: str) -> WorkerIdentity:
     return WorkerIdentity(model_name=identity_name(model_name), engine=CHECKPOINT_ENGINE, weights_version=version)
 
 
-def layout_differences(held: Manifest, offered: Manifest, limit: int = 5) -> list[str]:
-    """How `offered` differs from `held` in names, shapes and dtypes (empty when they match)."""
-    mine = {t.name: (tuple(t.shape), t.dtype) for t in held.tensors}
-    theirs = {t.name: (tuple(t.shape), t.dtype) for t in offered.tensors}
-    problems = [f"{name}: missing from the new version" for name in mine if name not in theirs]
-    problems += [f"{name}: not in the model" for name in theirs if name not in mine]
-    problems += [
-        f"{name}: {theirs[name][0]} {theirs[name][1]}, the model has {shape} {dtype}"
-        for name, (shape, dtype) in mine.items()
-        if name in theirs and theirs[name] != (shape, dtype)
-    ]
+Layout = Mapping[str, tuple[tuple[int, ...], str]]
+"""Tensor name -> (shape, dtype)."""
+
+
+def layout_of(manifest: Manifest) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The names, shapes and dtypes a manifest serves."""
+    return {t.name: (tuple(t.shape), t.dtype) for t in manifest.tensors}
+
+
+def layout_differences(held: Layout, offered: Layout, limit: int = 5, dtypes: bool = True) -> list[str]:
+    """How `offered` differs from `held` in names, shapes and (with `dtypes`) dtypes; empty when they match."""
+    problems = [f"{name}: missing from the new version" for name in held if name not in offered]
+    problems += [f"{name}: not in the model" for name in offered if name not in held]
+    for name, (shape, dtype) in held.items():
+        if name not in offered:
+            continue
+        their_shape, their_dtype = offered[name]
+        if dtypes and (their_shape, their_dtype) != (shape, dtype):
+            problems.append(f"{name}: {their_shape} {their_dtype}, the model has {shape} {dtype}")
+        elif not dtypes and their_shape != shape:
+            problems.append(f"{name}: shape {their_shape}, the model has {shape}")
     if len(problems) > limit:
         problems = [*problems[:limit], f"... and {len(problems) - limit} more"]
     return problems

@@ -34,9 +34,7 @@ from vllm.distributed.weight_transfer.base import (
     WeightSource,
 )
 
-from modelexpress.config.worker import WorkerSettingsError, load_worker_settings
-from modelexpress.refit import WeightPublisher
-from modelexpress.registry import RegistryUnavailableError, open_registry
+from modelexpress.refit import WeightPublisher, settings_and_registry
 
 log = logging.getLogger("modelexpress.rl")
 
@@ -83,15 +81,9 @@ class ModelExpressTrainerWeightTransferEngine(TrainerWeightTransferEngine[ModelE
     ) -> Self:
         if source is None:
             raise ValueError("the modelexpress backend needs the trainer's tensors: pass source=ModuleSource(model)")
-        try:
-            settings = load_worker_settings(max_pullers=init_info.max_pullers)
-        except WorkerSettingsError as exc:
-            raise ValueError(str(exc)) from None
-        try:
-            registry = open_registry(settings)
-        except RegistryUnavailableError as exc:
-            log.warning("no registry (%s): replicas reach the trainer only, never each other", exc)
-            registry = None
+        settings, registry = settings_and_registry(
+            "replicas reach the trainer only, never each other", max_pullers=init_info.max_pullers
+        )
         publisher = WeightPublisher(init_info.model_name, settings, registry)
         engine = cls(client=client, source=source, publisher=publisher, next_version=init_info.first_version,
                      is_sender=init_info.is_sender)  # fmt: skip

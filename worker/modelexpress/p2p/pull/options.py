@@ -58,7 +58,6 @@ class PullOptions:
 class PullResult:
     bytes: int
     seconds: float
-    sources: list[str]
     failed_sources: dict[str, str]
     retried_chunks: int = 0
     refetched_tensors: int = 0
@@ -68,11 +67,16 @@ class PullResult:
     verified_bytes: int = 0
     """Bytes of the pulled tensors whose checksums were checked."""
     unchecked_tensors: int = 0
-    served: dict[str, int] = field(default_factory=dict)
-    """Bytes each source delivered, by endpoint (READs that failed and were read again elsewhere excluded)."""
     """Pulled tensors the policy accepted without a check."""
     phases: Phases = field(default_factory=Phases)
     """Seconds in link, manifest, transfer, verify and disk (the tensors no source delivered)."""
+    served: dict[str, int] = field(default_factory=dict)
+    """Bytes each source delivered, by endpoint (READs that failed and were read again elsewhere excluded)."""
+
+    @property
+    def sources(self) -> list[str]:
+        """The sources that delivered bytes, in the order they were linked."""
+        return list(self.served)
 
     @property
     def gbps(self) -> float:

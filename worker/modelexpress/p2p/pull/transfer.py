@@ -251,7 +251,6 @@ class Transfer:
         return PullResult(
             bytes=pulled,
             seconds=time.perf_counter() - started,
-            sources=[s.endpoint for s in self.sources.linked if s.served],
             served={s.endpoint: s.served for s in self.sources.linked if s.served},
             failed_sources=self.sources.failure_reasons(),
             retried_chunks=self.sources.requeued,

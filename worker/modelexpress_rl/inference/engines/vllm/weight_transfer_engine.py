@@ -29,11 +29,16 @@ from vllm.distributed.weight_transfer.base import (
 )
 
 from modelexpress import metrics
-from modelexpress.config.worker import WorkerSettingsError, load_worker_settings
 from modelexpress.p2p.memory import allocate_pool
 from modelexpress.p2p.safetensors_dir import SafetensorsError, StoredTensor, load_into, scan
-from modelexpress.refit import Staged, UpdateError, VersionReceiver
-from modelexpress.registry import RegistryUnavailableError, open_registry
+from modelexpress.refit import (
+    Staged,
+    UpdateError,
+    VersionReceiver,
+    layout_differences,
+    layout_of,
+    settings_and_registry,
+)
 
 log = logging.getLogger("modelexpress.rl")
 VERSION = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -87,20 +92,11 @@ class ModelExpressWeightTransferEngine(_Engine):  # type: ignore[misc,valid-type
         super().__init__(*args, **kwargs)
         self.receiver: VersionReceiver | None = None
         self.timeout = ModelExpressWeightTransferInitInfo.timeout_s
-        self.last: Staged | None = None
 
     def init_transfer_engine(self, init_info: ModelExpressWeightTransferInitInfo) -> None:
         if self.receiver is not None:
             return  # a trainer that connects again keeps what this replica holds
-        try:
-            settings = load_worker_settings()
-        except WorkerSettingsError as exc:
-            raise ValueError(str(exc)) from None
-        try:
-            registry = open_registry(settings)
-        except RegistryUnavailableError as exc:
-            log.warning("no registry (%s): updates take their versions from the sources they name", exc)
-            registry = None
+        settings, registry = settings_and_registry("updates take their versions from the sources they name")
         name = init_info.model_name or self.model_config.model
         self.timeout = init_info.timeout_s
         _serve_metrics(settings.metrics_port)
@@ -159,28 +155,20 @@ class ModelExpressWeightTransferEngine(_Engine):  # type: ignore[misc,valid-type
         self._install(receiver, staged)
         installed = time.perf_counter() - started
         receiver.commit(staged)
-        self.last = staged
         return staged, installed
 
     def _check_first(self, receiver: VersionReceiver, staged: Staged) -> None:
         """The first version must have the checkpoint's tensors, name for name and shape for shape (later
         ones are checked against the version held); nothing is installed otherwise."""
-        stored = {t.spec.name: t.spec for t in _checkpoint(self.model_config.model)}
-        offered = {t.name: (tuple(t.shape), t.dtype) for t in staged.manifest.tensors}
-        problems = [f"{name}: not in the checkpoint" for name in offered if name not in stored]
-        problems += [f"{name}: missing from the version" for name in stored if name not in offered]
-        problems += [
-            f"{name}: shape {offered[name][0]}, the checkpoint has {spec.shape}"
-            for name, spec in stored.items()
-            if name in offered and offered[name][0] != spec.shape
-        ]
+        stored = {t.spec.name: (t.spec.shape, t.spec.dtype) for t in _checkpoint(self.model_config.model)}
+        offered = layout_of(staged.manifest)
+        problems = layout_differences(stored, offered, dtypes=False)
         if problems:
-            shown = "; ".join(problems[:5]) + (f"; ... and {len(problems) - 5} more" if len(problems) > 5 else "")
             raise RuntimeError(
-                f"version {staged.version} of {receiver.model_name} does not fit the model: {shown}; "
+                f"version {staged.version} of {receiver.model_name} does not fit the model: {'; '.join(problems)}; "
                 f"still serving {self._serving(receiver)}"
             )
-        retyped = sorted(name for name, spec in stored.items() if offered[name][1] != spec.dtype)
+        retyped = sorted(name for name, (_, dtype) in stored.items() if offered[name][1] != dtype)
         if retyped:
             log.info("version %s: %d tensor(s) arrive in another dtype than the checkpoint's (e.g. %s); vLLM "
                      "converts them as it loads", staged.version, len(retyped), retyped[0])  # fmt: skip
