@@ -9,9 +9,11 @@
 set -euo pipefail
 work=$(mktemp -d)
 pids=()
-cleanup_workers() {  # stop the serving workers and wait for their last lines (once)
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+cleanup_workers() {  # stop the serving workers one at a time, so their last lines never interleave
+  for pid in "${pids[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
   pids=()
 }
 cleanup() {

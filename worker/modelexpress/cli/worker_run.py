@@ -50,7 +50,9 @@ def log_level(args: argparse.Namespace) -> str:
 def say(args: argparse.Namespace, line: str) -> None:
     """An informational line on standard output; -q leaves only errors (and the JSON asked for)."""
     if not getattr(args, "quiet", False):
-        print(line, flush=True)
+        # One write with its newline: processes sharing a stream (the demo's workers) never splice lines.
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 def _identity(args: argparse.Namespace) -> WorkerIdentity:
