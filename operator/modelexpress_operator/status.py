@@ -24,6 +24,17 @@ def ready_replicas(spec: ModelMetadataSpec, sources: list[WorkerSource]) -> int:
     return sum(1 for held in ranks.values() if wanted <= held)
 
 
+def newest_version(sources: list[WorkerSource]) -> str | None:
+    """The newest weight version a Ready source serves: by number when every version is one (training
+    steps), else the greatest string."""
+    versions = {s.weights_version for s in sources if s.state == SourceState.READY and s.weights_version}
+    if not versions:
+        return None
+    if all(v.isdigit() for v in versions):
+        return max(versions, key=int)
+    return max(versions)
+
+
 def metadata_status(spec: ModelMetadataSpec, current: dict[str, Any] | None, generation: int) -> dict[str, Any]:
     """The full ModelMetadata status for the current sources: counts, phase, Ready condition."""
     status = ModelMetadataStatus.model_validate(current or {})
@@ -32,6 +43,7 @@ def metadata_status(spec: ModelMetadataSpec, current: dict[str, Any] | None, gen
     status.ready_sources = sum(1 for s in status.sources if s.state == SourceState.READY)
     status.ready_replicas = replicas
     status.nodes = sorted({s.node for s in status.sources if s.state == SourceState.READY and s.node})
+    status.weights_version = newest_version(status.sources)
     status.observed_generation = generation
     if replicas:
         status.phase = status.phase.READY

@@ -134,6 +134,7 @@ def source_entry(
         zone=place.zone if place else None,
         domain=place.domain if place else None,
         active_transfers=status.active_transfers,
+        weights_version=status.identity.weights_version or None,
         updated_at=datetime.now(UTC).replace(microsecond=0),
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import signal
@@ -36,6 +37,21 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive TCP ports on 127.0.0.1 that nothing listens on now (a pod's ranks)."""
+    for _ in range(100):
+        first = free_port()
+        with contextlib.ExitStack() as held:
+            try:
+                for offset in range(1, count):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", first + offset))
+            except OSError:
+                continue
+        return first
+    raise RuntimeError(f"no {count} consecutive free ports on 127.0.0.1")
 
 
 def require_vllm() -> None:

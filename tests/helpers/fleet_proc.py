@@ -5,9 +5,11 @@ only NIXL is left out, since the operator never READs. Driven by JSON lines on s
 JSON line per command on stdout:
 
     {"op": "start", "workers": [{"model": "org/m", "tp": 1, "pp": 1, "rank": 0, "pod": "p", "uid": "u"}]}
+        (optional per worker: "engine", "version" (a weights version), "node", "instance", "state", "port")
         -> {"ports": [...]}              (servers on 127.0.0.1, port 0 each; state Ready)
     {"op": "state", "index": 3, "state": "Draining"}  -> {"ok": true}
     {"op": "stop", "index": 3}                         -> {"ok": true}
+    {"op": "version", "index": 3, "version": "7"}      -> {"ok": true}  (same port, the next weights version)
     {"op": "ready_times"}  -> {"times": [unix seconds when each worker turned Ready]}
 """
 
@@ -30,6 +32,8 @@ def start_worker(spec: dict[str, Any]) -> WorkerServer:
         tensor_parallel_size=spec.get("tp", 1),
         pipeline_parallel_size=spec.get("pp", 1),
         rank=spec.get("rank", 0),
+        engine=spec.get("engine", "vllm"),
+        weights_version=spec.get("version", ""),
     )
     layout = allocate_pool([TensorSpec("layer.weight", "float32", (4, 4))])
     info = WorkerInfo(
@@ -65,6 +69,14 @@ def main() -> None:
             servers[command["index"]].set_state(command["state"])
             if command["state"] == "Ready":
                 ready_at[command["index"]] = time.time()
+            reply = {"ok": True}
+        elif op == "version":  # an RL replica that installed the next version offers it from the same port
+            server = servers[command["index"]]
+            assert server.manifest is not None
+            identity = server.manifest.identity.model_copy(update={"weights_version": command["version"]})
+            server.publish(build_manifest(identity, allocate_pool([TensorSpec("layer.weight", "float32", (4, 4))])),
+                           b"no-nixl-in-the-fleet")  # fmt: skip
+            server.set_state("Ready")
             reply = {"ok": True}
         elif op == "stop":
             servers[command["index"]].stop(grace=0.5)

@@ -55,14 +55,20 @@ class Server:
 
 @contextmanager
 def server(
-    tmp: Path, name: str, model: Path, registry: Path, env: dict[str, str] | None = None, tp: int = 1
+    tmp: Path,
+    name: str,
+    model: Path,
+    registry: Path,
+    env: dict[str, str] | None = None,
+    tp: int = 1,
+    load_format: str = "auto",
 ) -> Iterator[Server]:
     """A vLLM server taking weight versions through the `modelexpress` backend, up until the block ends."""
     port, log = free_port(), tmp / f"{name}.log"
     args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--served-model-name", "m",
             "--port", str(port), "--host", "127.0.0.1", "--skip-tokenizer-init", "--dtype", "float32",
             "--max-model-len", "128", "--max-num-seqs", "4", "--enforce-eager", "--seed", "0",
-            "--tensor-parallel-size", str(tp), "--weight-transfer-config", json.dumps({"backend": "modelexpress"})]  # fmt: skip
+            "--tensor-parallel-size", str(tp), "--load-format", load_format, "--weight-transfer-config", json.dumps({"backend": "modelexpress"})]  # fmt: skip
     environment = _env(registry, {"VLLM_SERVER_DEV_MODE": "1", **(env or {})})
     environment.pop("VLLM_ENABLE_V1_MULTIPROCESSING")  # a server keeps its engine in a process of its own
     with log.open("wb") as sink:

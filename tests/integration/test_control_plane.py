@@ -224,7 +224,7 @@ def test_kubectl_wait_for_ready_condition(
             timeout=60,
             check=True,
         ).stdout.splitlines()
-        assert listing[0].split() == ["NAME", "MODEL", "LAYOUT", "READY-SOURCES", "REPLICAS", "PHASE", "AGE"]
+        assert listing[0].split() == ["NAME", "MODEL", "LAYOUT", "READY-SOURCES", "REPLICAS", "PHASE", "VERSION", "AGE"]
         assert listing[1].split()[:2] == ["waitable", "Qwen/Qwen3-0.6B"]
 
 

@@ -29,7 +29,7 @@ from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.registry.kubernetes import KubernetesRegistry
 from modelexpress_operator.rbac import WORKER_RULES
 from tests.harness.fixtures import GROUP, VERSION, ServiceAccountClient
-from tests.harness.kube import condition, wait_for
+from tests.harness.kube import condition, get_table, wait_for
 from tests.harness.node import NodeHelper
 from tests.harness.processes import die_with_parent, free_port
 from tests.helpers.sources import Fleet, fleet, start_source
@@ -698,3 +698,67 @@ def test_sources_carry_their_node_topology_and_a_target_ranks_them_nearest_first
         for role in places:
             with contextlib.suppress(client.ApiException):
                 core.delete_node(nodes[role])
+
+
+def test_weight_versions_are_recorded_shown_and_never_mixed(
+    kube_api: client.ApiClient,
+    custom_objects: client.CustomObjectsApi,
+    namespace: str,
+    node: NodeHelper,
+    run_operator: Callable[..., contextlib.AbstractContextManager[Any]],
+) -> None:
+    """RL replicas serving versions of a policy's checkpoint: each entry carries its version, the
+    ModelMetadata shows the newest Ready one (by number: 10 after 2), and a target asking for version N
+    is handed sources of exactly N."""
+    from modelexpress.refit import version_identity
+
+    core = client.CoreV1Api(kube_api)
+    model = "test/rl-policy"
+    name = version_identity(model, "1").resource_name()  # every version of the policy: one resource
+    assert name == version_identity(model, "2").resource_name()
+    registry = KubernetesRegistry(namespace, kube_api)
+    spec = {"model": model, "engine": "checkpoint"}
+
+    def newest(version: str) -> Callable[[], dict[str, Any] | None]:
+        return lambda: (
+            ((s := status_of(custom_objects, namespace, name)).get("weightsVersion") == version and s) or None
+        )
+
+    def endpoints(version: str) -> set[str]:
+        return {r.endpoint for r in registry.find_ready(version_identity(model, version))}
+
+    with fleet() as workers, run_operator():
+        start_worker_pods(core, node, namespace, workers, ["v1-a", "v1-b"], **spec, version="1")
+        wait_for(newest("1"), 60, what="version 1 recorded")
+        start_worker_pods(core, node, namespace, workers, ["v2-a"], **spec, version="2")
+        status = wait_for(newest("2"), 30, what="version 2 shown as the newest")
+        by_pod = {s["pod"]: s for s in status["sources"]}
+        assert {pod: s.get("weightsVersion") for pod, s in by_pod.items()} == {"v1-a": "1", "v1-b": "1", "v2-a": "2"}
+        assert status["readySources"] == 3
+
+        # A target of version N gets sources of N only; a version nobody serves gets none.
+        assert endpoints("1") == {by_pod["v1-a"]["endpoint"], by_pod["v1-b"]["endpoint"]}
+        assert endpoints("2") == {by_pod["v2-a"]["endpoint"]}
+        assert endpoints("3") == set()
+        assert registry.find_ready(version_identity(model, "1").model_copy(update={"weights_version": ""})) == []
+
+        # Steps compare as numbers; `kubectl get modelmetadatas` has the column.
+        start_worker_pods(core, node, namespace, workers, ["v10-a"], **spec, version="10")
+        wait_for(newest("10"), 30, what="version 10 newer than 2")
+        table = get_table(kube_api, f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/modelmetadatas")
+        columns = [c["name"] for c in table["columnDefinitions"]]
+        row = next(r for r in table["rows"] if r["cells"][0] == name)
+        assert row["cells"][columns.index("Version")] == "10"
+        assert {r.identity.weights_version for r in registry.list_sources()} == {"1", "2", "10"}
+
+        # A replica installs the next version and offers it from the same port: its entry follows.
+        workers.command("version", index=0, version="11")  # v1-a
+        status = wait_for(newest("11"), 30, what="v1-a's entry moved to version 11")
+        assert {s["pod"]: s.get("weightsVersion") for s in status["sources"]}["v1-a"] == "11"
+        assert endpoints("1") == {by_pod["v1-b"]["endpoint"]}
+
+        # The newest replicas go: the column falls back to what is still served.
+        for pod in ("v1-a", "v10-a", "v2-a"):
+            delete_pod_now(core, namespace, pod)
+        wait_for(newest("1"), 30, what="back to version 1")
+    registry.close()

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tests.harness.processes import require_vllm
+from tests.harness.processes import free_ports, require_vllm
 from tests.helpers.cpu_kind import thread_binds, vllm_cpu_dtype
 from tests.helpers.tiny_llama import write_tiny_llama
 from tests.helpers.vllm_replica import replica
@@ -127,18 +127,26 @@ def _bytes_as_loaded(checkpoint: Path, dtype: torch.dtype) -> int:
 
 
 def test_tensor_parallel_ranks_each_pull_their_own_shard(model_dir: Path, tmp_path: Path) -> None:
-    """TP=2 (two vLLM worker processes per replica, each bound to its own cores): rank r of B pulls from rank r of A."""
+    """TP=2 (two vLLM worker processes per replica, each bound to its own cores): rank r of B pulls from rank r of A,
+    which serves it on the pod's port for rank r (MX_WORKER_GRPC_PORT + r, as the operator dials)."""
     registry, bind = tmp_path / "sources.db", {"VLLM_CPU_OMP_THREADS_BIND": thread_binds(2)}
+    first = free_ports(4)
+    ports = {"a": first, "b": first + 2}  # two pods' port pairs
     with replica(tmp_path, "plain", model_dir, "auto", tmp_path / "unused.db", serve=False, env=bind, tp=2) as plain:
         expected = plain.result["tokens"]
     with (
-        replica(tmp_path, "a", model_dir, "mx-source", registry, env=bind, tp=2) as a,
-        replica(tmp_path, "b", model_dir, "mx", registry, env=bind, tp=2) as b,
+        replica(
+            tmp_path, "a", model_dir, "mx-source", registry, env={**bind, "MX_WORKER_GRPC_PORT": str(ports["a"])}, tp=2
+        ) as a,
+        replica(
+            tmp_path, "b", model_dir, "mx", registry, env={**bind, "MX_WORKER_GRPC_PORT": str(ports["b"])}, tp=2
+        ) as b,
     ):
         assert a.result["tokens"] == expected and b.result["tokens"] == expected
         served = dict(re.findall(r"rank (\d): serving at (\S+)", a.text()))
         pulled = dict(re.findall(r"rank (\d): [\d.]+ MiB from peers (\S+) ", b.text()))
-        assert sorted(served) == ["0", "1"] and pulled == served, b.text()[-3000:]
+        assert served == {"0": f"127.0.0.1:{ports['a']}", "1": f"127.0.0.1:{ports['a'] + 1}"}, a.text()[-3000:]
+        assert pulled == served, b.text()[-3000:]
 
 
 def test_dead_source_records_cost_a_disk_load_not_a_crash(

@@ -6,7 +6,9 @@ vLLM's trainer factory and HTTP client: each replica must then generate exactly 
 load of that version's checkpoint generates, and its counters say where its bytes came from. A delta
 of two tensors moves those tensors' bytes only; an update that names a version nobody offers fails in
 its timeout and leaves the replica as it was; so does one whose trainer process was SIGKILLed after
-publishing. A replica with TP=2 takes a version like one with TP=1.
+publishing. A replica that loaded through `--load-format mx` stops serving its loaded weights before a
+version changes them. A replica with TP=2 takes a version like one with TP=1, each rank serving it on
+the pod's port for that rank.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.harness.processes import die_with_parent, free_port, require_vllm
+from modelexpress.registry import EmbeddedRegistry
+from tests.harness.processes import die_with_parent, free_port, free_ports, require_vllm
 from tests.helpers.cpu_kind import thread_binds
 from tests.helpers.tiny_llama import write_tiny_llama
 from tests.helpers.vllm_replica import ROOT, replica
@@ -95,7 +98,8 @@ def replicas(tmp_path: Path, trainer_env: Path) -> Iterator[tuple[Path, Server, 
     model = write_tiny_llama(tmp_path / "v1", seed=0)
     ports = free_port(), free_port()
     with (
-        server(tmp_path, "replica-a", model, trainer_env, {"MX_METRICS_PORT": str(ports[0])}) as a,
+        # a serves the weights it loaded (as the first replica of a fleet does); b loads plainly from disk
+        server(tmp_path, "replica-a", model, trainer_env, {"MX_METRICS_PORT": str(ports[0])}, load_format="mx") as a,
         server(tmp_path, "replica-b", model, trainer_env, {"MX_METRICS_PORT": str(ports[1])}) as b,
     ):
         a.metrics_port, b.metrics_port = ports
@@ -114,6 +118,8 @@ def test_replicas_take_versions_from_the_trainer_whole_then_as_deltas(
     model, a, b = replicas
     version_1 = a.greedy_tokens()
     assert b.greedy_tokens() == version_1
+    registry = EmbeddedRegistry(str(trainer_env))
+    assert [r.identity.engine for r in registry.list_sources()] == ["vllm"]  # a's loaded weights
 
     policy = _policy(model)
     clients = [HTTPVLLMWeightSyncClient(a.url, timeout=120), HTTPVLLMWeightSyncClient(b.url, timeout=120)]
@@ -133,6 +139,10 @@ def test_replicas_take_versions_from_the_trainer_whole_then_as_deltas(
     assert a.greedy_tokens() == expected_2
     assert b.greedy_tokens() == expected_2
     assert a.get("weight_info")["weight_version"] == "2"
+    # a's post-processed weights changed: they are no longer offered as the checkpoint's
+    assert "stops serving: it takes weight version 2" in a.text()
+    offered = {(r.identity.engine, r.identity.weights_version) for r in registry.list_sources()}
+    assert offered == {("checkpoint", "2")}, offered
     total_bytes = sum(p.numel() * p.element_size() for p in policy.parameters())
     origins: dict[str, dict[str, float]] = {}
     for srv in (a, b):
@@ -214,7 +224,8 @@ def test_a_tensor_parallel_replica_takes_a_version(tmp_path: Path, trainer_env: 
 
     model = write_tiny_llama(tmp_path / "v1", seed=3)
     policy = _policy(model)
-    bind = {"VLLM_CPU_OMP_THREADS_BIND": thread_binds(2)}  # one group of CPUs per rank, as vLLM insists
+    port = free_ports(2)  # a pod's two WorkerService ports (modelexpress.io/ranks-per-pod: "2")
+    bind = {"VLLM_CPU_OMP_THREADS_BIND": thread_binds(2), "MX_WORKER_GRPC_PORT": str(port)}
     with server(tmp_path, "replica-tp2", model, trainer_env, bind, tp=2) as tp2:
         before = tp2.greedy_tokens()
         engine = WeightTransferTrainerFactory.trainer_init(
@@ -228,6 +239,9 @@ def test_a_tensor_parallel_replica_takes_a_version(tmp_path: Path, trainer_env: 
         engine.send_weights()
         after = tp2.greedy_tokens()
         engine.shutdown()
+        # each rank serves the version on its own port of the pod: the port + its rank on the node
+        served = {r.endpoint for r in EmbeddedRegistry(str(trainer_env)).list_sources()}
+        assert served == {f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"}, served
     expected = _disk_tokens(tmp_path, "disk-tp2", _checkpoint(policy, model, tmp_path / "v2"), trainer_env, tp=2)
     assert expected != before
     assert after == expected

@@ -26,6 +26,7 @@ from modelexpress.api.common import (
 )
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$"
+WEIGHTS_VERSION_PATTERN = r"^[A-Za-z0-9._-]+$"
 Dtype = Literal["auto", "float16", "bfloat16", "float32"]
 
 
@@ -123,6 +124,9 @@ class WorkerSource(KubeModel):
     """Rack or NVLink domain of the node (the operator's domain label); targets in it prefer this source."""
     active_transfers: int = Field(default=0, ge=0)
     """Targets pulling from the worker at the last update; targets prefer the least loaded source."""
+    weights_version: str | None = Field(default=None, max_length=128, pattern=WEIGHTS_VERSION_PATTERN)
+    """The version of the weights the worker serves (an RL training step); unset: the checkpoint as
+    published. Targets pull a version only from sources of exactly that version."""
     updated_at: datetime | None = None
     """When the entry last changed (state, load or counts); heartbeats alone do not rewrite it."""
 
@@ -155,6 +159,9 @@ class ModelMetadataStatus(KubeModel):
     nodes: list[Annotated[str, StringConstraints(max_length=253)]] = Field(default_factory=list, max_length=5000)
     """Nodes holding the model: those of Ready sources (`kubectl get modelmetadatas -o wide`); the
     webhook can steer opted-in pods towards them (`modelexpress.io/prefer-model-nodes`)."""
+    weights_version: str | None = Field(default=None, max_length=128)
+    """The newest weight version a Ready source serves (numerically where every version is a number, as
+    training steps are); unset when no Ready source serves a version."""
     conditions: list[Condition] = conditions_field("Ready when at least one instance has every rank Ready.")
     observed_generation: int | None = Field(default=None, ge=0)
     """The .metadata.generation last acted on."""
@@ -178,6 +185,12 @@ class ModelMetadata(KubeModel):
             "description": "ready instances",
         },
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {
+            "name": "Version",
+            "type": "string",
+            "jsonPath": ".status.weightsVersion",
+            "description": "newest weight version a Ready source serves (RL)",
+        },
         {"name": "Revision", "type": "string", "jsonPath": ".spec.revision", "priority": 1},
         {
             "name": "Nodes",

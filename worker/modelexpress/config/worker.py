@@ -26,7 +26,8 @@ class WorkerSettings(BaseSettings):
     )
 
     worker_grpc_port: int = Field(default=0, ge=0, le=65535)
-    """Port of the worker's gRPC WorkerService (0 picks a free port)."""
+    """Port of the worker's gRPC WorkerService (0 picks a free port); in a pod with several ranks, rank
+    k on the node serves on this port + k (the pod's `modelexpress.io/ranks-per-pod` ports)."""
     worker_host: str | None = None
     """Address peers use to reach this worker (default: this host's address)."""
     metadata_backend: Literal["embedded", "kubernetes", "redis"] = "embedded"
@@ -126,6 +127,19 @@ class WorkerSettings(BaseSettings):
     a directory's content digest); replicas with the same name and revision exchange weights."""
     model_revision: str | None = None
     """Revision published with `MX_MODEL_NAME` (default: the engine's revision, else `main`)."""
+
+    def for_local_rank(self, local_rank: int) -> WorkerSettings:
+        """These settings for the rank that is `local_rank` on its node: its WorkerService on
+        `MX_WORKER_GRPC_PORT` + `local_rank`, as the operator dials a pod's ranks (a free port stays free)."""
+        if local_rank == 0 or self.worker_grpc_port == 0:
+            return self
+        port = self.worker_grpc_port + local_rank
+        if port > 65535:
+            raise WorkerSettingsError(
+                f"MX_WORKER_GRPC_PORT={self.worker_grpc_port}: local rank {local_rank} would listen on {port}, "
+                "past 65535; choose a port at most 65535 minus the ranks per pod"
+            )
+        return self.model_copy(update={"worker_grpc_port": port})
 
     @field_validator("peer_namespaces", "peer_trusted_users", mode="before")
     @classmethod

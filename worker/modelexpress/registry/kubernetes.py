@@ -5,7 +5,8 @@ Workers never write: the operator learns a worker's state from its WorkerService
 `modelmetadatas`. Reads come from a cache kept by a list-then-watch loop (`watch=True`, for
 long-running workers) or from one list per lookup (`watch=False`, for one-shot commands).
 
-A source is handed out only when it is Ready, has the target's rank and GPU architecture, and sits
+A source is handed out only when it is Ready, has the target's rank, GPU architecture and weight
+version (none, or exactly the RL step asked for), and sits
 in a ModelMetadata whose spec has the target's identity. Same-node sources come first, then the
 least loaded (fewest targets pulling), ties broken at random so that targets spread out.
 """
@@ -64,7 +65,8 @@ def all_sources(resources: list[ModelMetadata]) -> list[SourceRecord]:
     for resource in resources:
         spec = resource.spec.model_dump(include=set(ModelMetadataSpec.model_fields))
         for source in resource.status.sources if resource.status else []:
-            identity = WorkerIdentity(**{**spec, "gpu_architecture": source.gpu_architecture, "rank": source.rank})
+            identity = WorkerIdentity(**{**spec, "gpu_architecture": source.gpu_architecture, "rank": source.rank,
+                                         "weights_version": source.weights_version or ""})  # fmt: skip
             records.append(_record(identity, source))
     return records
 
@@ -81,7 +83,7 @@ def sources_for(resources: list[ModelMetadata], identity: WorkerIdentity, near: 
         for source in resource.status.sources:
             if source.state != SourceState.READY or source.rank != identity.rank:
                 continue
-            if (source.gpu_architecture or None) != arch:
+            if (source.gpu_architecture or None) != arch or (source.weights_version or "") != identity.weights_version:
                 continue
             found.append(_record(identity, source))
     return rank_sources(found, near)

@@ -34,9 +34,9 @@ from modelexpress.phases import Phases
 from modelexpress.registry import open_registry
 from modelexpress.vllm_plugin.artifacts import compile_key, fetch_in_background, serve_when_compiled
 from modelexpress.vllm_plugin.identity import vllm_identity
+from modelexpress.vllm_plugin.serving import attach, local_rank, withdraw_served
 
 log = logging.getLogger("modelexpress.vllm")
-_ATTRIBUTE = "_modelexpress_loader"
 
 
 def _hub_cache() -> Any:
@@ -58,7 +58,7 @@ def _weight_loader(vllm_config: VllmConfig, model_config: ModelConfig) -> tuple[
     import vllm
     from vllm.distributed import parallel_state
 
-    settings = load_worker_settings()
+    settings = load_worker_settings().for_local_rank(local_rank())
     try:
         named = name_model(
             model_config.model, model_config.revision, _hub_cache(), settings.model_name, settings.model_revision
@@ -113,7 +113,7 @@ class MxModelLoader(BaseModelLoader):  # type: ignore[misc]
 
     def get_all_weights(self, model_config: ModelConfig, model: nn.Module) -> Any:
         """vLLM's in-place reload reads the checkpoint through this; the served state goes stale."""
-        _withdraw(model, "its weights are being reloaded")
+        withdraw_served(model, "its weights are being reloaded")
         return self._disk.get_all_weights(model_config, model)
 
     def load_model(self, vllm_config: VllmConfig, model_config: ModelConfig, prefix: str = "") -> nn.Module:
@@ -141,7 +141,7 @@ class MxModelLoader(BaseModelLoader):  # type: ignore[misc]
         if weights is not None and report is not None:
             weights.seal()
             weights.publish(report)
-            model.__dict__[_ATTRIBUTE] = weights  # serves as long as the model lives
+            attach(model, weights)  # serves as long as the model lives
             if key is not None and weights.source is not None:
                 serve_when_compiled(weights.source.server, key, vllm_config)
         elif report is not None:
@@ -151,7 +151,7 @@ class MxModelLoader(BaseModelLoader):  # type: ignore[misc]
 
     def load_weights(self, model: nn.Module, model_config: ModelConfig) -> None:
         if not self._loading:  # a reload outside load_model: new weights, so stop serving the old ones
-            _withdraw(model, "its weights are being reloaded")
+            withdraw_served(model, "its weights are being reloaded")
             self._load_from_disk(model, model_config)
             return
         started = time.perf_counter()
@@ -237,10 +237,3 @@ def _target_failure(weights: WeightLoader | None, reason: str | None) -> str:
         f"--load-format mx-target: no peer delivered {weights.identity.model_name} rank {weights.identity.rank} "
         f"({detail}); start a replica with --load-format mx or mx-source first"
     )
-
-
-def _withdraw(model: nn.Module, why: str) -> None:
-    weights = model.__dict__.pop(_ATTRIBUTE, None)
-    if isinstance(weights, WeightLoader):
-        log.info("%s rank %d stops serving: %s", weights.identity.model_name, weights.identity.rank, why)
-        weights.close()

@@ -39,6 +39,7 @@ from modelexpress.refit import (
     layout_of,
     settings_and_registry,
 )
+from modelexpress.vllm_plugin.serving import local_rank, withdraw_served
 
 log = logging.getLogger("modelexpress.rl")
 VERSION = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -97,6 +98,7 @@ class ModelExpressWeightTransferEngine(_Engine):  # type: ignore[misc,valid-type
         if self.receiver is not None:
             return  # a trainer that connects again keeps what this replica holds
         settings, registry = settings_and_registry("updates take their versions from the sources they name")
+        settings = settings.for_local_rank(local_rank())  # the port the operator dials for this rank
         name = init_info.model_name or self.model_config.model
         self.timeout = init_info.timeout_s
         _serve_metrics(settings.metrics_port)
@@ -175,6 +177,8 @@ class ModelExpressWeightTransferEngine(_Engine):  # type: ignore[misc,valid-type
 
     def _install(self, receiver: VersionReceiver, staged: Staged) -> None:
         """Load the staged version into the model; on failure, load the previous one again and raise."""
+        # An `mx` load format serves the post-processed weights as the checkpoint's: they are about to change.
+        withdraw_served(self.model, f"it takes weight version {staged.version}")
         try:
             self._load(receiver.tensors(staged))
         except Exception as exc:
