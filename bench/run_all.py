@@ -12,6 +12,7 @@ BENCHMARKS = [
     "rowsums.py",
     "control_plane.py",
     "source_recording.py",
+    "source_slices.py",
     "source_choice.py",
     "fanout.py",
     "hf_download.py",

@@ -31,12 +31,11 @@ from modelexpress.api.modelmetadata import ModelIdentity  # noqa: E402
 from modelexpress.p2p.identity import WorkerIdentity  # noqa: E402
 from modelexpress.registry.kubernetes import KubernetesRegistry  # noqa: E402
 from modelexpress.registry.ranking import Placement  # noqa: E402
-from tests.harness.kube import wait_for  # noqa: E402
+from tests.harness.kube import recorded_sources, wait_for  # noqa: E402
 from tests.harness.node import NodeHelper  # noqa: E402
 from tests.helpers.sources import Fleet  # noqa: E402
 from tests.helpers.sources import fleet as fleet_of_workers  # noqa: E402
 
-GROUP, VERSION, PLURAL = "modelexpress.io", "v1alpha1", "modelmetadatas"
 ZONES, CLIQUES, PER_CLIQUE, STRIPE = 4, 2, 4, 4
 
 
@@ -122,11 +121,7 @@ def main() -> int:
         start_sources(core, cluster.node, fleet, namespace, holding, args.workers)
 
         def recorded() -> bool:
-            try:
-                obj = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, resource)
-            except client.ApiException:
-                return False
-            sources = (obj.get("status") or {}).get("sources", [])
+            sources = recorded_sources(cluster.custom, namespace, resource)
             return len(sources) == args.workers and all(s.get("zone") and s["state"] == "Ready" for s in sources)
 
         wait_for(recorded, 240, interval=0.5, what=f"{args.workers} sources recorded with their zones")

@@ -1,6 +1,6 @@
 """The permissions each part needs, in one place: the chart renders them and the tests bind exactly these.
 
-Workers only read ModelMetadata (the operator is the single writer of its status). The server in
+Workers only read ModelMetadata and ModelSourceSlices (the operator is their single writer). The server in
 cluster mode creates, reads and deletes ModelCaches, and reviews callers' tokens when asked to. The operator
 follows pods (read-only), owns ModelMetadata/ModelCache status, posts Events, and takes part in
 kopf peering; it also reads CRDs and namespaces, which kopf uses to discover what to watch. It reads
@@ -21,7 +21,10 @@ WEBHOOK_SECRET = "modelexpress-webhook-tls"
 WEBHOOK_CONFIG = "modelexpress-webhook"
 
 WORKER_RULES: list[dict[str, Any]] = [
-    {"apiGroups": [API_GROUP], "resources": ["modelmetadatas"], "verbs": READ},
+    # Sources are read from a model's slices (by label, or followed with a watch); ModelMetadata for
+    # the identity each slice belongs to (`modelexpress sources ls`).
+    {"apiGroups": [API_GROUP], "resources": ["modelsourceslices"], "verbs": READ},
+    {"apiGroups": [API_GROUP], "resources": ["modelmetadatas"], "verbs": ["get", "list"]},
     # Its own node's zone and domain, from the one ConfigMap the operator keeps (no Node access).
     {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [TOPOLOGY_CONFIGMAP], "verbs": ["get"]},
 ]
@@ -55,6 +58,10 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     # kopf's own progress annotations and finalizers.
     {"apiGroups": [API_GROUP], "resources": ["modelmetadatas"], "verbs": [*READ, "create", "patch"]},
     {"apiGroups": [API_GROUP], "resources": ["modelmetadatas/status"], "verbs": ["patch"]},
+    # The entries themselves, in slices of at most 100 that it makes, fills and deletes (read back by
+    # label at start-up; never watched).
+    {"apiGroups": [API_GROUP], "resources": ["modelsourceslices"], "verbs": ["list", "create", "delete"]},
+    {"apiGroups": [API_GROUP], "resources": ["modelsourceslices/status"], "verbs": ["patch"]},
     {"apiGroups": [API_GROUP], "resources": ["modelcaches"], "verbs": [*READ, "patch"]},
     {"apiGroups": [API_GROUP], "resources": ["modelcaches/status"], "verbs": ["patch"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},

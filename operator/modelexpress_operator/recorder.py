@@ -1,13 +1,18 @@
-"""The single writer of ModelMetadata `status.sources`: one serialized writer task per resource.
+"""The single writer of a model's source entries (its ModelSourceSlices) and of its ModelMetadata's summary.
 
 Worker watchers report observations (a status message, a silence, a pod gone); the recorder applies
-them to an in-memory book per ModelMetadata and marks it dirty. Each book has one writer task, so
-writes to one resource never race: every change that arrives while a write is in flight is carried
-by the next write (one PATCH for a burst of 64 workers, not 64 conflicting ones). Entries are keyed
-by pod UID and port, so a pod replaced under the same name is a different entry.
+them to an in-memory book per ModelMetadata and marks the slices they touch dirty. Each book has one
+writer task, so writes to one object never race: every change that arrives while a write is in
+flight is carried by the next write (one PATCH per touched slice for a burst of workers, not one per
+worker). A change of one worker rewrites its slice (at most 100 entries), and the ModelMetadata's
+summary only when the summary changed. Entries are keyed by pod UID and port, so a pod replaced
+under the same name is a different entry; an entry stays in the slice it was first put in
+(`slices.SlicePlan`).
 
-The first write after start-up loads the resource and keeps its recorded entries only for pods
-that still exist, are opted in and Ready: a restarted operator loses nothing and keeps nothing stale.
+The first write after start-up loads the resource and its slices and keeps the recorded entries only
+of pods that still exist, are opted in and Ready: a restarted operator loses nothing and keeps nothing
+stale. Entries that a release before slices left in `status.sources` are moved into slices, which are
+written before the list is emptied.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import asyncio
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -26,7 +32,8 @@ from modelexpress import API_GROUP, API_VERSION
 from modelexpress._proto.worker.v1 import worker_pb2
 from modelexpress.api import ModelMetadataSpec, SourceState, WorkerSource
 from modelexpress.api.common import Condition
-from modelexpress.api.modelmetadata import ModelIdentity, ModelMetadata
+from modelexpress.api.modelmetadata import IDENTITY_LABEL, ModelIdentity, ModelMetadata
+from modelexpress.api.modelsourceslice import METADATA_LABEL, ModelSourceSlice
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress_operator.events import post_event
 from modelexpress_operator.metrics import (
@@ -38,12 +45,15 @@ from modelexpress_operator.metrics import (
     show_sources,
 )
 from modelexpress_operator.settings import OperatorSettings
-from modelexpress_operator.status import metadata_status
+from modelexpress_operator.slices import SlicePlan
+from modelexpress_operator.status import metadata_status, slice_status
 from modelexpress_operator.topology import Topology
 from modelexpress_operator.workers import WorkerTarget, pod_targets, same_entry, source_entry
 
 log = logging.getLogger(__name__)
 PLURAL = ModelMetadata.PLURAL
+SLICES = ModelSourceSlice.PLURAL
+SLICE_WRITERS = 8
 _MERGE_PATCH = "application/merge-patch+json"
 BookKey = tuple[str, str]  # (namespace, name)
 
@@ -69,10 +79,32 @@ class Book:
     phase: str | None = None
     dirty: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    plan: SlicePlan = field(init=False)
+    dirty_slices: set[str] = field(default_factory=set)
+    existing: set[str] = field(default_factory=set)
+    """Slices known to exist in the API (read at load, or created since)."""
+    summary: dict[str, Any] | None = None
+    """The summary status last written (an equal one is not written again)."""
+
+    def __post_init__(self) -> None:
+        self.plan = SlicePlan(self.name)
 
     @property
     def key(self) -> BookKey:
         return (self.namespace, self.name)
+
+    def changed(self, key: str) -> None:
+        """Entry `key` was added or changed: its slice needs writing."""
+        self.dirty_slices.add(self.plan.place(key))
+        self.dirty.set()
+
+    def removed(self, key: str) -> None:
+        """Entry `key` is gone: its slice needs writing (or deleting, if now empty)."""
+        self.sources.pop(key, None)
+        name = self.plan.remove(key)
+        if name is not None:
+            self.dirty_slices.add(name)
+        self.dirty.set()
 
 
 def _port_of(endpoint: str) -> str:
@@ -99,18 +131,36 @@ class Recorder:
         self._by_pod: dict[str, set[BookKey]] = {}
         self._names: dict[tuple[str, str], str] = {}  # (namespace, identity hash) -> resource name
         self._resolving: dict[tuple[str, str], asyncio.Lock] = {}
+        self._identities: dict[bytes, tuple[ModelIdentity, str]] = {}
+        # Slice writes in flight at once: the API server (etcd batching its fsyncs) takes several faster
+        # than one after another (8 writers: 58 writes/s of full slices against 33 for one, 2 cores).
+        self._slice_writers = ThreadPoolExecutor(SLICE_WRITERS, thread_name_prefix="mx-slice-write")
         self.writes = 0
 
     # --- observations from watchers and pod events ----------------------------------------------
 
     async def observe(self, target: WorkerTarget, status: worker_pb2.WorkerStatus) -> None:
         """A worker's latest status: record it in its identity's ModelMetadata."""
-        identity = ModelIdentity.of(WorkerIdentity.from_proto(status.identity))
-        name = await self.resolve(target, identity)
+        identity, digest = self._identity(status.identity)
+        name = await self.resolve(target, identity, digest)
         if name is None:
             return
-        place = await asyncio.to_thread(self.topology.of, target.node)  # cached: a read per node every few minutes
+        known, place = self.topology.cached(target.node)
+        if not known:  # a read per node every few minutes, off the event loop
+            place = await asyncio.to_thread(self.topology.of, target.node)
         self._put(self._book(target.namespace, name), target, source_entry(target, status, place=place))
+
+    def _identity(self, message: worker_pb2.WorkerIdentity) -> tuple[ModelIdentity, str]:
+        """The model identity a status message reports and its hash, parsed once per distinct identity (a
+        fleet reports few; 10,000 ranks' messages would otherwise cost a quarter of a second to parse)."""
+        raw = message.SerializeToString(deterministic=True)
+        found = self._identities.get(raw)
+        if found is None:
+            if len(self._identities) >= 4096:  # bounded: identities are few, but never let it grow without end
+                self._identities.clear()
+            identity = ModelIdentity.of(WorkerIdentity.from_proto(message))
+            found = self._identities[raw] = (identity, identity.identity_hash())
+        return found
 
     def stale(self, target: WorkerTarget) -> None:
         """The worker has not been heard from for the TTL: keep its entry but never as Ready."""
@@ -133,18 +183,15 @@ class Recorder:
             if book is None:
                 continue
             book.removed_pods.add(uid)
-            gone = [k for k, entry in book.sources.items() if entry.pod_uid == uid]
-            for k in gone:
-                del book.sources[k]
-            if gone:
-                book.dirty.set()
+            for k in [k for k, entry in book.sources.items() if entry.pod_uid == uid]:
+                book.removed(k)
 
     def forget_target(self, target: WorkerTarget) -> None:
         """One worker of a pod is no longer followed (its pod now runs fewer ranks)."""
         for key in self._by_pod.get(target.uid, set()):
             book = self.books.get(key)
-            if book is not None and book.sources.pop(target.key, None) is not None:
-                book.dirty.set()
+            if book is not None and target.key in book.sources:
+                book.removed(target.key)
 
     def _put(self, book: Book, target: WorkerTarget, entry: WorkerSource) -> None:
         current = book.sources.get(target.key)
@@ -153,15 +200,15 @@ class Recorder:
         book.sources[target.key] = entry
         book.removed_pods.discard(target.uid)
         self._by_pod.setdefault(target.uid, set()).add(book.key)
-        book.dirty.set()
+        book.changed(target.key)
 
     # --- resources: resolution, spec changes, deletion ------------------------------------------
 
-    async def resolve(self, target: WorkerTarget, identity: ModelIdentity) -> str | None:
+    async def resolve(self, target: WorkerTarget, identity: ModelIdentity, digest: str | None = None) -> str | None:
         """The ModelMetadata to record `identity` in: the pod's pinned one, one with that spec, or a new one."""
         if target.metadata_name:
             return target.metadata_name
-        digest = identity.identity_hash()
+        digest = digest or identity.identity_hash()
         cache_key = (target.namespace, digest)
         if (name := self._names.get(cache_key)) is not None:
             return name
@@ -250,10 +297,10 @@ class Recorder:
         self._names = {k: v for k, v in self._names.items() if not (k[0] == namespace and v == name)}
 
     def _drop_entries(self, book: Book) -> None:
-        for entry in book.sources.values():
+        for key, entry in list(book.sources.items()):
             if entry.pod_uid and (keys := self._by_pod.get(entry.pod_uid)) is not None:
                 keys.discard(book.key)
-        book.sources.clear()
+            book.removed(key)
 
     async def close(self) -> None:
         """Stop every writer (leadership lost, or shutdown); the next leader rebuilds from the pods."""
@@ -264,6 +311,7 @@ class Recorder:
         self.books.clear()
         self._by_pod.clear()
         self._names.clear()
+        self._identities.clear()
 
     # --- the writer ----------------------------------------------------------------------------
 
@@ -288,8 +336,11 @@ class Recorder:
             try:
                 if not book.loaded:
                     await asyncio.to_thread(self._load, book)
+                await self._write_slices(book)
                 status = self._status_of(book)
-                await asyncio.to_thread(self._write, book, status)
+                if status != book.summary:
+                    await asyncio.to_thread(self._write, book, status)
+                    book.summary = status
             except client.ApiException as exc:
                 if exc.status == 404 and await self._recreate(book):
                     continue
@@ -309,6 +360,28 @@ class Recorder:
             RECONCILE_SECONDS.labels(PLURAL).observe(time.perf_counter() - started)
             self._announce(book, status)
             self._show_sources(book)
+
+    async def _write_slices(self, book: Book) -> None:
+        """Write every dirty slice (at once: each is its own object), delete those left empty."""
+        dirty, book.dirty_slices = book.dirty_slices, set()
+        if not dirty:
+            return
+        contents = {name: [book.sources[k] for k in book.plan.keys(name) if k in book.sources] for name in dirty}
+        loop = asyncio.get_running_loop()
+        results = await asyncio.gather(
+            *(loop.run_in_executor(self._slice_writers, self._write_slice, book, name, entries)
+              for name, entries in contents.items()),
+            return_exceptions=True,
+        )  # fmt: skip
+        failures = [(name, r) for name, r in zip(contents, results, strict=True) if isinstance(r, BaseException)]
+        for name, entries in contents.items():
+            if not entries and name not in dict(failures):
+                book.existing.discard(name)
+                if not book.plan.drop_empty(name):  # refilled while it was being deleted
+                    book.dirty_slices.add(name)
+        if failures:
+            book.dirty_slices.update(name for name, _ in failures)
+            raise failures[0][1]
 
     async def _retry_later(self, book: Book, exc: Exception, delay: float) -> None:
         RECONCILES.labels(PLURAL, "error").inc()
@@ -333,12 +406,15 @@ class Recorder:
             await asyncio.to_thread(self._create, book.namespace, book.name, spec, None)
         except client.ApiException:
             return False
-        book.loaded = False
+        book.loaded, book.summary = False, None
+        book.existing.clear()  # the old resource's slices go with it (garbage collection)
+        book.dirty_slices.update(book.plan.members)
         book.dirty.set()
         return True
 
     def _load(self, book: Book) -> None:
-        """Read the resource and keep its recorded entries of pods that still exist, opted in and Ready."""
+        """Read the resource and its slices; keep the recorded entries of pods that still exist, opted in
+        and Ready, each in the slice it was in (entries of `status.sources`, from before slices: anywhere)."""
         API_REQUESTS.labels("get", PLURAL).inc()
         raw = cast(
             dict[str, Any],
@@ -348,9 +424,21 @@ class Recorder:
         book.spec = book.spec or resource.spec
         book.generation = max(book.generation, int(raw["metadata"].get("generation") or 0))
         book.uid = raw["metadata"]["uid"]
-        recorded = resource.status.sources if resource.status else []
         book.conditions = resource.status.conditions if resource.status else []
         book.phase = resource.status.phase.value if resource.status else None
+        recorded: list[tuple[WorkerSource, str | None]] = []
+        for piece in self._slices(book):
+            name = piece.metadata["name"]
+            owners = {ref.get("uid") for ref in piece.metadata.get("ownerReferences") or []}
+            if book.uid not in owners:  # left by a deleted incarnation of the resource: replaced
+                self._delete_slice(book, name)
+                recorded += [(entry, None) for entry in (piece.status.sources if piece.status else [])]
+                continue
+            book.existing.add(name)
+            book.plan.members.setdefault(name, set())
+            book.dirty_slices.add(name)  # rewritten once: dead pods' entries go, an emptied slice is deleted
+            recorded += [(entry, name) for entry in (piece.status.sources if piece.status else [])]
+        recorded += [(entry, None) for entry in (resource.status.sources if resource.status else [])]
         if recorded:
             API_REQUESTS.labels("list", "pods").inc()
             reply = self.core.list_namespaced_pod(book.namespace, _preload_content=False)
@@ -359,38 +447,103 @@ class Recorder:
                 for pod in json.loads(reply.data).get("items", [])
                 if _followable(pod, self.settings.default_worker_port)
             }
-            for entry in recorded:
+            for entry, known in recorded:
                 uid = entry.pod_uid
                 if uid is None or uid not in live or uid in book.removed_pods:
                     continue
                 key = f"{uid}:{_port_of(entry.endpoint)}"
                 if key not in book.sources:
                     book.sources[key] = entry
+                    book.dirty_slices.add(book.plan.place(key, known))
                     self._by_pod.setdefault(uid, set()).add(book.key)
         book.loaded = True
 
+    def _slices(self, book: Book) -> list[ModelSourceSlice]:
+        """The slices of the book's ModelMetadata, by label (unreadable ones are skipped, and replaced)."""
+        API_REQUESTS.labels("list", SLICES).inc()
+        reply = cast(
+            dict[str, Any],
+            self.custom.list_namespaced_custom_object(
+                API_GROUP, API_VERSION, book.namespace, SLICES, label_selector=f"{METADATA_LABEL}={book.name}"
+            ),
+        )
+        found = []
+        for item in reply.get("items", []):
+            try:
+                found.append(ModelSourceSlice.model_validate(item))
+            except ValidationError as exc:
+                log.warning("ignoring ModelSourceSlice %s: %s", item.get("metadata", {}).get("name"), exc)
+        return found
+
     def _status_of(self, book: Book) -> dict[str, Any]:
         assert book.spec is not None
-        entries = sorted(book.sources.values(), key=lambda s: (s.instance or s.pod, s.rank, s.pod_uid or ""))
-        current = {
-            "sources": [e.to_api() for e in entries],
-            "conditions": [c.to_api() for c in book.conditions],
-        }
-        status = metadata_status(book.spec, current, book.generation)
+        status = metadata_status(book.spec, list(book.sources.values()), book.conditions, book.generation)
         book.conditions = [Condition.model_validate(c) for c in status.get("conditions", [])]
         return status
 
     def _write(self, book: Book, status: dict[str, Any]) -> None:
         API_REQUESTS.labels("patch", f"{PLURAL}/status").inc()
         self.custom.patch_namespaced_custom_object_status(
-            API_GROUP,
-            API_VERSION,
-            book.namespace,
-            PLURAL,
-            book.name,
-            {"status": {**status, "sources": status.get("sources", [])}},
-            _content_type=_MERGE_PATCH,
+            API_GROUP, API_VERSION, book.namespace, PLURAL, book.name, {"status": status}, _content_type=_MERGE_PATCH
         )
+        self.writes += 1
+
+    def _write_slice(self, book: Book, name: str, entries: list[WorkerSource]) -> None:
+        """Make slice `name` hold exactly `entries`: patch its status, creating it first when it does not
+        exist; delete it when `entries` is empty."""
+        if not entries:
+            if name in book.existing:
+                self._delete_slice(book, name)
+            return
+        body = {"status": slice_status(entries)}
+        if name not in book.existing:
+            self._create_slice(book, name)
+        try:
+            API_REQUESTS.labels("patch", f"{SLICES}/status").inc()
+            self.custom.patch_namespaced_custom_object_status(
+                API_GROUP, API_VERSION, book.namespace, SLICES, name, body, _content_type=_MERGE_PATCH
+            )
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+            book.existing.discard(name)  # deleted behind our back: made again
+            self._create_slice(book, name)
+            self.custom.patch_namespaced_custom_object_status(
+                API_GROUP, API_VERSION, book.namespace, SLICES, name, body, _content_type=_MERGE_PATCH
+            )
+        self.writes += 1
+
+    def _delete_slice(self, book: Book, name: str) -> None:
+        API_REQUESTS.labels("delete", SLICES).inc()
+        try:
+            self.custom.delete_namespaced_custom_object(API_GROUP, API_VERSION, book.namespace, SLICES, name)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+        self.writes += 1
+
+    def _create_slice(self, book: Book, name: str) -> None:
+        """Create slice `name`, owned by (and so deleted with) the book's ModelMetadata."""
+        assert book.spec is not None and book.uid is not None
+        labels = {METADATA_LABEL: book.name[:63], IDENTITY_LABEL: ModelIdentity.of(book.spec).identity_hash()}
+        body = {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": ModelSourceSlice.KIND,
+            "metadata": {
+                "name": name,
+                "namespace": book.namespace,
+                "labels": labels,
+                "ownerReferences": [self._owner(book)],
+            },
+            "spec": {"modelMetadata": book.name},
+        }
+        API_REQUESTS.labels("create", SLICES).inc()
+        try:
+            self.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, book.namespace, SLICES, body)
+        except client.ApiException as exc:
+            if exc.status != 409:  # made already (a write that failed after it): patched next
+                raise
+        book.existing.add(name)
         self.writes += 1
 
     def _announce(self, book: Book, status: dict[str, Any]) -> None:
@@ -411,6 +564,12 @@ class Recorder:
     @staticmethod
     def _show_sources(book: Book) -> None:
         show_sources(book.namespace, book.name, [entry.state for entry in book.sources.values()])
+
+    @classmethod
+    def _owner(cls, book: Book) -> dict[str, Any]:
+        """The owner reference of the book's slices: its ModelMetadata (garbage collection deletes them with it)."""
+        assert book.uid is not None
+        return {**cls._ref(book.namespace, book.name, book.uid), "controller": True, "blockOwnerDeletion": True}
 
     @staticmethod
     def _ref(namespace: str, name: str, uid: str) -> dict[str, Any]:

@@ -32,13 +32,20 @@ class Topology:
         self._nodes: dict[str, tuple[float, NodeTopology | None]] = {}
         self._written: dict[tuple[str, str], str] = {}  # (namespace, node) -> JSON written there
 
+    def cached(self, node: str | None) -> tuple[bool, NodeTopology | None]:
+        """(True, what `of(node)` would return) when that needs no API read now; (False, None) otherwise."""
+        if not node:
+            return True, None
+        hit = self._nodes.get(node)
+        if hit is not None and time.monotonic() - hit[0] < _NODE_TTL_SECS:
+            return True, hit[1]
+        return False, None
+
     def of(self, node: str | None) -> NodeTopology | None:
         """The node's zone and domain (None when unknown: no such node, or no labels to read)."""
-        if not node:
-            return None
-        cached = self._nodes.get(node)
-        if cached is not None and time.monotonic() - cached[0] < _NODE_TTL_SECS:
-            return cached[1]
+        known, place = self.cached(node)
+        if known or not node:
+            return place
         try:
             labels = self.core.read_node(node).metadata.labels or {}
         except client.ApiException as exc:

@@ -111,7 +111,14 @@ class Cluster:
                 )
                 (pods / name).write_text(text)
         (LOGS / "state.txt").write_text(
-            self.kubectl("get", "pods,jobs,pvc,pv,modelcaches,modelmetadatas,events", "-A", "-o", "wide", check=False)
+            self.kubectl(
+                "get",
+                "pods,jobs,pvc,pv,modelcaches,modelmetadatas,modelsourceslices,events",
+                "-A",
+                "-o",
+                "wide",
+                check=False,
+            )
         )
         return LOGS
 

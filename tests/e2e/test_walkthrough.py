@@ -83,7 +83,10 @@ def metric(ip: str, name: str) -> float:
 
 
 def sources(cluster: Cluster) -> list[dict[str, Any]]:
-    listed = custom(cluster).list_namespaced_custom_object("modelexpress.io", "v1alpha1", INFERENCE, "modelmetadatas")
+    """Every recorded source entry of the inference namespace (the operator's ModelSourceSlices)."""
+    listed = custom(cluster).list_namespaced_custom_object(
+        "modelexpress.io", "v1alpha1", INFERENCE, "modelsourceslices"
+    )
     return [s for item in listed["items"] for s in (item.get("status") or {}).get("sources") or []]
 
 
@@ -134,6 +137,9 @@ def test_kubectl_get_modelmetadatas_lists_both_workers(cluster: Cluster, replica
     header = table.splitlines()[0].split()
     row = next(line.split() for line in table.splitlines() if "org/tiny-llama" in line)
     assert int(row[header.index("READY-SOURCES")]) >= 2 and row[header.index("PHASE")] == "Ready", table
+    # the entries themselves: the model's slices, every pod in them (`-o wide`)
+    slices = cluster.kubectl("-n", INFERENCE, "get", "modelsourceslices", "-o", "wide")
+    assert all(pod in slices for pod in replicas), slices
 
 
 def test_a_deleted_replica_leaves_the_record_and_a_new_replica_pulls_from_a_running_one(

@@ -137,3 +137,32 @@ def get_table(api: client.ApiClient, path: str) -> dict[str, Any]:
         response.read()
     table: dict[str, Any] = json.loads(response.data)
     return table
+
+
+def recorded_sources(custom: client.CustomObjectsApi, namespace: str, metadata: str) -> list[dict[str, Any]]:
+    """Every source entry the operator recorded for ModelMetadata `metadata`, across its ModelSourceSlices."""
+    listed = custom.list_namespaced_custom_object(
+        "modelexpress.io",
+        "v1alpha1",
+        namespace,
+        "modelsourceslices",
+        label_selector=f"modelexpress.io/model-metadata={metadata}",
+    )
+    return [s for item in listed["items"] for s in (item.get("status") or {}).get("sources") or []]
+
+
+def write_slice(
+    custom: client.CustomObjectsApi, namespace: str, metadata: str, identity_hash: str, sources: list[dict[str, Any]]
+) -> str:
+    """A ModelSourceSlice of ModelMetadata `metadata` holding `sources`, as the operator writes one (for tests
+    that need recorded entries without an operator); its name."""
+    name = f"{metadata}-s0"
+    labels = {"modelexpress.io/model-metadata": metadata, "modelexpress.io/identity": identity_hash}
+    body = {"apiVersion": "modelexpress.io/v1alpha1", "kind": "ModelSourceSlice",
+            "metadata": {"name": name, "labels": labels}, "spec": {"modelMetadata": metadata}}  # fmt: skip
+    custom.create_namespaced_custom_object("modelexpress.io", "v1alpha1", namespace, "modelsourceslices", body)
+    custom.patch_namespaced_custom_object_status(
+        "modelexpress.io", "v1alpha1", namespace, "modelsourceslices", name,
+        {"status": {"sources": sources, "sourceCount": len(sources)}},
+    )  # fmt: skip
+    return name

@@ -29,7 +29,7 @@ from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.registry.kubernetes import KubernetesRegistry
 from modelexpress_operator.rbac import WORKER_RULES
 from tests.harness.fixtures import GROUP, VERSION, ServiceAccountClient
-from tests.harness.kube import condition, get_table, wait_for
+from tests.harness.kube import condition, get_table, recorded_sources, wait_for, write_slice
 from tests.harness.node import NodeHelper
 from tests.harness.processes import die_with_parent, free_port
 from tests.helpers.sources import Fleet, fleet, start_source
@@ -97,7 +97,7 @@ def sources_when(
     custom: client.CustomObjectsApi, namespace: str, name: str, check: Callable[[list[dict[str, Any]]], bool]
 ) -> Callable[[], list[dict[str, Any]] | None]:
     def probe() -> list[dict[str, Any]] | None:
-        sources: list[dict[str, Any]] = status_of(custom, namespace, name).get("sources", [])
+        sources = recorded_sources(custom, namespace, name)
         return sources if check(sources) else None
 
     return probe
@@ -167,13 +167,13 @@ def test_64_workers_recorded_removed_and_rebuilt_after_restart(
         gone = {uids[v] for v in names[:10]}
         wait_for(sources_when(custom_objects, namespace, name, lambda s: len(s) == 54), 10, what="10 sources removed")
         assert time.monotonic() - started < 10
-        assert not gone & {s["podUid"] for s in status_of(custom_objects, namespace, name)["sources"]}
+        assert not gone & {s["podUid"] for s in recorded_sources(custom_objects, namespace, name)}
 
     # Operator down: two more pods go away, and someone wipes the recorded sources.
     for victim in names[10:12]:
         delete_pod_now(core, namespace, victim)
-    custom_objects.patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, PLURAL, name, {"status": {"sources": []}}
+    custom_objects.delete_collection_namespaced_custom_object(
+        GROUP, VERSION, namespace, "modelsourceslices", label_selector=f"modelexpress.io/model-metadata={name}"
     )
     with fleet() as workers2, run_operator():
         # The first 64 workers' fleet was stopped with the operator; serve the 52 survivors again.
@@ -284,9 +284,7 @@ def test_pod_replaced_under_the_same_name_is_never_its_previous_incarnation(
         # Rolling restart: same pod name, same IP and port, a new UID; the new worker is still loading.
         delete_pod_now(core, namespace, "vllm-0")
         old.command("stop", index=0)
-        wait_for(
-            lambda: not status_of(custom_objects, namespace, name).get("sources"), 10, what="old incarnation removed"
-        )
+        wait_for(lambda: not recorded_sources(custom_objects, namespace, name), 10, what="old incarnation removed")
         new_uid = core.create_namespaced_pod(namespace, worker_pod("vllm-0", port)).metadata.uid
         assert new_uid != old_uid
         new.start([{"model": "test/rolling", "pod": "vllm-0", "uid": new_uid, "port": port, "state": "Initializing"}])
@@ -432,18 +430,8 @@ def test_worker_service_account_reads_sources_and_every_write_is_refused(
             "spec": {"modelName": "a/b"},
         },
     )
-    custom_objects.patch_namespaced_custom_object_status(
-        GROUP,
-        VERSION,
-        namespace,
-        PLURAL,
-        "m",
-        {
-            "status": {
-                "sources": [{"pod": "p", "podUid": "u1", "rank": 0, "endpoint": "10.0.0.9:50051", "state": "Ready"}]
-            }
-        },
-    )
+    entry = {"pod": "p", "podUid": "u1", "rank": 0, "endpoint": "10.0.0.9:50051", "state": "Ready"}
+    write_slice(custom_objects, namespace, "m", ModelIdentity(model_name="a/b").identity_hash(), [entry])
     api, kubeconfig = service_account_client(namespace, "reader", WORKER_RULES)
     registry = KubernetesRegistry(namespace, api=api, watch=True)
     try:
@@ -489,6 +477,10 @@ def test_worker_service_account_reads_sources_and_every_write_is_refused(
             GROUP, VERSION, namespace, PLURAL, "m", {"status": {"sources": []}}
         ),
         lambda: objs.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "m"),
+        lambda: objs.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, "modelsourceslices", "m-s0", {"status": {"sources": []}}
+        ),
+        lambda: objs.delete_namespaced_custom_object(GROUP, VERSION, namespace, "modelsourceslices", "m-s0"),
     ]
     for attempt in writes:
         with pytest.raises(client.ApiException) as refused:
@@ -706,6 +698,7 @@ def test_weight_versions_are_recorded_shown_and_never_mixed(
     namespace: str,
     node: NodeHelper,
     run_operator: Callable[..., contextlib.AbstractContextManager[Any]],
+    operator_kubeconfig: Path,
 ) -> None:
     """RL replicas serving versions of a policy's checkpoint: each entry carries its version, the
     ModelMetadata shows the newest Ready one (by number: 10 after 2), and a target asking for version N
@@ -727,12 +720,12 @@ def test_weight_versions_are_recorded_shown_and_never_mixed(
     def endpoints(version: str) -> set[str]:
         return {r.endpoint for r in registry.find_ready(version_identity(model, version))}
 
-    with fleet() as workers, run_operator():
+    with fleet() as workers, run_operator(kubeconfig=operator_kubeconfig):  # as its own ServiceAccount
         start_worker_pods(core, node, namespace, workers, ["v1-a", "v1-b"], **spec, version="1")
         wait_for(newest("1"), 60, what="version 1 recorded")
         start_worker_pods(core, node, namespace, workers, ["v2-a"], **spec, version="2")
         status = wait_for(newest("2"), 30, what="version 2 shown as the newest")
-        by_pod = {s["pod"]: s for s in status["sources"]}
+        by_pod = {s["pod"]: s for s in recorded_sources(custom_objects, namespace, name)}
         assert {pod: s.get("weightsVersion") for pod, s in by_pod.items()} == {"v1-a": "1", "v1-b": "1", "v2-a": "2"}
         assert status["readySources"] == 3
 
@@ -753,12 +746,57 @@ def test_weight_versions_are_recorded_shown_and_never_mixed(
 
         # A replica installs the next version and offers it from the same port: its entry follows.
         workers.command("version", index=0, version="11")  # v1-a
-        status = wait_for(newest("11"), 30, what="v1-a's entry moved to version 11")
-        assert {s["pod"]: s.get("weightsVersion") for s in status["sources"]}["v1-a"] == "11"
+        wait_for(newest("11"), 30, what="v1-a's entry moved to version 11")
+        assert {s["pod"]: s.get("weightsVersion") for s in recorded_sources(custom_objects, namespace, name)}[
+            "v1-a"
+        ] == "11"
         assert endpoints("1") == {by_pod["v1-b"]["endpoint"]}
 
         # The newest replicas go: the column falls back to what is still served.
         for pod in ("v1-a", "v10-a", "v2-a"):
             delete_pod_now(core, namespace, pod)
         wait_for(newest("1"), 30, what="back to version 1")
+
+        # The last one goes: its slice is empty, and deleted.
+        delete_pod_now(core, namespace, "v1-b")
+        wait_for(lambda: not recorded_sources(custom_objects, namespace, name), 30, what="the last entry removed")
+        wait_for(lambda: not custom_objects.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, "modelsourceslices")["items"], 30, what="the emptied slice deleted")  # fmt: skip
+    registry.close()
+
+
+def test_entries_of_a_release_before_slices_move_into_slices_without_losing_a_ready_source(
+    kube_api: client.ApiClient,
+    custom_objects: client.CustomObjectsApi,
+    namespace: str,
+    node: NodeHelper,
+    run_operator: Callable[..., contextlib.AbstractContextManager[Any]],
+) -> None:
+    """An upgrade: the ModelMetadata holds its entries in `status.sources`, as releases before slices wrote
+    them. The operator moves those of live pods into slices, then empties the list; a dead pod's entry goes."""
+    core = client.CoreV1Api(kube_api)
+    identity = WorkerIdentity(model_name="test/upgrade")
+    name = identity.resource_name()
+    silent = free_port()  # nothing answers there: what the slices hold can only come from the old list
+    uids = {}
+    for pod in ("a", "b"):
+        uids[pod] = core.create_namespaced_pod(namespace, worker_pod(pod, silent)).metadata.uid
+        node.mark_running(namespace, pod, ip="127.0.0.1")
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelMetadata",
+            "metadata": {"name": name, "labels": ModelIdentity.of(identity).labels()}, "spec": {"modelName": "test/upgrade"}}  # fmt: skip
+    custom_objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    old = [
+        {"pod": pod, "podUid": uid, "rank": 0, "endpoint": f"127.0.0.1:{silent}", "state": "Ready"}
+        for pod, uid in [*uids.items(), ("gone", "uid-of-a-deleted-pod")]
+    ]
+    custom_objects.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, PLURAL, name, {"status": {"sources": old, "readySources": 3}}
+    )
+    registry = KubernetesRegistry(namespace, api=kube_api)
+    with run_operator(ttl=600):
+        moved = wait_for(sources_when(custom_objects, namespace, name, lambda s: len(s) == 2), 30, what="moved")
+        assert {(s["podUid"], s["state"]) for s in moved} == {(uids["a"], "Ready"), (uids["b"], "Ready")}
+        status = wait_for(lambda: (s := status_of(custom_objects, namespace, name)).get("readySources") == 2 and s, 30)
+        assert "sources" not in status  # the old list is gone once the slices hold its entries
+        assert sorted(r.pod_uid or "" for r in registry.find_ready(identity)) == sorted(uids.values())
     registry.close()

@@ -33,7 +33,7 @@ from modelexpress.p2p.pull import NoSourceError, PullOptions, pull
 from modelexpress.p2p.source import SourceWorker
 from modelexpress_operator.rbac import WORKER_PEER_AUTH_RULES
 from tests.harness.controlplane import ControlPlane
-from tests.harness.kube import service_account_token, wait_for, write_kubeconfig
+from tests.harness.kube import recorded_sources, service_account_token, wait_for, write_kubeconfig
 
 pytestmark = pytest.mark.k8s
 IDENTITY = WorkerIdentity(model_name="test/guarded")
@@ -235,13 +235,7 @@ def test_the_operator_follows_a_guarded_worker_with_its_own_token(
     name = IDENTITY.resource_name()
 
     def recorded() -> list[dict[str, Any]] | None:
-        try:
-            obj = custom_objects.get_namespaced_custom_object(
-                "modelexpress.io", "v1alpha1", namespace, "modelmetadatas", name
-            )
-        except client.ApiException:
-            return None
-        sources: list[dict[str, Any]] = (obj.get("status") or {}).get("sources") or []
+        sources = recorded_sources(custom_objects, namespace, name)
         return sources if sources and sources[0]["state"] == "Ready" else None
 
     args = ["run", "--standalone", "--namespace", namespace, "-m", "modelexpress_operator.handlers"]

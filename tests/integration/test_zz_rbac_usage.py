@@ -48,6 +48,7 @@ EXERCISED_ELSEWHERE = {
     # The workers' documented contract is get/list/watch; the registry itself lists and watches, and
     # `get` serves reads of one named ModelMetadata (kubectl with the worker's identity).
     ("modelexpress.io", "modelmetadatas", "get"): "one-object reads under the workers' get/list/watch contract",
+    ("modelexpress.io", "modelsourceslices", "get"): "one-object reads under the workers' get/list/watch contract",
 }
 
 

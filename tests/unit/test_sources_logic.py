@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from modelexpress.api import ModelMetadata
-from modelexpress.api.modelmetadata import ModelIdentity
+from modelexpress.api import ModelSourceSlice
+from modelexpress.api.modelmetadata import IDENTITY_LABEL, ModelIdentity
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.registry.kubernetes import sources_for
 from modelexpress.registry.ranking import Placement
@@ -79,8 +79,13 @@ def test_leader_rule_matches_kopf_peering() -> None:
     assert is_leader({}, 5, now)
 
 
-def _resource(name: str, spec: dict[str, Any], sources: list[dict[str, Any]]) -> ModelMetadata:
-    return ModelMetadata.model_validate({"metadata": {"name": name}, "spec": spec, "status": {"sources": sources}})
+def _resource(name: str, spec: dict[str, Any], sources: list[dict[str, Any]]) -> ModelSourceSlice:
+    """A slice of ModelMetadata `name` (of `spec`'s identity) holding `sources`, labelled as the operator does."""
+    labels = {IDENTITY_LABEL: ModelIdentity.model_validate(spec).identity_hash()}
+    return ModelSourceSlice.model_validate(
+        {"metadata": {"name": f"{name}-s0", "labels": labels}, "spec": {"modelMetadata": name},
+         "status": {"sources": sources}}
+    )  # fmt: skip
 
 
 def _source(pod: str, **fields: Any) -> dict[str, Any]:

@@ -25,9 +25,19 @@ from modelexpress.api.modelmetadata import (
     SourceState,
     WorkerSource,
 )
+from modelexpress.api.modelsourceslice import (
+    MAX_SLICE_SOURCES,
+    METADATA_LABEL,
+    ModelSourceSlice,
+    ModelSourceSliceSpec,
+    ModelSourceSliceStatus,
+    slice_name,
+)
 
 __all__ = [
     "CRD_KINDS",
+    "MAX_SLICE_SOURCES",
+    "METADATA_LABEL",
     "RETRY_ANNOTATION",
     "Condition",
     "ConditionStatus",
@@ -45,9 +55,13 @@ __all__ = [
     "ModelMetadataPhase",
     "ModelMetadataSpec",
     "ModelMetadataStatus",
+    "ModelSourceSlice",
+    "ModelSourceSliceSpec",
+    "ModelSourceSliceStatus",
     "SourceState",
     "WorkerSource",
     "build_crd",
     "crd_filename",
+    "slice_name",
     "structural_schema",
 ]

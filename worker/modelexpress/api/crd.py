@@ -15,8 +15,9 @@ from modelexpress import API_GROUP, API_VERSION
 from modelexpress.api.common import PATTERN_MESSAGE, KubeModel
 from modelexpress.api.modelcache import ModelCache
 from modelexpress.api.modelmetadata import ModelMetadata
+from modelexpress.api.modelsourceslice import ModelSourceSlice
 
-CRD_KINDS: tuple[type[KubeModel], ...] = (ModelCache, ModelMetadata)
+CRD_KINDS: tuple[type[KubeModel], ...] = (ModelCache, ModelMetadata, ModelSourceSlice)
 _DROP = {"title", "$defs", "discriminator", "examples"}
 
 

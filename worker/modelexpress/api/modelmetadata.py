@@ -1,8 +1,9 @@
 """The ModelMetadata resource: one model identity, and which workers hold its weights.
 
 The spec is the identity that must match exactly for two workers to exchange weights; the status,
-written only by the operator, lists the source workers (endpoints only: manifests and NIXL agent
-metadata are served by each worker's gRPC WorkerService, never stored in etcd).
+written only by the operator, summarises the source workers (counts, nodes, phase). The entries
+themselves (endpoints only: manifests and NIXL agent metadata are served by each worker's gRPC
+WorkerService, never stored in etcd) live in the ModelSourceSlices the ModelMetadata owns.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from modelexpress.api.common import (
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$"
 WEIGHTS_VERSION_PATTERN = r"^[A-Za-z0-9._-]+$"
+MAX_STATUS_NODES = 100
+"""`status.nodes` lists at most this many nodes (`status.nodeCount` counts them all)."""
 Dtype = Literal["auto", "float16", "bfloat16", "float32"]
 
 
@@ -150,15 +153,21 @@ class ModelMetadataStatus(KubeModel):
     """Pending until at least one instance has every rank Ready."""
     layout: str | None = None
     """TP x PP of the identity, for printer columns."""
-    sources: list[WorkerSource] = Field(default_factory=list)
-    """One entry per worker rank."""
+    sources: list[WorkerSource] = Field(default_factory=list, max_length=5000)
+    """Deprecated: where releases before ModelSourceSlices recorded the entries. The operator moves them
+    into slices (the slices are written first) and then empties this list."""
     ready_sources: int = Field(default=0, ge=0)
     """Source entries in state Ready."""
     ready_replicas: int = Field(default=0, ge=0)
     """Instances with every rank Ready."""
-    nodes: list[Annotated[str, StringConstraints(max_length=253)]] = Field(default_factory=list, max_length=5000)
-    """Nodes holding the model: those of Ready sources (`kubectl get modelmetadatas -o wide`); the
-    webhook can steer opted-in pods towards them (`modelexpress.io/prefer-model-nodes`)."""
+    nodes: list[Annotated[str, StringConstraints(max_length=253)]] = Field(
+        default_factory=list, max_length=MAX_STATUS_NODES
+    )
+    """Nodes holding the model: those of Ready sources, the first 100 by name (`kubectl get
+    modelmetadatas -o wide`); the webhook can steer opted-in pods towards them
+    (`modelexpress.io/prefer-model-nodes`)."""
+    node_count: int = Field(default=0, ge=0)
+    """Nodes holding the model, all of them (`nodes` lists at most 100)."""
     weights_version: str | None = Field(default=None, max_length=128)
     """The newest weight version a Ready source serves (numerically where every version is a number, as
     training steps are); unset when no Ready source serves a version."""

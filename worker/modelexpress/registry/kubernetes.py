@@ -1,13 +1,16 @@
-"""The Kubernetes source registry: workers find peers in ModelMetadata status, which only the operator writes.
+"""The Kubernetes source registry: workers find peers in ModelSourceSlices, which only the operator writes.
 
 Workers never write: the operator learns a worker's state from its WorkerService status stream, so
 `publish`, `set_state` and `remove` are no-ops here and the worker's RBAC is get/list/watch on
-`modelmetadatas`. Reads come from a cache kept by a list-then-watch loop (`watch=True`, for
-long-running workers) or from one list per lookup (`watch=False`, for one-shot commands).
+`modelmetadatas` and `modelsourceslices`. A lookup reads the slices labelled with the worker's
+identity: from a cache kept by a list-then-watch loop over the namespace's slices (`watch=True`, for
+long-running workers: a change of one worker brings one slice), or one list by label selector per
+lookup (`watch=False`, for one-shot commands). Either way the cost follows the model's slices, not
+the namespace's other models.
 
 A source is handed out only when it is Ready, has the target's rank, GPU architecture and weight
 version (none, or exactly the RL step asked for), and sits
-in a ModelMetadata whose spec has the target's identity. Same-node sources come first, then the
+in a slice of a ModelMetadata whose spec has the target's identity (the slice's identity label). Same-node sources come first, then the
 least loaded (fewest targets pulling), ties broken at random so that targets spread out.
 """
 
@@ -16,21 +19,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from kubernetes import client, watch
 from pydantic import ValidationError
 
 from modelexpress import API_GROUP, API_VERSION
 from modelexpress.api.modelmetadata import (
+    IDENTITY_LABEL,
     TOPOLOGY_CONFIGMAP,
-    ModelIdentity,
     ModelMetadata,
     ModelMetadataSpec,
     NodeTopology,
     SourceState,
     WorkerSource,
 )
+from modelexpress.api.modelsourceslice import ModelSourceSlice
 from modelexpress.kubeclient import kube_api_client
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.records import SourceRecord
@@ -38,7 +42,9 @@ from modelexpress.registry.base import SourceRegistry
 from modelexpress.registry.ranking import Placement, rank_sources
 
 log = logging.getLogger(__name__)
+Parsed = TypeVar("Parsed", ModelMetadata, ModelSourceSlice)
 PLURAL = ModelMetadata.PLURAL
+SLICES = ModelSourceSlice.PLURAL
 
 
 def _record(identity: WorkerIdentity, source: WorkerSource) -> SourceRecord:
@@ -59,28 +65,34 @@ def _record(identity: WorkerIdentity, source: WorkerSource) -> SourceRecord:
     )
 
 
-def all_sources(resources: list[ModelMetadata]) -> list[SourceRecord]:
-    """Every entry of every resource, with its identity (inspection: `modelexpress sources ls`)."""
+def _entries(piece: ModelSourceSlice) -> list[WorkerSource]:
+    return piece.status.sources if piece.status else []
+
+
+def all_sources(resources: list[ModelMetadata], slices: list[ModelSourceSlice]) -> list[SourceRecord]:
+    """Every entry of every slice, with the identity of its ModelMetadata (inspection: `modelexpress sources ls`)."""
+    specs = {r.metadata.get("name"): r.spec.model_dump(include=set(ModelMetadataSpec.model_fields)) for r in resources}
     records = []
-    for resource in resources:
-        spec = resource.spec.model_dump(include=set(ModelMetadataSpec.model_fields))
-        for source in resource.status.sources if resource.status else []:
+    for piece in slices:
+        spec = specs.get(piece.spec.model_metadata)
+        if spec is None:  # its ModelMetadata is being deleted (the slice goes with it)
+            continue
+        for source in _entries(piece):
             identity = WorkerIdentity(**{**spec, "gpu_architecture": source.gpu_architecture, "rank": source.rank,
                                          "weights_version": source.weights_version or ""})  # fmt: skip
             records.append(_record(identity, source))
     return records
 
 
-def sources_for(resources: list[ModelMetadata], identity: WorkerIdentity, near: Placement | None) -> list[SourceRecord]:
-    """Ready sources of `identity` (same rank and GPU architecture) in `resources`, best first."""
+def sources_for(slices: list[ModelSourceSlice], identity: WorkerIdentity, near: Placement | None) -> list[SourceRecord]:
+    """Ready sources of `identity` (same rank, GPU architecture and weight version) in `slices`, best first."""
     wanted = identity.identity_hash()
     arch = identity.gpu_architecture or None
     found: list[SourceRecord] = []
-    for resource in resources:
-        spec = ModelIdentity.of(resource.spec)
-        if spec.identity_hash() != wanted or resource.status is None:
+    for piece in slices:
+        if piece.metadata.get("labels", {}).get(IDENTITY_LABEL) != wanted:
             continue
-        for source in resource.status.sources:
+        for source in _entries(piece):
             if source.state != SourceState.READY or source.rank != identity.rank:
                 continue
             if (source.gpu_architecture or None) != arch or (source.weights_version or "") != identity.weights_version:
@@ -96,7 +108,7 @@ class KubernetesRegistry(SourceRegistry):
         self.namespace = namespace
         self.api = api or kube_api_client()
         self.custom = client.CustomObjectsApi(self.api)
-        self._cache: dict[str, ModelMetadata] = {}
+        self._cache: dict[str, ModelSourceSlice] = {}
         self._topology: dict[str, NodeTopology | None] = {}
         self._synced = threading.Event()
         self._stop = threading.Event()
@@ -116,7 +128,7 @@ class KubernetesRegistry(SourceRegistry):
         pass
 
     def list_sources(self) -> list[SourceRecord]:
-        return all_sources(self.list_all())
+        return all_sources(self.list_all(), self._list_slices()[0])
 
     def placed(self, near: Placement | None) -> Placement | None:
         """`near` completed with its node's zone and domain from the operator's topology ConfigMap, where
@@ -146,29 +158,38 @@ class KubernetesRegistry(SourceRegistry):
 
     def find_ready(self, identity: WorkerIdentity, near: Placement | None = None) -> list[SourceRecord]:
         if self._thread is None:
-            resources = self.list_all()
+            slices, _ = self._list_slices(f"{IDENTITY_LABEL}={identity.identity_hash()}")
         else:
             if not self._synced.wait(30):
-                raise TimeoutError(f"no ModelMetadata listing from the API server in 30 s (namespace {self.namespace})")
-            resources = list(self._cache.values())
-        return sources_for(resources, identity, self.placed(near))
+                raise TimeoutError(
+                    f"no ModelSourceSlice listing from the API server in 30 s (namespace {self.namespace})"
+                )
+            slices = list(self._cache.values())
+        return sources_for(slices, identity, self.placed(near))
 
     def list_all(self) -> list[ModelMetadata]:
         """Every ModelMetadata of the namespace, read now."""
-        items, _ = self._list()
-        return items
-
-    def _list(self) -> tuple[list[ModelMetadata], str]:
         reply = cast(
             dict[str, Any], self.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, self.namespace, PLURAL)
         )
-        return [r for r in map(_parse, reply.get("items", [])) if r is not None], reply["metadata"]["resourceVersion"]
+        return [r for r in (_parse(ModelMetadata, item) for item in reply.get("items", [])) if r is not None]
+
+    def _list_slices(self, selector: str | None = None) -> tuple[list[ModelSourceSlice], str]:
+        """The namespace's slices (those matching the label `selector`), and the list's resourceVersion."""
+        reply = cast(
+            dict[str, Any],
+            self.custom.list_namespaced_custom_object(
+                API_GROUP, API_VERSION, self.namespace, SLICES, label_selector=selector or ""
+            ),
+        )
+        found = [r for r in (_parse(ModelSourceSlice, item) for item in reply.get("items", [])) if r is not None]
+        return found, reply["metadata"]["resourceVersion"]
 
     def _watch_loop(self) -> None:
         backoff = 0.5
         while not self._stop.is_set():
             try:
-                items, version = self._list()
+                items, version = self._list_slices()
                 self._cache = {r.metadata["name"]: r for r in items}
                 self._synced.set()
                 backoff = 0.5
@@ -178,7 +199,7 @@ class KubernetesRegistry(SourceRegistry):
                     API_GROUP,
                     API_VERSION,
                     self.namespace,
-                    PLURAL,
+                    SLICES,
                     resource_version=version,
                     timeout_seconds=60,
                 ):
@@ -188,10 +209,10 @@ class KubernetesRegistry(SourceRegistry):
                     name = event["object"]["metadata"]["name"]
                     if event["type"] == "DELETED":
                         self._cache.pop(name, None)
-                    elif (parsed := _parse(event["object"])) is not None:
+                    elif (parsed := _parse(ModelSourceSlice, event["object"])) is not None:
                         self._cache[name] = parsed
             except Exception as exc:  # 410 Gone, connection reset, ...: list again
-                log.debug("ModelMetadata watch restarts: %s", exc)
+                log.debug("ModelSourceSlice watch restarts: %s", exc)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
 
@@ -200,9 +221,9 @@ class KubernetesRegistry(SourceRegistry):
         self.api.close()
 
 
-def _parse(raw: dict[str, Any]) -> ModelMetadata | None:
+def _parse(kind: type[Parsed], raw: dict[str, Any]) -> Parsed | None:
     try:
-        return ModelMetadata.model_validate(raw)
+        return kind.model_validate(raw)
     except ValidationError as exc:
-        log.warning("ignoring ModelMetadata %s: %s", raw.get("metadata", {}).get("name"), exc)
+        log.warning("ignoring %s %s: %s", kind.__name__, raw.get("metadata", {}).get("name"), exc)
         return None

@@ -1,0 +1,71 @@
+"""The ModelSourceSlice resource: up to 100 of one ModelMetadata's source entries.
+
+A model's source workers are recorded in slices, as a Service's endpoints are in EndpointSlices: many
+small objects, each owned by the ModelMetadata and labelled with its name and identity, so that one
+worker's change rewrites one slice of at most 100 entries (about 45 KB) and watchers receive only
+that slice, whatever the size of the fleet. The ModelMetadata keeps the summary (counts, phase,
+conditions). Only the operator writes slices; workers list and watch them by label.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from modelexpress.api.common import KubeModel
+from modelexpress.api.modelmetadata import IDENTITY_LABEL, WorkerSource
+
+MAX_SLICE_SOURCES = 100
+"""Entries one slice holds at most (the schema refuses more)."""
+METADATA_LABEL = "modelexpress.io/model-metadata"
+"""Label holding the name of the ModelMetadata a slice belongs to."""
+SLICE_IDENTITY_LABEL = IDENTITY_LABEL
+"""Label holding the identity hash of the slice's ModelMetadata (what a worker selects on)."""
+
+
+class ModelSourceSliceSpec(KubeModel):
+    """Which ModelMetadata the slice belongs to."""
+
+    model_metadata: str = Field(min_length=1, max_length=253)
+    """Name of the ModelMetadata (same namespace) whose sources the slice holds; it owns the slice."""
+
+
+class ModelSourceSliceStatus(KubeModel):
+    """Source entries, written by the operator only."""
+
+    sources: list[WorkerSource] = Field(default_factory=list, max_length=MAX_SLICE_SOURCES)
+    """One entry per worker rank (at most 100); an entry stays in its slice while its pod lives."""
+    source_count: int = Field(default=0, ge=0)
+    """Entries in the slice."""
+    ready_sources: int = Field(default=0, ge=0)
+    """Entries in state Ready."""
+
+
+class ModelSourceSlice(KubeModel):
+    """Up to 100 source workers of one ModelMetadata."""
+
+    KIND: ClassVar[str] = "ModelSourceSlice"
+    PLURAL: ClassVar[str] = "modelsourceslices"
+    SINGULAR: ClassVar[str] = "modelsourceslice"
+    SHORT_NAMES: ClassVar[list[str]] = ["mxslice"]
+    PRINTER_COLUMNS: ClassVar[list[dict[str, Any]]] = [
+        {"name": "Model-Metadata", "type": "string", "jsonPath": ".spec.modelMetadata"},
+        {"name": "Sources", "type": "integer", "jsonPath": ".status.sourceCount"},
+        {"name": "Ready", "type": "integer", "jsonPath": ".status.readySources"},
+        {"name": "Pods", "type": "string", "jsonPath": ".status.sources[*].pod", "priority": 1},
+        {"name": "Endpoints", "type": "string", "jsonPath": ".status.sources[*].endpoint", "priority": 1},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+    api_version: str = "modelexpress.io/v1alpha1"
+    kind: str = "ModelSourceSlice"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: ModelSourceSliceSpec
+    status: ModelSourceSliceStatus | None = None
+
+
+def slice_name(metadata_name: str, index: int) -> str:
+    """The name of a ModelMetadata's slice number `index`: `<name>-s<index>`, within 253 characters."""
+    suffix = f"-s{index}"
+    return metadata_name[: 253 - len(suffix)] + suffix
