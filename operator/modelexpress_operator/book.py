@@ -1,0 +1,66 @@
+"""What the operator knows of one ModelMetadata: its spec, its source entries and which slice holds each.
+
+The recorder changes a book from worker observations (always on the event loop); the source store
+reads and writes the book's objects. The book remembers what needs writing (its dirty slices, and
+whether the summary changed since the last write) so that a burst of changes is written once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelexpress.api import ModelMetadataSpec, WorkerSource
+from modelexpress.api.common import Condition
+from modelexpress_operator.slices import SlicePlan
+
+BookKey = tuple[str, str]  # (namespace, name)
+
+
+@dataclass
+class Book:
+    """What the operator knows of one ModelMetadata."""
+
+    namespace: str
+    name: str
+    spec: ModelMetadataSpec | None = None
+    generation: int = 0
+    uid: str | None = None
+    conditions: list[Condition] = field(default_factory=list)
+    sources: dict[str, WorkerSource] = field(default_factory=dict)
+    removed_pods: set[str] = field(default_factory=set)
+    loaded: bool = False
+    phase: str | None = None
+    dirty: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    plan: SlicePlan = field(init=False)
+    dirty_slices: set[str] = field(default_factory=set)
+    existing: set[str] = field(default_factory=set)
+    """Slices known to exist in the API (read at load, or created since)."""
+    summary: dict[str, Any] | None = None
+    """The summary status last written (an equal one is not written again)."""
+
+    def __post_init__(self) -> None:
+        self.plan = SlicePlan(self.name)
+
+    @property
+    def key(self) -> BookKey:
+        return (self.namespace, self.name)
+
+    def changed(self, key: str) -> None:
+        """Entry `key` was added or changed: its slice needs writing."""
+        self.dirty_slices.add(self.plan.place(key))
+        self.dirty.set()
+
+    def removed(self, key: str) -> None:
+        """Entry `key` is gone: its slice needs writing (or deleting, if now empty)."""
+        self.sources.pop(key, None)
+        name = self.plan.remove(key)
+        if name is not None:
+            self.dirty_slices.add(name)
+        self.dirty.set()
+
+
+def port_of(endpoint: str) -> str:
+    return endpoint.rsplit(":", 1)[-1]
