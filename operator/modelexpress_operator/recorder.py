@@ -239,8 +239,8 @@ class Recorder:
                     for entry in book.sources.values():
                         if entry.pod_uid:
                             self._by_pod.setdefault(entry.pod_uid, set()).add(book.key)
-                await self._write_slices(book)
-                status = self._status_of(book)
+                written = await self._write_slices(book)
+                status = self._status_of(book, written)
                 if status != book.summary:
                     await asyncio.to_thread(self.store.write_summary, book, status)
                     book.summary = status
@@ -264,11 +264,14 @@ class Recorder:
             self._announce(book, status)
             self._show_sources(book)
 
-    async def _write_slices(self, book: Book) -> None:
-        """Write every dirty slice (at once: each is its own object), delete those left empty."""
+    async def _write_slices(self, book: Book) -> list[WorkerSource]:
+        """Write every dirty slice (at once: each is its own object), delete those left empty; the entries
+        as written, every slice included (what the summary may count: changes that arrive during the
+        writes are in neither until the next round)."""
         dirty, book.dirty_slices = book.dirty_slices, set()
+        written = list(book.sources.values())
         if not dirty:
-            return
+            return written
         contents = {name: [book.sources[k] for k in book.plan.keys(name) if k in book.sources] for name in dirty}
         loop = asyncio.get_running_loop()
         results = await asyncio.gather(
@@ -285,6 +288,7 @@ class Recorder:
         if failures:
             book.dirty_slices.update(name for name, _ in failures)
             raise failures[0][1]
+        return written
 
     async def _retry_later(self, book: Book, exc: Exception, delay: float) -> None:
         RECONCILES.labels(PLURAL, "error").inc()
@@ -315,9 +319,9 @@ class Recorder:
         book.dirty.set()
         return True
 
-    def _status_of(self, book: Book) -> dict[str, Any]:
+    def _status_of(self, book: Book, entries: list[WorkerSource]) -> dict[str, Any]:
         assert book.spec is not None
-        status = metadata_status(book.spec, list(book.sources.values()), book.conditions, book.generation)
+        status = metadata_status(book.spec, entries, book.conditions, book.generation)
         book.conditions = [Condition.model_validate(c) for c in status.get("conditions", [])]
         return status
 
