@@ -240,6 +240,7 @@ class Recorder:
                         if entry.pod_uid:
                             self._by_pod.setdefault(entry.pod_uid, set()).add(book.key)
                 written = await self._write_slices(book)
+                written = await self._merge_sparse(book) or written
                 status = self._status_of(book, written)
                 if status != book.summary:
                     await asyncio.to_thread(self.store.write_summary, book, status)
@@ -288,6 +289,25 @@ class Recorder:
         if failures:
             book.dirty_slices.update(name for name, _ in failures)
             raise failures[0][1]
+        return written
+
+    async def _merge_sparse(self, book: Book) -> list[WorkerSource] | None:
+        """Give up the book's sparsest slice when the others can take its entries (`SlicePlan.merge_sparse`):
+        the slices taking them are written first, then the emptied one is deleted, so a watcher sees the
+        moved entries twice for a moment, never not at all. The entries as written, or None."""
+        if book.dirty_slices:
+            return None  # only once what changed is written
+        merged = book.plan.merge_sparse()
+        if merged is None:
+            return None
+        emptied, receivers = merged
+        log.info("ModelMetadata %s/%s: slice %s merged into %s", book.namespace, book.name, emptied,
+                 ", ".join(sorted(receivers)))  # fmt: skip
+        book.dirty_slices.update(receivers)
+        await self._write_slices(book)
+        book.dirty_slices.add(emptied)
+        written = await self._write_slices(book)
+        book.dirty.set()  # another round looks for the next slice to merge
         return written
 
     async def _retry_later(self, book: Book, exc: Exception, delay: float) -> None:

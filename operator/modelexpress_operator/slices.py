@@ -3,9 +3,9 @@
 An entry is placed once, when its worker is first seen, in the fullest slice that has room (so a
 burst of new workers lands in few slices and a fleet needs about entries/100 of them), or in a new
 slice; it stays there while its worker lives, so a change of one worker rewrites one slice. A slice
-left empty is deleted; entries never move between slices, so after heavy churn a model may keep
-sparse slices until new workers fill them (new entries go to the fullest slice with room, which
-favours refilling over spreading).
+left empty is deleted. After churn, a model holding more slices than its entries need gives up its
+sparsest slice (a quarter full or less) when the others have room for its entries: they move, one
+slice per round of writes, so a shrinking fleet's slices are merged without a burst of moves.
 """
 
 from __future__ import annotations
@@ -50,6 +50,29 @@ class SlicePlan:
             return False
         self.members.pop(name, None)
         return True
+
+    def merge_sparse(self) -> tuple[str, set[str]] | None:
+        """Empty the sparsest slice into the others when the model holds more slices than its entries
+        need, that slice is at most a quarter full and the others have room: (its name, the slices that
+        took its entries); None when nothing is worth moving."""
+        total = len(self.slice_of)
+        needed = -(-total // self.capacity)
+        if len(self.members) <= max(needed, 1):
+            return None
+        count, sparsest = min((len(keys), name) for name, keys in self.members.items())
+        room = sum(self.capacity - len(keys) for name, keys in self.members.items() if name != sparsest)
+        if count == 0 or count > self.capacity // 4 or room < count:
+            return None  # an empty slice is deleted by its own write
+        receivers: set[str] = set()
+        for key in sorted(self.members[sparsest]):
+            self.members[sparsest].discard(key)
+            roomy = [(len(keys), name) for name, keys in self.members.items()
+                     if name != sparsest and len(keys) < self.capacity]  # fmt: skip
+            target = max(roomy)[1]
+            self.members[target].add(key)
+            self.slice_of[key] = target
+            receivers.add(target)
+        return sparsest, receivers
 
     def keys(self, name: str) -> set[str]:
         return set(self.members.get(name, ()))

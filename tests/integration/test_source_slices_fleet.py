@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -79,72 +81,118 @@ def _slices(custom: client.CustomObjectsApi, namespace: str, name: str) -> list[
     return items
 
 
-def test_ten_thousand_ranks_are_recorded_in_bounded_slices_and_one_change_writes_one_slice(
-    kube_api: client.ApiClient, custom_objects: client.CustomObjectsApi, namespace: str
-) -> None:
-    identity = WorkerIdentity(model_name="test/fleet-10k", tensor_parallel_size=TP)
-    name = identity.resource_name()
-    targets, ranks = _fleet(namespace, identity)
-    refused_before = _refused()
+@dataclass
+class _Fleet:
+    """The test's model: its recorder, its simulated workers, and the API to read what was written."""
 
-    def summary(key: str, value: int) -> dict[str, Any] | None:
+    recorder: Recorder
+    custom: client.CustomObjectsApi
+    namespace: str
+    identity: WorkerIdentity
+    targets: list[WorkerTarget]
+    ranks: list[WorkerIdentity]
+
+    @property
+    def name(self) -> str:
+        return self.identity.resource_name()
+
+    async def report(self, index: int, state: int, load: int = 0) -> None:
+        await self.recorder.observe(self.targets[index], _status(self.ranks[index], index // TP, state, load))
+
+    async def report_all(self, state: int) -> None:
+        await asyncio.gather(*(self.report(i, state) for i in range(RANKS)))
+
+    def summary(self, key: str, value: int) -> dict[str, Any] | None:
         try:
-            obj = custom_objects.get_namespaced_custom_object(GROUP, VERSION, namespace, "modelmetadatas", name)
+            obj = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, "modelmetadatas", self.name)
         except client.ApiException:
             return None
         status: dict[str, Any] = obj.get("status") or {}
         return status if status.get(key) == value else None
 
-    async def settle(check: Any, what: str) -> Any:
-        deadline = time.monotonic() + 120
-        while not (found := await asyncio.to_thread(check)):
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            await asyncio.sleep(0.2)
-        return found
+    def entries(self) -> list[dict[str, Any]]:
+        return [s for piece in _slices(self.custom, self.namespace, self.name) for s in piece["status"]["sources"]]
 
-    async def run() -> tuple[dict[str, Any], int, int]:
-        recorder = Recorder(kube_api, OperatorSettings(), _Leader())
-        try:
-            for state in (worker_pb2.WORKER_STATE_INITIALIZING, worker_pb2.WORKER_STATE_READY):
-                await asyncio.gather(*(recorder.observe(t, _status(r, i // TP, state))
-                                       for i, (t, r) in enumerate(zip(targets, ranks, strict=True))))  # fmt: skip
-            status = await settle(lambda: summary("readySources", RANKS), "every rank Ready in the summary")
-            await asyncio.sleep(0.5)
+    async def writes_of(self, change: Coroutine[Any, Any, None], done: Callable[[], Any], what: str) -> int:
+        """API writes the recorder made for `change`, once `done` holds."""
+        before = self.recorder.writes
+        await change
+        await _settle(done, what)
+        await asyncio.sleep(0.3)  # nothing more should follow
+        return self.recorder.writes - before
 
-            # One worker's load changes: its slice is written, nothing else (the summary is unchanged).
-            before = recorder.writes
-            await recorder.observe(targets[4321], _status(ranks[4321], 4321 // TP, worker_pb2.WORKER_STATE_READY, 3))
 
-            def loaded() -> bool:
-                return any(s["podUid"] == targets[4321].uid and s["endpoint"].endswith(f":{targets[4321].port}")
-                           and s["activeTransfers"] == 3
-                           for piece in _slices(custom_objects, namespace, name) for s in piece["status"]["sources"])  # fmt: skip
+async def _settle(check: Callable[[], Any], what: str) -> Any:
+    deadline = time.monotonic() + 120
+    while not (found := await asyncio.to_thread(check)):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+    return found
 
-            await settle(loaded, "the loaded worker's entry")
-            one_change = recorder.writes - before
 
-            # One worker drains: its slice and the summary (one Ready source fewer).
-            before = recorder.writes
-            await recorder.observe(targets[7], _status(ranks[7], 0, worker_pb2.WORKER_STATE_DRAINING))
-            await settle(lambda: summary("readySources", RANKS - 1), "the drained worker counted")
-            return status, one_change, recorder.writes - before
-        finally:
-            await recorder.close()
-
-    status, one_change, drained = asyncio.run(run())
-    assert one_change == 1, f"a load change wrote {one_change} objects"
-    assert drained == 2, f"a worker draining wrote {drained} objects (its slice and the summary)"
-    assert _refused() == refused_before  # no write was refused
-
-    largest = _check_slices(custom_objects, namespace, name)
-    assert largest < 200_000, f"largest object {largest} bytes"
+async def _record_and_change(fleet: _Fleet) -> None:
+    for state in (worker_pb2.WORKER_STATE_INITIALIZING, worker_pb2.WORKER_STATE_READY):
+        await fleet.report_all(state)
+    status = await _settle(lambda: fleet.summary("readySources", RANKS), "every rank Ready in the summary")
     assert status["readyReplicas"] == RANKS // TP and status["nodeCount"] == NODES and len(status["nodes"]) == 100
     assert "sources" not in status
+    largest = await asyncio.to_thread(_check_slices, fleet.custom, fleet.namespace, fleet.name)
+    assert largest < 200_000, f"largest object {largest} bytes"
 
     # A target of rank 3 is handed exactly the Ready rank-3 entries, from the slices of its identity.
-    registry = KubernetesRegistry(namespace, kube_api)
+    registry = KubernetesRegistry(fleet.namespace, fleet.recorder.api)
     try:
-        found = registry.find_ready(identity.model_copy(update={"rank": 3}))
+        found = await asyncio.to_thread(registry.find_ready, fleet.identity.model_copy(update={"rank": 3}))
     finally:
         registry.close()
     assert len(found) == RANKS // TP and {r.identity.rank for r in found} == {3}
+
+    # One worker's load changes: its slice is written, nothing else (the summary is unchanged).
+    target = fleet.targets[4321]
+
+    def loaded() -> bool:
+        return any(s["podUid"] == target.uid and s["endpoint"].endswith(f":{target.port}") and s["activeTransfers"] == 3
+                   for s in fleet.entries())  # fmt: skip
+
+    writes = await fleet.writes_of(fleet.report(4321, worker_pb2.WORKER_STATE_READY, 3), loaded, "the loaded entry")
+    assert writes == 1, f"a load change wrote {writes} objects"
+    # One worker drains: its slice and the summary (one Ready source fewer).
+    drained = fleet.report(7, worker_pb2.WORKER_STATE_DRAINING)
+    writes = await fleet.writes_of(drained, lambda: fleet.summary("readySources", RANKS - 1), "the drain counted")
+    assert writes == 2, f"a worker draining wrote {writes} objects (its slice and the summary)"
+
+
+async def _shrink(fleet: _Fleet) -> None:
+    """The fleet shrinks to a fifth, 20 ranks left in each slice: the slices are merged into 20 full ones."""
+    for i, target in enumerate(fleet.targets):
+        if i % 100 >= 20:
+            fleet.recorder.forget_target(target)
+
+    def merged() -> list[dict[str, Any]] | None:
+        pieces = _slices(fleet.custom, fleet.namespace, fleet.name)
+        return pieces if len(pieces) == RANKS // 500 else None
+
+    pieces = await _settle(merged, "the sparse slices merged")
+    kept = [s for piece in pieces for s in piece["status"]["sources"]]
+    assert len(kept) == RANKS // 5 and len({(s["podUid"], s["endpoint"]) for s in kept}) == RANKS // 5
+    assert all(len(piece["status"]["sources"]) == 100 for piece in pieces)
+
+
+def test_ten_thousand_ranks_in_bounded_slices_one_change_one_slice_and_a_shrunk_fleet_merged(
+    kube_api: client.ApiClient, custom_objects: client.CustomObjectsApi, namespace: str
+) -> None:
+    identity = WorkerIdentity(model_name="test/fleet-10k", tensor_parallel_size=TP)
+    targets, ranks = _fleet(namespace, identity)
+    refused_before = _refused()
+
+    async def run() -> None:
+        recorder = Recorder(kube_api, OperatorSettings(), _Leader())
+        fleet = _Fleet(recorder, custom_objects, namespace, identity, targets, ranks)
+        try:
+            await _record_and_change(fleet)
+            await _shrink(fleet)
+        finally:
+            await recorder.close()
+
+    asyncio.run(run())
+    assert _refused() == refused_before  # no write was refused

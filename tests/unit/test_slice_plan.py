@@ -45,3 +45,37 @@ def test_a_known_slice_is_kept_when_it_has_room() -> None:
 def test_long_names_stay_within_the_name_limit() -> None:
     plan = SlicePlan("x" * 253)
     assert len(plan.place("a")) == 253
+
+
+def test_a_shrunk_fleet_gives_up_its_sparsest_slice_when_the_others_have_room() -> None:
+    plan = SlicePlan("m", capacity=100)
+    for i in range(1000):
+        plan.place(f"k{i}")  # 10 full slices
+    for i in range(1000):
+        if i % 100 >= 20:
+            plan.remove(f"k{i}")  # 20 left in each: 200 entries in 10 slices, 2 would do
+    moves = 0
+    while (merged := plan.merge_sparse()) is not None:
+        emptied, receivers = merged
+        assert not plan.keys(emptied) and emptied not in receivers
+        assert plan.drop_empty(emptied)
+        moves += 1
+    assert moves == 8 and len(plan.members) == 2
+    assert sorted(len(plan.keys(name)) for name in plan.members) == [100, 100]
+    assert {plan.slice_of[f"k{i}"] for i in range(1000) if i % 100 < 20} == set(plan.members)
+
+
+def test_nothing_moves_while_the_slices_are_needed_or_fuller_than_a_quarter() -> None:
+    plan = SlicePlan("m", capacity=100)
+    for i in range(130):
+        plan.place(f"k{i}")  # m-s0: 100, m-s1: 30
+    assert plan.merge_sparse() is None  # 130 entries need both
+    for i in range(70):
+        plan.remove(f"k{i}")  # 30 and 30: one slice would do, but neither is a quarter full or less
+    assert plan.merge_sparse() is None
+    for i in range(100, 110):
+        plan.remove(f"k{i}")  # m-s1: 20
+    assert plan.merge_sparse() == ("m-s1", {"m-s0"})
+    for i in range(110, 130):
+        plan.remove(f"k{i}")
+    assert plan.merge_sparse() is None  # an empty slice is deleted by its write, not merged

@@ -73,11 +73,15 @@ def all_sources(resources: list[ModelMetadata], slices: list[ModelSourceSlice]) 
     """Every entry of every slice, with the identity of its ModelMetadata (inspection: `modelexpress sources ls`)."""
     specs = {r.metadata.get("name"): r.spec.model_dump(include=set(ModelMetadataSpec.model_fields)) for r in resources}
     records = []
+    seen: set[tuple[str | None, str]] = set()
     for piece in slices:
         spec = specs.get(piece.spec.model_metadata)
         if spec is None:  # its ModelMetadata is being deleted (the slice goes with it)
             continue
         for source in _entries(piece):
+            if (source.pod_uid, source.endpoint) in seen:  # in two slices for a moment while they are merged
+                continue
+            seen.add((source.pod_uid, source.endpoint))
             identity = WorkerIdentity(**{**spec, "gpu_architecture": source.gpu_architecture, "rank": source.rank,
                                          "weights_version": source.weights_version or ""})  # fmt: skip
             records.append(_record(identity, source))
@@ -89,6 +93,7 @@ def sources_for(slices: list[ModelSourceSlice], identity: WorkerIdentity, near: 
     wanted = identity.identity_hash()
     arch = identity.gpu_architecture or None
     found: list[SourceRecord] = []
+    seen: set[tuple[str | None, str]] = set()
     for piece in slices:
         if piece.metadata.get("labels", {}).get(IDENTITY_LABEL) != wanted:
             continue
@@ -97,6 +102,9 @@ def sources_for(slices: list[ModelSourceSlice], identity: WorkerIdentity, near: 
                 continue
             if (source.gpu_architecture or None) != arch or (source.weights_version or "") != identity.weights_version:
                 continue
+            if (source.pod_uid, source.endpoint) in seen:  # in two slices for a moment while they are merged
+                continue
+            seen.add((source.pod_uid, source.endpoint))
             found.append(_record(identity, source))
     return rank_sources(found, near)
 
