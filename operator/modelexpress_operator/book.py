@@ -53,6 +53,41 @@ class Book:
         self.dirty_slices.add(self.plan.place(key))
         self.dirty.set()
 
+    def read_back(
+        self,
+        resource_spec: ModelMetadataSpec,
+        generation: int,
+        uid: str,
+        conditions: list[Condition],
+        phase: str | None,
+        slices: dict[str, list[WorkerSource]],
+        unplaced: list[WorkerSource],
+        live: set[str],
+    ) -> list[str]:
+        """Take what the API held (at start-up): entries of live pods stay, each in its slice (unplaced ones
+        anywhere); every slice read is written once more (a dead pod's entry goes, an emptied slice is
+        deleted). Entries seen since start-up win. The pod UIDs of the entries kept."""
+        self.spec = self.spec or resource_spec
+        self.generation, self.uid = max(self.generation, generation), uid
+        self.conditions, self.phase = conditions, phase
+        self.existing.update(slices)
+        for name in slices:
+            self.plan.members.setdefault(name, set())
+            self.dirty_slices.add(name)
+        kept = []
+        recorded = [(e, name) for name, entries in slices.items() for e in entries] + [(e, None) for e in unplaced]
+        for entry, known in recorded:
+            uid_of_pod = entry.pod_uid
+            if uid_of_pod is None or uid_of_pod not in live or uid_of_pod in self.removed_pods:
+                continue
+            key = f"{uid_of_pod}:{port_of(entry.endpoint)}"
+            if key not in self.sources:
+                self.sources[key] = entry
+                self.dirty_slices.add(self.plan.place(key, known))
+                kept.append(uid_of_pod)
+        self.loaded = True
+        return kept
+
     def removed(self, key: str) -> None:
         """Entry `key` is gone: its slice needs writing (or deleting, if now empty)."""
         self.sources.pop(key, None)

@@ -235,10 +235,7 @@ class Recorder:
             started = time.perf_counter()
             try:
                 if not book.loaded:
-                    await asyncio.to_thread(self.store.load, book)
-                    for entry in book.sources.values():
-                        if entry.pod_uid:
-                            self._by_pod.setdefault(entry.pod_uid, set()).add(book.key)
+                    await self._read_back(book)
                 written = await self._write_slices(book)
                 written = await self._merge_sparse(book) or written
                 status = self._status_of(book, written)
@@ -290,6 +287,17 @@ class Recorder:
             book.dirty_slices.update(name for name, _ in failures)
             raise failures[0][1]
         return written
+
+    async def _read_back(self, book: Book) -> None:
+        """Take into `book` what the API holds of it (its first write after start-up or a re-creation)."""
+        found = await asyncio.to_thread(self.store.read_back, book.namespace, book.name)
+        status = found.resource.status
+        kept = book.read_back(
+            found.resource.spec, found.generation, found.uid, status.conditions if status else [],
+            status.phase.value if status else None, found.slices, found.unplaced, found.live,
+        )  # fmt: skip
+        for uid in kept:
+            self._by_pod.setdefault(uid, set()).add(book.key)
 
     async def _merge_sparse(self, book: Book) -> list[WorkerSource] | None:
         """Give up the book's sparsest slice when the others can take its entries (`SlicePlan.merge_sparse`):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from kubernetes import client
@@ -20,7 +21,7 @@ from modelexpress import API_GROUP, API_VERSION
 from modelexpress.api import ModelMetadataSpec, WorkerSource
 from modelexpress.api.modelmetadata import IDENTITY_LABEL, ModelIdentity, ModelMetadata
 from modelexpress.api.modelsourceslice import METADATA_LABEL, ModelSourceSlice
-from modelexpress_operator.book import Book, port_of
+from modelexpress_operator.book import Book
 from modelexpress_operator.metrics import API_REQUESTS
 from modelexpress_operator.settings import OperatorSettings
 from modelexpress_operator.status import slice_status
@@ -30,6 +31,22 @@ log = logging.getLogger(__name__)
 PLURAL = ModelMetadata.PLURAL
 SLICES = ModelSourceSlice.PLURAL
 _MERGE_PATCH = "application/merge-patch+json"
+
+
+@dataclass
+class ReadBack:
+    """A ModelMetadata and its entries as the API holds them (see `SourceStore.read_back`)."""
+
+    resource: ModelMetadata
+    generation: int
+    uid: str
+    slices: dict[str, list[WorkerSource]] = field(default_factory=dict)
+    """The resource's own slices, by name."""
+    unplaced: list[WorkerSource] = field(default_factory=list)
+    """Entries in no slice of the resource (`status.sources` of a release before slices, or a slice of a
+    deleted incarnation)."""
+    live: set[str] = field(default_factory=set)
+    """UIDs of the namespace's pods that are opted in and Ready."""
 
 
 class SourceStore:
@@ -88,58 +105,43 @@ class SourceStore:
                 return None
             raise
 
-    def load(self, book: Book) -> None:
-        """Read the resource and its slices; keep the recorded entries of pods that still exist, opted in
-        and Ready, each in the slice it was in (entries of `status.sources`, from before slices: anywhere)."""
+    def read_back(self, namespace: str, name: str) -> ReadBack:
+        """What the API holds of ModelMetadata `name`: the resource, its slices' entries (a slice left by a
+        deleted incarnation of the resource is deleted, its entries kept as unplaced, like those a release
+        before slices left in `status.sources`), and which pods could still be followed."""
         API_REQUESTS.labels("get", PLURAL).inc()
         raw = cast(
-            dict[str, Any],
-            self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, book.namespace, PLURAL, book.name),
+            dict[str, Any], self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name)
         )
-        resource = ModelMetadata.model_validate(raw)
-        book.spec = book.spec or resource.spec
-        book.generation = max(book.generation, int(raw["metadata"].get("generation") or 0))
-        book.uid = raw["metadata"]["uid"]
-        book.conditions = resource.status.conditions if resource.status else []
-        book.phase = resource.status.phase.value if resource.status else None
-        recorded: list[tuple[WorkerSource, str | None]] = []
-        for piece in self._slices(book):
-            name = piece.metadata["name"]
+        found = ReadBack(ModelMetadata.model_validate(raw), int(raw["metadata"].get("generation") or 0),
+                         raw["metadata"]["uid"])  # fmt: skip
+        for piece in self._slices(namespace, name):
+            entries = piece.status.sources if piece.status else []
             owners = {ref.get("uid") for ref in piece.metadata.get("ownerReferences") or []}
-            if book.uid not in owners:  # left by a deleted incarnation of the resource: replaced
-                self.delete_slice(book, name)
-                recorded += [(entry, None) for entry in (piece.status.sources if piece.status else [])]
-                continue
-            book.existing.add(name)
-            book.plan.members.setdefault(name, set())
-            book.dirty_slices.add(name)  # rewritten once: dead pods' entries go, an emptied slice is deleted
-            recorded += [(entry, name) for entry in (piece.status.sources if piece.status else [])]
-        recorded += [(entry, None) for entry in (resource.status.sources if resource.status else [])]
-        if recorded:
+            if found.uid in owners:
+                found.slices[piece.metadata["name"]] = entries
+            else:
+                self.delete_slice(namespace, piece.metadata["name"])
+                found.unplaced += entries
+        status = found.resource.status
+        found.unplaced += status.sources if status else []
+        if found.slices or found.unplaced:
             API_REQUESTS.labels("list", "pods").inc()
-            reply = self.core.list_namespaced_pod(book.namespace, _preload_content=False)
-            live = {
+            reply = self.core.list_namespaced_pod(namespace, _preload_content=False)
+            found.live = {
                 pod["metadata"]["uid"]
                 for pod in json.loads(reply.data).get("items", [])
                 if _followable(pod, self.settings.default_worker_port)
             }
-            for entry, known in recorded:
-                uid = entry.pod_uid
-                if uid is None or uid not in live or uid in book.removed_pods:
-                    continue
-                key = f"{uid}:{port_of(entry.endpoint)}"
-                if key not in book.sources:
-                    book.sources[key] = entry
-                    book.dirty_slices.add(book.plan.place(key, known))
-        book.loaded = True
+        return found
 
-    def _slices(self, book: Book) -> list[ModelSourceSlice]:
+    def _slices(self, namespace: str, name: str) -> list[ModelSourceSlice]:
         """The slices of the book's ModelMetadata, by label (unreadable ones are skipped, and replaced)."""
         API_REQUESTS.labels("list", SLICES).inc()
         reply = cast(
             dict[str, Any],
             self.custom.list_namespaced_custom_object(
-                API_GROUP, API_VERSION, book.namespace, SLICES, label_selector=f"{METADATA_LABEL}={book.name}"
+                API_GROUP, API_VERSION, namespace, SLICES, label_selector=f"{METADATA_LABEL}={name}"
             ),
         )
         found = []
@@ -162,7 +164,7 @@ class SourceStore:
         exist; delete it when `entries` is empty."""
         if not entries:
             if name in book.existing:
-                self.delete_slice(book, name)
+                self.delete_slice(book.namespace, name)
             return
         body = {"status": slice_status(entries)}
         if name not in book.existing:
@@ -182,10 +184,10 @@ class SourceStore:
             )
         self.writes += 1
 
-    def delete_slice(self, book: Book, name: str) -> None:
+    def delete_slice(self, namespace: str, name: str) -> None:
         API_REQUESTS.labels("delete", SLICES).inc()
         try:
-            self.custom.delete_namespaced_custom_object(API_GROUP, API_VERSION, book.namespace, SLICES, name)
+            self.custom.delete_namespaced_custom_object(API_GROUP, API_VERSION, namespace, SLICES, name)
         except client.ApiException as exc:
             if exc.status != 404:
                 raise
