@@ -40,6 +40,8 @@ class Book:
     """Slices known to exist in the API (read at load, or created since)."""
     summary: dict[str, Any] | None = None
     """The summary status last written (an equal one is not written again)."""
+    summary_behind: float | None = None
+    """Since when (monotonic) a changed summary has waited for slices to be written first."""
 
     def __post_init__(self) -> None:
         self.plan = SlicePlan(self.name)

@@ -48,6 +48,8 @@ from modelexpress_operator.workers import WorkerTarget, same_entry, source_entry
 log = logging.getLogger(__name__)
 PLURAL = ModelMetadata.PLURAL
 SLICE_WRITERS = 8
+SUMMARY_DELAY = 1.0
+"""Seconds a changed summary may wait while slices keep changing (a burst's slices are written first)."""
 
 
 class Leadership(Protocol):
@@ -239,9 +241,8 @@ class Recorder:
                 written = await self._write_slices(book)
                 written = await self._merge_sparse(book) or written
                 status = self._status_of(book, written)
-                if status != book.summary:
-                    await asyncio.to_thread(self.store.write_summary, book, status)
-                    book.summary = status
+                if not await self._write_summary(book, status):
+                    continue  # more changes came in while the slices were written: they go first
             except client.ApiException as exc:
                 if exc.status == 404 and await self._recreate(book):
                     continue
@@ -287,6 +288,20 @@ class Recorder:
             book.dirty_slices.update(name for name, _ in failures)
             raise failures[0][1]
         return written
+
+    async def _write_summary(self, book: Book, status: dict[str, Any]) -> bool:
+        """Write the summary if it changed; False when it was held back because slices are waiting to be
+        written (workers read the slices: they go first, and the summary waits at most SUMMARY_DELAY)."""
+        if status == book.summary:
+            book.summary_behind = None
+            return True
+        now = time.monotonic()
+        book.summary_behind = book.summary_behind or now
+        if book.dirty_slices and now - book.summary_behind < SUMMARY_DELAY:
+            return False
+        await asyncio.to_thread(self.store.write_summary, book, status)
+        book.summary, book.summary_behind = status, None
+        return True
 
     async def _read_back(self, book: Book) -> None:
         """Take into `book` what the API holds of it (its first write after start-up or a re-creation)."""

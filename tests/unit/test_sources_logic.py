@@ -135,3 +135,12 @@ def test_identity_hash_ignores_architecture_and_rank_but_not_layout() -> None:
     assert labels["modelexpress.io/model"] == "meta-llama.Llama-3.1-8B-Instruct"
     assert labels["modelexpress.io/revision"] == "refs.pr.1"
     assert all(len(v) <= 63 for v in labels.values())
+
+
+def test_an_entry_in_two_slices_while_they_are_merged_is_handed_out_once() -> None:
+    spec = {"modelName": "org/m"}
+    moved = _source("moved", node="n1")
+    first, second = _resource("m", spec, [moved, _source("other", node="n2")]), _resource("m", spec, [moved])
+    second.metadata["name"] = "m-s1"
+    found = sources_for([first, second], WorkerIdentity(model_name="org/m"), Placement(node="n1"))
+    assert [r.worker_id for r in found] == ["moved/0", "other/0"]
