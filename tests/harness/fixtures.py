@@ -105,12 +105,26 @@ def service_account_client(
                     "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
                 },
             )
+            _wait_until_authorized(kube_api, namespace, name, rules)
         kubeconfig = write_kubeconfig(
             tmp_path / f"kubeconfig-{name}", control_plane.server, token, control_plane.ca_file, name
         )
         return make_api_client(control_plane.server, token, control_plane.ca_file), kubeconfig
 
     return make
+
+
+def _wait_until_authorized(kube_api: client.ApiClient, namespace: str, name: str, rules: list[dict[str, Any]]) -> None:
+    """Until the API server's authorizer knows a new binding (its caches follow the RBAC objects a moment
+    later, longer on a loaded machine): the ServiceAccount may do the first verb of every rule."""
+    reviews = client.AuthorizationV1Api(kube_api)
+    user = f"system:serviceaccount:{namespace}:{name}"
+    for rule in rules:
+        attributes = {"namespace": namespace, "group": rule["apiGroups"][0], "resource": rule["resources"][0],
+                      "verb": rule["verbs"][0], "name": (rule.get("resourceNames") or [""])[0]}  # fmt: skip
+        body = {"spec": {"user": user, "groups": ["system:serviceaccounts"], "resourceAttributes": attributes}}
+        wait_for(lambda body=body: reviews.create_subject_access_review(body).status.allowed, 30,  # type: ignore[misc]
+                 what=f"{user} allowed to {attributes['verb']} {attributes['resource']}")  # fmt: skip
 
 
 @pytest.fixture(scope="session")
