@@ -133,10 +133,14 @@ def test_kubectl_get_modelmetadatas_lists_both_workers(cluster: Cluster, replica
         return set(replicas) <= ready
 
     wait(cluster, "both workers recorded", INFERENCE, "app=tiny-llama", both_ready, 60)
-    table = cluster.kubectl("-n", INFERENCE, "get", "modelmetadatas")
-    header = table.splitlines()[0].split()
-    row = next(line.split() for line in table.splitlines() if "org/tiny-llama" in line)
-    assert int(row[header.index("READY-SOURCES")]) >= 2 and row[header.index("PHASE")] == "Ready", table
+
+    def summed_up() -> str | None:  # the ModelMetadata's summary is written after the slices
+        table = cluster.kubectl("-n", INFERENCE, "get", "modelmetadatas")
+        header = table.splitlines()[0].split()
+        row = next(line.split() for line in table.splitlines() if "org/tiny-llama" in line)
+        return table if int(row[header.index("READY-SOURCES")]) >= 2 and row[header.index("PHASE")] == "Ready" else None
+
+    wait(cluster, "both in kubectl get modelmetadatas", INFERENCE, "app=tiny-llama", summed_up, 10)
     # the entries themselves: the model's slices, every pod in them (`-o wide`)
     slices = cluster.kubectl("-n", INFERENCE, "get", "modelsourceslices", "-o", "wide")
     assert all(pod in slices for pod in replicas), slices
