@@ -141,8 +141,9 @@ def test_kubectl_get_modelmetadatas_lists_both_workers(cluster: Cluster, replica
         return table if int(row[header.index("READY-SOURCES")]) >= 2 and row[header.index("PHASE")] == "Ready" else None
 
     wait(cluster, "both in kubectl get modelmetadatas", INFERENCE, "app=tiny-llama", summed_up, 10)
-    # the entries themselves: the model's slices, every pod in them (`-o wide`)
-    slices = cluster.kubectl("-n", INFERENCE, "get", "modelsourceslices", "-o", "wide")
+    # the entries themselves: the model's slices, every pod in them (as docs/modelmetadata.md shows)
+    columns = "custom-columns=SLICE:.metadata.name,POD:.status.sources[*].pod,STATE:.status.sources[*].state"
+    slices = cluster.kubectl("-n", INFERENCE, "get", "modelsourceslices", "-o", columns)
     assert all(pod in slices for pod in replicas), slices
 
 

@@ -729,6 +729,10 @@ def test_weight_versions_are_recorded_shown_and_never_mixed(
         by_pod = {s["pod"]: s for s in recorded_sources(custom_objects, namespace, name)}
         assert {pod: s.get("weightsVersion") for pod, s in by_pod.items()} == {"v1-a": "1", "v1-b": "1", "v2-a": "2"}
         assert status["readySources"] == 3
+        # `kubectl get modelsourceslices`: one slice, counting the three
+        table = get_table(kube_api, f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/modelsourceslices")
+        assert [c["name"] for c in table["columnDefinitions"]] == ["Name", "Model-Metadata", "Sources", "Ready", "Age"]
+        assert [r["cells"][:4] for r in table["rows"]] == [[f"{name}-s0", name, 3, 3]]
 
         # A target of version N gets sources of N only; a version nobody serves gets none.
         assert endpoints("1") == {by_pod["v1-a"]["endpoint"], by_pod["v1-b"]["endpoint"]}

@@ -49,12 +49,12 @@ class ModelSourceSlice(KubeModel):
     PLURAL: ClassVar[str] = "modelsourceslices"
     SINGULAR: ClassVar[str] = "modelsourceslice"
     SHORT_NAMES: ClassVar[list[str]] = ["mxslice"]
+    # No column lists the entries: the API server prints only the first value of a `[*]` path. Every
+    # entry: `kubectl get mxslice -o custom-columns=POD:.status.sources[*].pod,...` (kubectl joins them).
     PRINTER_COLUMNS: ClassVar[list[dict[str, Any]]] = [
         {"name": "Model-Metadata", "type": "string", "jsonPath": ".spec.modelMetadata"},
         {"name": "Sources", "type": "integer", "jsonPath": ".status.sourceCount"},
         {"name": "Ready", "type": "integer", "jsonPath": ".status.readySources"},
-        {"name": "Pods", "type": "string", "jsonPath": ".status.sources[*].pod", "priority": 1},
-        {"name": "Endpoints", "type": "string", "jsonPath": ".status.sources[*].endpoint", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
 
