@@ -19,8 +19,8 @@ from pydantic import ValidationError
 
 from modelexpress import API_GROUP, API_VERSION
 from modelexpress.api import ModelMetadataSpec, WorkerSource
-from modelexpress.api.modelmetadata import IDENTITY_LABEL, ModelIdentity, ModelMetadata
-from modelexpress.api.modelsourceslice import METADATA_LABEL, ModelSourceSlice
+from modelexpress.api.modelmetadata import IDENTITY_LABEL, ModelIdentity, ModelMetadata, label_value
+from modelexpress.api.modelsourceslice import METADATA_LABEL, ModelSourceSlice, metadata_selector
 from modelexpress_operator.book import Book
 from modelexpress_operator.metrics import API_REQUESTS
 from modelexpress_operator.settings import OperatorSettings
@@ -141,15 +141,18 @@ class SourceStore:
         reply = cast(
             dict[str, Any],
             self.custom.list_namespaced_custom_object(
-                API_GROUP, API_VERSION, namespace, SLICES, label_selector=f"{METADATA_LABEL}={name}"
+                API_GROUP, API_VERSION, namespace, SLICES, label_selector=metadata_selector(name)
             ),
         )
         found = []
         for item in reply.get("items", []):
             try:
-                found.append(ModelSourceSlice.model_validate(item))
+                piece = ModelSourceSlice.model_validate(item)
             except ValidationError as exc:
                 log.warning("ignoring ModelSourceSlice %s: %s", item.get("metadata", {}).get("name"), exc)
+                continue
+            if piece.spec.model_metadata == name:  # not another resource whose name shares the label value
+                found.append(piece)
         return found
 
     def write_summary(self, book: Book, status: dict[str, Any]) -> None:
@@ -196,7 +199,7 @@ class SourceStore:
     def _create_slice(self, book: Book, name: str) -> None:
         """Create slice `name`, owned by (and so deleted with) the book's ModelMetadata."""
         assert book.spec is not None and book.uid is not None
-        labels = {METADATA_LABEL: book.name[:63], IDENTITY_LABEL: ModelIdentity.of(book.spec).identity_hash()}
+        labels = {METADATA_LABEL: label_value(book.name), IDENTITY_LABEL: ModelIdentity.of(book.spec).identity_hash()}
         body = {
             "apiVersion": f"{API_GROUP}/{API_VERSION}",
             "kind": ModelSourceSlice.KIND,

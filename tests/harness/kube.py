@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 import yaml
 from kubernetes import client
 
+from modelexpress.api.modelsourceslice import metadata_selector
+
 T = TypeVar("T")
 __all__ = [
     "apply_crds",
@@ -146,7 +148,7 @@ def recorded_sources(custom: client.CustomObjectsApi, namespace: str, metadata: 
         "v1alpha1",
         namespace,
         "modelsourceslices",
-        label_selector=f"modelexpress.io/model-metadata={metadata}",
+        label_selector=metadata_selector(metadata),
     )
     return [s for item in listed["items"] for s in (item.get("status") or {}).get("sources") or []]
 

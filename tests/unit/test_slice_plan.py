@@ -79,3 +79,10 @@ def test_nothing_moves_while_the_slices_are_needed_or_fuller_than_a_quarter() ->
     for i in range(110, 130):
         plan.remove(f"k{i}")
     assert plan.merge_sparse() is None  # an empty slice is deleted by its write, not merged
+
+
+def test_the_selector_of_a_long_name_is_a_valid_label_value() -> None:
+    from modelexpress.api.modelsourceslice import metadata_selector
+
+    label, value = metadata_selector("a" * 62 + "-" + "b" * 100).split("=")
+    assert label == "modelexpress.io/model-metadata" and value == "a" * 62  # 63 at most, ending alphanumeric

@@ -235,7 +235,7 @@ _HASHED_FIELDS = (
 )
 
 
-def _label_value(text: str) -> str:
+def label_value(text: str) -> str:
     """`text` made a valid label value (63 characters of [A-Za-z0-9._-], alphanumeric at both ends)."""
     return re.sub(r"[^A-Za-z0-9._-]+", ".", text)[:63].strip("._-")
 
@@ -262,8 +262,8 @@ class ModelIdentity(ModelMetadataSpec):
         """Labels that make the identity selectable (`kubectl get mm -l modelexpress.io/tp=8`)."""
         return {
             IDENTITY_LABEL: self.identity_hash(),
-            "modelexpress.io/model": _label_value(self.model_name),
-            "modelexpress.io/revision": _label_value(self.revision),
+            "modelexpress.io/model": label_value(self.model_name),
+            "modelexpress.io/revision": label_value(self.revision),
             "modelexpress.io/dtype": self.dtype,
             "modelexpress.io/tp": str(self.tensor_parallel_size),
             "modelexpress.io/pp": str(self.pipeline_parallel_size),

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from modelexpress.api.common import KubeModel
-from modelexpress.api.modelmetadata import IDENTITY_LABEL, WorkerSource
+from modelexpress.api.modelmetadata import IDENTITY_LABEL, WorkerSource, label_value
 
 MAX_SLICE_SOURCES = 100
 """Entries one slice holds at most (the schema refuses more)."""
@@ -63,6 +63,12 @@ class ModelSourceSlice(KubeModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: ModelSourceSliceSpec
     status: ModelSourceSliceStatus | None = None
+
+
+def metadata_selector(metadata_name: str) -> str:
+    """The label selector of a ModelMetadata's slices. A label value holds 63 characters and a name up to
+    253, so names sharing their first 63 can share it: readers also check `spec.modelMetadata`."""
+    return f"{METADATA_LABEL}={label_value(metadata_name)}"
 
 
 def slice_name(metadata_name: str, index: int) -> str:
