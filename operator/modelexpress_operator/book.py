@@ -18,6 +18,26 @@ from modelexpress_operator.slices import SlicePlan
 BookKey = tuple[str, str]  # (namespace, name)
 
 
+@dataclass(frozen=True)
+class SliceWrite:
+    """What one write left in a slice: its resourceVersion (None when unreadable) and its status."""
+
+    resource_version: int | None
+    status: dict[str, Any]
+
+    def covers(self, version: int | None) -> bool:
+        """An event of `version` is this write's own, or older (so nothing in it is news)."""
+        return version is not None and self.resource_version is not None and version <= self.resource_version
+
+
+def resource_version(obj: dict[str, Any] | None) -> int | None:
+    """An object's resourceVersion as a number. Kubernetes calls it opaque, but every API server hands out
+    etcd's revisions, which only grow: comparing them tells an event older than a write from a newer one.
+    None when it is not a number (then nothing is inferred from it)."""
+    value = ((obj or {}).get("metadata") or {}).get("resourceVersion")
+    return int(value) if isinstance(value, str) and value.isdigit() else None
+
+
 @dataclass
 class Book:
     """What the operator knows of one ModelMetadata."""
@@ -38,6 +58,10 @@ class Book:
     dirty_slices: set[str] = field(default_factory=set)
     existing: set[str] = field(default_factory=set)
     """Slices known to exist in the API (read at load, or created since)."""
+    writing: set[str] = field(default_factory=set)
+    """Slices being written now (their watch events are the writes' own, or overwritten by them)."""
+    written: dict[str, SliceWrite] = field(default_factory=dict)
+    """What the last write of each slice left there (to tell a change made by someone else from ours)."""
     summary: dict[str, Any] | None = None
     """The summary status last written (an equal one is not written again)."""
     summary_behind: float | None = None
@@ -89,6 +113,33 @@ class Book:
                 kept.append(uid_of_pod)
         self.loaded = True
         return kept
+
+    def slice_event(self, name: str, deleted: bool, version: int | None, status: Any) -> str | None:
+        """A watch event of slice `name`. Level-triggered, as the EndpointSlice controller is: a slice that
+        someone else deleted or edited is to be written again as the book holds it, and a slice of this
+        model that the book never placed anything in is to be deleted. Why it is to be written, or None
+        when the event asks nothing (it is our own write's, or older, or the slice is written anyway)."""
+        if not self.loaded or name in self.dirty_slices or name in self.writing:
+            return None  # read back at the first write, or written (over the change) anyway
+        last = self.written.get(name)
+        if last is not None and last.covers(version):
+            return None  # our own write's event, or an older one
+        holds = len(self.plan.keys(name))
+        if name not in self.plan.members:
+            if deleted:
+                return None
+            self.existing.add(name)  # so that writing it with no entries deletes it
+            reason = "holds nothing the operator placed there: deleting it"
+        elif holds == 0 or (not deleted and last is not None and status == last.status):
+            return None  # emptied (its deletion is ours), or changed in nothing the workers read
+        elif deleted:
+            self.existing.discard(name)
+            reason = f"deleted while it holds {holds} entries: writing it again"
+        else:
+            reason = "changed by someone else: writing it again as recorded"
+        self.dirty_slices.add(name)
+        self.dirty.set()
+        return reason
 
     def removed(self, key: str) -> None:
         """Entry `key` is gone: its slice needs writing (or deleting, if now empty)."""

@@ -59,8 +59,8 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     {"apiGroups": [API_GROUP], "resources": ["modelmetadatas"], "verbs": [*READ, "create", "patch"]},
     {"apiGroups": [API_GROUP], "resources": ["modelmetadatas/status"], "verbs": ["patch"]},
     # The entries themselves, in slices of at most 100 that it makes, fills and deletes (read back by
-    # label at start-up; never watched).
-    {"apiGroups": [API_GROUP], "resources": ["modelsourceslices"], "verbs": ["list", "create", "delete"]},
+    # label at start-up; watched, so that a slice deleted or edited behind its back is written again).
+    {"apiGroups": [API_GROUP], "resources": ["modelsourceslices"], "verbs": ["list", "watch", "create", "delete"]},
     {"apiGroups": [API_GROUP], "resources": ["modelsourceslices/status"], "verbs": ["patch"]},
     {"apiGroups": [API_GROUP], "resources": ["modelcaches"], "verbs": [*READ, "patch"]},
     {"apiGroups": [API_GROUP], "resources": ["modelcaches/status"], "verbs": ["patch"]},

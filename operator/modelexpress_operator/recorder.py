@@ -30,7 +30,7 @@ from modelexpress.api import ModelMetadataSpec, SourceState, WorkerSource
 from modelexpress.api.common import Condition
 from modelexpress.api.modelmetadata import ModelIdentity, ModelMetadata
 from modelexpress.p2p.identity import WorkerIdentity
-from modelexpress_operator.book import Book, BookKey
+from modelexpress_operator.book import Book, BookKey, SliceWrite, resource_version
 from modelexpress_operator.events import post_event
 from modelexpress_operator.metrics import (
     ERRORS,
@@ -136,6 +136,19 @@ class Recorder:
             book = self.books.get(key)
             if book is not None and target.key in book.sources:
                 book.removed(target.key)
+
+    def slice_event(self, namespace: str, body: dict[str, Any], deleted: bool) -> None:
+        """A watch event of one of the slices: one deleted or edited behind the operator's back is written
+        again (a stable Ready worker's entry would otherwise stay missing until its next change)."""
+        metadata, spec = body.get("metadata") or {}, body.get("spec") or {}
+        owner, name = spec.get("modelMetadata"), metadata.get("name")
+        book = self.books.get((namespace, owner)) if isinstance(owner, str) else None
+        if book is None or not isinstance(name, str):
+            return  # no worker of it seen since start-up: its first write reads every slice back
+        status = body.get("status")
+        reason = book.slice_event(name, deleted, resource_version(body), status)
+        if reason is not None:
+            log.info("ModelSourceSlice %s/%s %s", namespace, name, reason)
 
     def _put(self, book: Book, target: WorkerTarget, entry: WorkerSource) -> None:
         current = book.sources.get(target.key)
@@ -273,15 +286,22 @@ class Recorder:
             return written
         contents = {name: [book.sources[k] for k in book.plan.keys(name) if k in book.sources] for name in dirty}
         loop = asyncio.get_running_loop()
-        results = await asyncio.gather(
-            *(loop.run_in_executor(self._slice_writers, self.store.write_slice, book, name, entries)
-              for name, entries in contents.items()),
-            return_exceptions=True,
-        )  # fmt: skip
+        book.writing.update(contents)
+        try:
+            results = await asyncio.gather(
+                *(loop.run_in_executor(self._slice_writers, self.store.write_slice, book, name, entries)
+                  for name, entries in contents.items()),
+                return_exceptions=True,
+            )  # fmt: skip
+        finally:
+            book.writing.difference_update(contents)
         failures = [(name, r) for name, r in zip(contents, results, strict=True) if isinstance(r, BaseException)]
-        for name, entries in contents.items():
-            if not entries and name not in dict(failures):
+        for (name, entries), result in zip(contents.items(), results, strict=True):
+            if isinstance(result, SliceWrite):
+                book.written[name] = result
+            elif not entries and name not in dict(failures):
                 book.existing.discard(name)
+                book.written.pop(name, None)
                 if not book.plan.drop_empty(name):  # refilled while it was being deleted
                     book.dirty_slices.add(name)
         if failures:
@@ -358,6 +378,7 @@ class Recorder:
             return False
         book.loaded, book.summary = False, None
         book.existing.clear()  # the old resource's slices go with it (garbage collection)
+        book.written.clear()
         book.dirty_slices.update(book.plan.members)
         book.dirty.set()
         return True

@@ -21,7 +21,7 @@ from modelexpress import API_GROUP, API_VERSION
 from modelexpress.api import ModelMetadataSpec, WorkerSource
 from modelexpress.api.modelmetadata import IDENTITY_LABEL, ModelIdentity, ModelMetadata, label_value
 from modelexpress.api.modelsourceslice import METADATA_LABEL, ModelSourceSlice, metadata_selector
-from modelexpress_operator.book import Book
+from modelexpress_operator.book import Book, SliceWrite, resource_version
 from modelexpress_operator.metrics import API_REQUESTS
 from modelexpress_operator.settings import OperatorSettings
 from modelexpress_operator.status import slice_status
@@ -162,19 +162,19 @@ class SourceStore:
         )
         self.writes += 1
 
-    def write_slice(self, book: Book, name: str, entries: list[WorkerSource]) -> None:
+    def write_slice(self, book: Book, name: str, entries: list[WorkerSource]) -> SliceWrite | None:
         """Make slice `name` hold exactly `entries`: patch its status, creating it first when it does not
-        exist; delete it when `entries` is empty."""
+        exist; delete it when `entries` is empty. What was written (None for a deletion or nothing)."""
         if not entries:
             if name in book.existing:
                 self.delete_slice(book.namespace, name)
-            return
+            return None
         body = {"status": slice_status(entries)}
         if name not in book.existing:
             self._create_slice(book, name)
         try:
             API_REQUESTS.labels("patch", f"{SLICES}/status").inc()
-            self.custom.patch_namespaced_custom_object_status(
+            written = self.custom.patch_namespaced_custom_object_status(
                 API_GROUP, API_VERSION, book.namespace, SLICES, name, body, _content_type=_MERGE_PATCH
             )
         except client.ApiException as exc:
@@ -182,10 +182,11 @@ class SourceStore:
                 raise
             book.existing.discard(name)  # deleted behind our back: made again
             self._create_slice(book, name)
-            self.custom.patch_namespaced_custom_object_status(
+            written = self.custom.patch_namespaced_custom_object_status(
                 API_GROUP, API_VERSION, book.namespace, SLICES, name, body, _content_type=_MERGE_PATCH
             )
         self.writes += 1
+        return SliceWrite(resource_version(written), body["status"])
 
     def delete_slice(self, namespace: str, name: str) -> None:
         API_REQUESTS.labels("delete", SLICES).inc()

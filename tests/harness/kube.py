@@ -154,11 +154,16 @@ def recorded_sources(custom: client.CustomObjectsApi, namespace: str, metadata: 
 
 
 def write_slice(
-    custom: client.CustomObjectsApi, namespace: str, metadata: str, identity_hash: str, sources: list[dict[str, Any]]
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    metadata: str,
+    identity_hash: str,
+    sources: list[dict[str, Any]],
+    index: int = 0,
 ) -> str:
-    """A ModelSourceSlice of ModelMetadata `metadata` holding `sources`, as the operator writes one (for tests
-    that need recorded entries without an operator); its name."""
-    name = f"{metadata}-s0"
+    """A ModelSourceSlice of ModelMetadata `metadata` holding `sources`, as the operator writes slice number
+    `index` (for tests that need recorded entries without an operator); its name."""
+    name = f"{metadata}-s{index}"
     labels = {"modelexpress.io/model-metadata": metadata, "modelexpress.io/identity": identity_hash}
     body = {"apiVersion": "modelexpress.io/v1alpha1", "kind": "ModelSourceSlice",
             "metadata": {"name": name, "labels": labels}, "spec": {"modelMetadata": metadata}}  # fmt: skip

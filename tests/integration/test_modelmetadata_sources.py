@@ -213,6 +213,61 @@ def test_restarted_operator_keeps_entries_of_live_pods_and_prunes_the_rest(
             assert {s["podUid"] for s in left} == {uids["a"], uids["b"]}
 
 
+def _slices_of(custom: client.CustomObjectsApi, namespace: str, name: str) -> list[dict[str, Any]]:
+    listed = custom.list_namespaced_custom_object(
+        GROUP, VERSION, namespace, "modelsourceslices", label_selector=f"modelexpress.io/model-metadata={name}"
+    )
+    items: list[dict[str, Any]] = listed["items"]
+    return items
+
+
+def test_a_slice_deleted_or_edited_behind_the_operators_back_is_written_again(
+    kube_api: client.ApiClient,
+    custom_objects: client.CustomObjectsApi,
+    namespace: str,
+    node: NodeHelper,
+    run_operator: Callable[..., contextlib.AbstractContextManager[Any]],
+) -> None:
+    """Level-triggered, as the EndpointSlice controller: stable Ready workers change nothing (their heartbeats
+    write nothing), yet a slice someone deletes or edits holds their entries again within seconds, and a slice
+    of the model the operator never made is deleted."""
+    core = client.CoreV1Api(kube_api)
+    identity = ModelIdentity(model_name="test/repair")
+    name = identity.resource_name()
+    three = lambda s: len(s) == 3 and all(x["state"] == "Ready" for x in s)  # noqa: E731
+    with fleet() as workers, run_operator(ttl=600) as runner:
+        uids = start_worker_pods(core, node, namespace, workers, ["a", "b", "c"], model="test/repair")
+        wait_for(sources_when(custom_objects, namespace, name, three), 30, what="3 sources")
+        [piece] = _slices_of(custom_objects, namespace, name)
+        written = piece["metadata"]["resourceVersion"]
+
+        custom_objects.delete_namespaced_custom_object(
+            GROUP, VERSION, namespace, "modelsourceslices", piece["metadata"]["name"]
+        )
+        back = wait_for(
+            sources_when(custom_objects, namespace, name, three), 10, what="the deleted slice written again"
+        )
+        assert {s["podUid"] for s in back} == set(uids.values())
+        [again] = _slices_of(custom_objects, namespace, name)
+        assert again["metadata"]["uid"] != piece["metadata"]["uid"]  # made anew, owned by the ModelMetadata
+        assert again["metadata"]["ownerReferences"][0]["name"] == name
+
+        custom_objects.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, "modelsourceslices", again["metadata"]["name"],
+            {"status": {"sources": back[:1], "sourceCount": 1}},
+        )  # fmt: skip
+        wait_for(sources_when(custom_objects, namespace, name, three), 10, what="the edited slice written again")
+
+        stray = {"pod": "x", "podUid": "uid-of-nobody", "rank": 0, "endpoint": "127.0.0.1:1", "state": "Ready"}
+        write_slice(custom_objects, namespace, name, identity.identity_hash(), [stray], index=7)  # not the operator's
+        wait_for(lambda: len(_slices_of(custom_objects, namespace, name)) == 1, 10, what="the stray slice deleted")
+        assert {s["podUid"] for s in recorded_sources(custom_objects, namespace, name)} == set(uids.values())
+        assert written != _slices_of(custom_objects, namespace, name)[0]["metadata"]["resourceVersion"]
+    assert "deleted while it holds 3 entries: writing it again" in runner.output
+    assert "changed by someone else: writing it again as recorded" in runner.output
+    assert "holds nothing the operator placed there: deleting it" in runner.output
+
+
 def test_not_ready_pod_leaves_and_silent_worker_turns_stale(
     kube_api: client.ApiClient,
     custom_objects: client.CustomObjectsApi,
