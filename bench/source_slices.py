@@ -16,7 +16,10 @@ Printed per fleet size, from one run:
 - Ready -> recorded latency p50/p99, against one direct PATCH of a full slice's status (the floor of
   any one write) and against PATCHing every slice directly, as many at a time as the recorder does
   (the floor of a burst that changes every entry on this API server), both measured in the same run
-  (targets: p99 < 100 ms at 256, < 1 s at 10,000).
+  (targets: p99 < 100 ms at 256, < 1 s at 10,000);
+- the CPU seconds kube-apiserver and etcd spent on the burst, and what that bounds: a burst cannot be
+  recorded faster than the API server's CPU for it divided by the cores it has (here shared with etcd
+  and this process).
 
 Usage: python bench/source_slices.py [--sources 10000] [--small 256]
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -73,6 +77,20 @@ def _address(pod: int) -> str:
     return f"10.{pod // 65536}.{pod // 256 % 256}.{pod % 256}"
 
 
+class ProcessCpu:
+    """CPU seconds (user + system) spent so far by the control plane's processes, read from /proc."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+
+    def now(self) -> dict[str, float]:
+        spent = {}
+        for name, pid in self.pids.items():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            spent[name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return spent
+
+
 def refused() -> float:
     return REGISTRY.get_sample_value("modelexpress_operator_errors_total", {"where": "status-write"}) or 0.0
 
@@ -110,7 +128,7 @@ class SliceWatch:
         self._stream.stop()
 
 
-async def record_fleet(api: client.ApiClient, namespace: str, sources: int) -> dict[str, float]:
+async def record_fleet(api: client.ApiClient, namespace: str, sources: int, cpu: ProcessCpu) -> dict[str, float]:
     custom = client.CustomObjectsApi(api)
     model = f"bench/fleet-{sources}"
     identity = WorkerIdentity(model_name=model, tensor_parallel_size=8)
@@ -134,7 +152,7 @@ async def record_fleet(api: client.ApiClient, namespace: str, sources: int) -> d
 
         await asyncio.to_thread(wait_for, all_recorded, 300, 0.5, f"{sources} sources recorded Initializing")
         await asyncio.sleep(1)
-        writes_before, refused_before = recorder.writes, refused()
+        writes_before, refused_before, cpu_before = recorder.writes, refused(), cpu.now()
         watcher.wanted = len({t.pod for t in targets})
         flipped: dict[str, float] = {}
         ready = [status(r, t.pod, worker_pb2.WORKER_STATE_READY) for t, r in zip(targets, ranks, strict=True)]
@@ -143,6 +161,7 @@ async def record_fleet(api: client.ApiClient, namespace: str, sources: int) -> d
         await asyncio.gather(*(recorder.observe(t, message) for t, message in zip(targets, ready, strict=True)))
         if not await asyncio.to_thread(watcher.done.wait, 300):
             raise RuntimeError(f"only {len(watcher.seen)} of {watcher.wanted} pods seen Ready")
+        cpu_burst = {k: v - cpu_before[k] for k, v in cpu.now().items()}
         await asyncio.sleep(1)  # the summary's write after the slices
         writes = recorder.writes - writes_before
         listed = custom.list_namespaced_custom_object(
@@ -158,6 +177,7 @@ async def record_fleet(api: client.ApiClient, namespace: str, sources: int) -> d
             "recorded": recorded, "slices": len(listed["items"]), "refused": refused() - refused_before,
             "largest": max(sizes), "metadata": sizes[-1], "writes": writes, "p50": statistics.median(latencies),
             "p99": percentile(latencies, 0.99), "patch": patch, "floor": floor, "ready_sources": metadata["status"]["readySources"],
+            "apiserver_cpu": cpu_burst["kube-apiserver"], "etcd_cpu": cpu_burst["etcd"], "own_cpu": cpu_burst["recorder"],
         }  # fmt: skip
     finally:
         watcher.stop()
@@ -203,6 +223,10 @@ def report(sources: int, r: dict[str, float]) -> None:
           f"a full slice {r['patch'] * 1000:.1f} ms -> p99/PATCH {r['p99'] / r['patch']:.1f}x")  # fmt: skip
     print(f"  every slice PATCHed directly, {SLICE_WRITERS} at a time (this API server's floor for the burst): "
           f"{r['floor'] * 1000:.0f} ms -> p99/floor {r['p99'] / r['floor']:.2f}x")  # fmt: skip
+    cores = os.cpu_count() or 1
+    print(f"  CPU spent on the burst: kube-apiserver {r['apiserver_cpu']:.2f} s ({r['apiserver_cpu'] / sources * 1e6:.0f} us "
+          f"per entry written), etcd {r['etcd_cpu']:.2f} s, recorder and watch {r['own_cpu']:.2f} s; on {cores} cores the API server alone needs >= "
+          f"{r['apiserver_cpu'] / cores * 1000:.0f} ms")  # fmt: skip
 
 
 def main() -> int:
@@ -212,13 +236,15 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mx-bench-slices-"))
     cp = start_control_plane(work / "cp", locate_binaries(), crd_dir=ROOT / "crds")
+    cpu = ProcessCpu({Path(str(p.args[0])).name: p.pid for p in cp.processes if isinstance(p.args, list)})
+    cpu.pids["recorder"] = os.getpid()  # this process: the operator's recorder and the watch
     try:
         core = client.CoreV1Api(make_api_client(cp.server, cp.admin_token, cp.ca_file))
         for size in (args.small, args.sources):
             namespace = f"bench-{size}"
             core.create_namespace({"metadata": {"name": namespace}})
-            report(size, asyncio.run(record_fleet(make_api_client(cp.server, cp.admin_token, cp.ca_file), namespace,
-                                                  size)))  # fmt: skip
+            api = make_api_client(cp.server, cp.admin_token, cp.ca_file)
+            report(size, asyncio.run(record_fleet(api, namespace, size, cpu)))
     finally:
         cp.stop()
     return 0

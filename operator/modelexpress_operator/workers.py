@@ -140,5 +140,6 @@ def source_entry(
 
 
 def same_entry(a: WorkerSource, b: WorkerSource) -> bool:
-    """Equal apart from the timestamp: an unchanged heartbeat needs no write."""
-    return a.model_dump(exclude={"updated_at"}) == b.model_dump(exclude={"updated_at"})
+    """Equal apart from the timestamp: an unchanged heartbeat needs no write. (The fields compared as they
+    are held, not dumped: a burst of 10,000 ranks asks this 10,000 times.)"""
+    return {**vars(a), "updated_at": None} == {**vars(b), "updated_at": None}

@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from modelexpress.api import ModelSourceSlice
+from modelexpress.api import ModelSourceSlice, SourceState, WorkerSource
 from modelexpress.api.modelmetadata import IDENTITY_LABEL, ModelIdentity
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.registry.kubernetes import sources_for
 from modelexpress.registry.ranking import Placement
 from modelexpress_operator.leadership import is_leader
-from modelexpress_operator.workers import AnnotationError, pod_targets
+from modelexpress_operator.workers import AnnotationError, pod_targets, same_entry
 
 
 def pod(annotations: dict[str, str], ready: bool = True, ip: str | None = "10.0.0.5", **meta: Any) -> dict[str, Any]:
@@ -144,3 +144,13 @@ def test_an_entry_in_two_slices_while_they_are_merged_is_handed_out_once() -> No
     second.metadata["name"] = "m-s1"
     found = sources_for([first, second], WorkerIdentity(model_name="org/m"), Placement(node="n1"))
     assert [r.worker_id for r in found] == ["moved/0", "other/0"]
+
+
+def test_an_unchanged_heartbeat_is_the_same_entry_and_any_other_change_is_not() -> None:
+    then = datetime(2026, 12, 7, tzinfo=UTC)
+    entry = WorkerSource(
+        pod="p", pod_uid="u", rank=0, endpoint="10.0.0.1:50051", state=SourceState.READY, updated_at=then
+    )
+    assert same_entry(entry, entry.model_copy(update={"updated_at": then + timedelta(seconds=5)}))
+    for change in ({"state": SourceState.STALE}, {"active_transfers": 1}, {"zone": "z"}, {"weights_version": "2"}):
+        assert not same_entry(entry, entry.model_copy(update=change)), change
