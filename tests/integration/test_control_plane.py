@@ -17,7 +17,7 @@ from kubernetes import client
 
 from tests.harness.controlplane import ControlPlane
 from tests.harness.fixtures import GROUP, VERSION, ServiceAccountClient
-from tests.harness.kube import condition, get_table, read_or_none, wait_for
+from tests.harness.kube import condition, get_table, read_or_none, wait_for, write_slice
 from tests.harness.node import NodeHelper
 
 pytestmark = pytest.mark.k8s
@@ -131,6 +131,17 @@ def test_fields_users_get_wrong_are_refused_in_words_not_regexes(
     message = json.loads(info.value.body)["message"]
     assert field in message and fragment in message, message
     assert "should match" not in message and "^" not in message, message  # no raw regular expression
+
+
+def test_a_slice_never_changes_the_model_it_belongs_to(custom_objects: client.CustomObjectsApi, namespace: str) -> None:
+    """The operator repairs a slice by its `spec.modelMetadata`: the schema keeps it what it was made with."""
+    name = write_slice(custom_objects, namespace, "model-a", "0123abcd", [])
+    with pytest.raises(client.ApiException) as info:
+        custom_objects.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, "modelsourceslices", name, {"spec": {"modelMetadata": "model-b"}}
+        )
+    assert info.value.status == 422, info.value.body
+    assert "spec.modelMetadata is immutable" in json.loads(info.value.body)["message"]
 
 
 def test_stale_write_gets_409(custom_objects: client.CustomObjectsApi, namespace: str) -> None:

@@ -27,8 +27,17 @@ SLICE_IDENTITY_LABEL = IDENTITY_LABEL
 class ModelSourceSliceSpec(KubeModel):
     """Which ModelMetadata the slice belongs to."""
 
-    model_metadata: str = Field(min_length=1, max_length=253)
-    """Name of the ModelMetadata (same namespace) whose sources the slice holds; it owns the slice."""
+    model_metadata: str = Field(
+        min_length=1,
+        max_length=253,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self == oldSelf", "message": "spec.modelMetadata is immutable: a slice belongs to one model"}
+            ]
+        },
+    )
+    """Name of the ModelMetadata (same namespace) whose sources the slice holds; it owns the slice. It never
+    changes (the operator repairs a slice by what it belongs to)."""
 
 
 class ModelSourceSliceStatus(KubeModel):
