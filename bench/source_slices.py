@@ -17,6 +17,9 @@ Printed per fleet size, from one run:
   any one write) and against PATCHing every slice directly, as many at a time as the recorder does
   (the floor of a burst that changes every entry on this API server), both measured in the same run
   (targets: p99 < 100 ms at 256, < 1 s at 10,000);
+- what one worker's read costs at that size: `find_ready` for one rank, as a worker calls it before a
+  pull (a label-selected list of the model's slices, parsed and ranked), median of 5, with the bytes
+  of the slices it reads;
 - the CPU seconds kube-apiserver and etcd spent on the burst, and what that bounds: a burst cannot be
   recorded faster than the API server's CPU for it divided by the cores it has (here shared with etcd
   and this process).
@@ -47,6 +50,7 @@ from prometheus_client import REGISTRY  # noqa: E402
 
 from modelexpress._proto.worker.v1 import worker_pb2  # noqa: E402
 from modelexpress.p2p.identity import WorkerIdentity  # noqa: E402
+from modelexpress.registry.kubernetes import KubernetesRegistry  # noqa: E402
 from modelexpress_operator.recorder import SLICE_WRITERS, Recorder  # noqa: E402
 from modelexpress_operator.settings import OperatorSettings  # noqa: E402
 from modelexpress_operator.workers import WorkerTarget  # noqa: E402
@@ -54,6 +58,7 @@ from tests.harness.controlplane import locate_binaries, start_control_plane  # n
 from tests.harness.kube import make_api_client, wait_for  # noqa: E402
 
 GROUP, VERSION, SLICES = "modelexpress.io", "v1alpha1", "modelsourceslices"
+READS = 5
 
 
 class Leader:
@@ -173,15 +178,30 @@ async def record_fleet(api: client.ApiClient, namespace: str, sources: int, cpu:
         patch = direct_patch(custom, namespace, listed["items"][0])
         floor = direct_burst(custom, namespace, listed["items"])
         latencies = [watcher.seen[pod] - flipped[pod] for pod in flipped]
+        cpu_before_read = cpu.now()["kube-apiserver"]
+        read, found = await asyncio.to_thread(worker_read, api, namespace, ranks[3])
+        read_cpu = (cpu.now()["kube-apiserver"] - cpu_before_read) / READS
         return {
             "recorded": recorded, "slices": len(listed["items"]), "refused": refused() - refused_before,
             "largest": max(sizes), "metadata": sizes[-1], "writes": writes, "p50": statistics.median(latencies),
             "p99": percentile(latencies, 0.99), "patch": patch, "floor": floor, "ready_sources": metadata["status"]["readySources"],
+            "read": read, "found": found, "read_cpu": read_cpu, "read_bytes": sum(sizes[:-1]),
             "apiserver_cpu": cpu_burst["kube-apiserver"], "etcd_cpu": cpu_burst["etcd"], "own_cpu": cpu_burst["recorder"],
         }  # fmt: skip
     finally:
         watcher.stop()
         await recorder.close()
+
+
+def worker_read(api: client.ApiClient, namespace: str, identity: WorkerIdentity) -> tuple[float, int]:
+    """Median seconds of a worker's `find_ready` for one rank (list by label, parse, rank), and what it found."""
+    registry = KubernetesRegistry(namespace, api=api)
+    times, found = [], 0
+    for _ in range(READS):
+        started = time.perf_counter()
+        found = len(registry.find_ready(identity))
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), found
 
 
 def direct_patch(custom: client.CustomObjectsApi, namespace: str, piece: dict[str, Any]) -> float:
@@ -223,6 +243,8 @@ def report(sources: int, r: dict[str, float]) -> None:
           f"a full slice {r['patch'] * 1000:.1f} ms -> p99/PATCH {r['p99'] / r['patch']:.1f}x")  # fmt: skip
     print(f"  every slice PATCHed directly, {SLICE_WRITERS} at a time (this API server's floor for the burst): "
           f"{r['floor'] * 1000:.0f} ms -> p99/floor {r['p99'] / r['floor']:.2f}x")  # fmt: skip
+    print(f"  one worker's read before a pull (find_ready, rank 3): {r['read'] * 1000:.0f} ms for {r['found']:.0f} "
+          f"sources, reading {r['read_bytes'] / 1e6:.2f} MB of slices (kube-apiserver CPU {r['read_cpu'] * 1000:.0f} ms)")  # fmt: skip
     cores = os.cpu_count() or 1
     print(f"  CPU spent on the burst: kube-apiserver {r['apiserver_cpu']:.2f} s ({r['apiserver_cpu'] / sources * 1e6:.0f} us "
           f"per entry written), etcd {r['etcd_cpu']:.2f} s, recorder and watch {r['own_cpu']:.2f} s; on {cores} cores the API server alone needs >= "
