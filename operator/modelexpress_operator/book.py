@@ -76,7 +76,7 @@ class Book:
 
     def changed(self, key: str) -> None:
         """Entry `key` was added or changed: its slice needs writing."""
-        self.dirty_slices.add(self.plan.place(key))
+        self.dirty_slices.add(self.plan.place(key, self.sources[key].rank))
         self.dirty.set()
 
     def read_back(
@@ -87,18 +87,19 @@ class Book:
         conditions: list[Condition],
         phase: str | None,
         slices: dict[str, list[WorkerSource]],
+        ranks: dict[str, int | None],
         unplaced: list[WorkerSource],
         live: set[str],
     ) -> list[str]:
-        """Take what the API held (at start-up): entries of live pods stay, each in its slice (unplaced ones
-        anywhere); every slice read is written once more (a dead pod's entry goes, an emptied slice is
+        """Take what the API held (at start-up): entries of live pods stay, each in its slice if that holds
+        their rank (others, and unplaced ones, in a slice of their rank); every slice read is written once more (a dead pod's entry goes, an emptied slice is
         deleted). Entries seen since start-up win. The pod UIDs of the entries kept."""
         self.spec = self.spec or resource_spec
         self.generation, self.uid = max(self.generation, generation), uid
         self.conditions, self.phase = conditions, phase
         self.existing.update(slices)
         for name in slices:
-            self.plan.members.setdefault(name, set())
+            self.plan.know(name, ranks.get(name))
             self.dirty_slices.add(name)
         kept = []
         recorded = [(e, name) for name, entries in slices.items() for e in entries] + [(e, None) for e in unplaced]
@@ -109,7 +110,7 @@ class Book:
             key = f"{uid_of_pod}:{port_of(entry.endpoint)}"
             if key not in self.sources:
                 self.sources[key] = entry
-                self.dirty_slices.add(self.plan.place(key, known))
+                self.dirty_slices.add(self.plan.place(key, entry.rank, known))
                 kept.append(uid_of_pod)
         self.loaded = True
         return kept

@@ -329,7 +329,7 @@ class Recorder:
         status = found.resource.status
         kept = book.read_back(
             found.resource.spec, found.generation, found.uid, status.conditions if status else [],
-            status.phase.value if status else None, found.slices, found.unplaced, found.live,
+            status.phase.value if status else None, found.slices, found.ranks, found.unplaced, found.live,
         )  # fmt: skip
         for uid in kept:
             self._by_pod.setdefault(uid, set()).add(book.key)

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from modelexpress import API_GROUP, API_VERSION
 from modelexpress.api import ModelMetadataSpec, WorkerSource
 from modelexpress.api.modelmetadata import IDENTITY_LABEL, ModelIdentity, ModelMetadata, label_value
-from modelexpress.api.modelsourceslice import METADATA_LABEL, ModelSourceSlice, metadata_selector
+from modelexpress.api.modelsourceslice import METADATA_LABEL, RANK_LABEL, ModelSourceSlice, metadata_selector
 from modelexpress_operator.book import Book, SliceWrite, resource_version
 from modelexpress_operator.metrics import API_REQUESTS
 from modelexpress_operator.settings import OperatorSettings
@@ -42,6 +42,8 @@ class ReadBack:
     uid: str
     slices: dict[str, list[WorkerSource]] = field(default_factory=dict)
     """The resource's own slices, by name."""
+    ranks: dict[str, int | None] = field(default_factory=dict)
+    """The rank of each of those slices (None: a slice of a release before slices held one rank)."""
     unplaced: list[WorkerSource] = field(default_factory=list)
     """Entries in no slice of the resource (`status.sources` of a release before slices, or a slice of a
     deleted incarnation)."""
@@ -120,6 +122,7 @@ class SourceStore:
             owners = {ref.get("uid") for ref in piece.metadata.get("ownerReferences") or []}
             if found.uid in owners:
                 found.slices[piece.metadata["name"]] = entries
+                found.ranks[piece.metadata["name"]] = piece.spec.rank
             else:
                 self.delete_slice(namespace, piece.metadata["name"])
                 found.unplaced += entries
@@ -200,7 +203,9 @@ class SourceStore:
     def _create_slice(self, book: Book, name: str) -> None:
         """Create slice `name`, owned by (and so deleted with) the book's ModelMetadata."""
         assert book.spec is not None and book.uid is not None
-        labels = {METADATA_LABEL: label_value(book.name), IDENTITY_LABEL: ModelIdentity.of(book.spec).identity_hash()}
+        rank = book.plan.rank_of[name]
+        labels = {METADATA_LABEL: label_value(book.name), IDENTITY_LABEL: ModelIdentity.of(book.spec).identity_hash(),
+                  RANK_LABEL: str(rank)}  # fmt: skip
         body = {
             "apiVersion": f"{API_GROUP}/{API_VERSION}",
             "kind": ModelSourceSlice.KIND,
@@ -210,7 +215,7 @@ class SourceStore:
                 "labels": labels,
                 "ownerReferences": [self.owner(book)],
             },
-            "spec": {"modelMetadata": book.name},
+            "spec": {"modelMetadata": book.name, "rank": rank},
         }
         API_REQUESTS.labels("create", SLICES).inc()
         try:

@@ -161,12 +161,17 @@ def write_slice(
     sources: list[dict[str, Any]],
     index: int = 0,
 ) -> str:
-    """A ModelSourceSlice of ModelMetadata `metadata` holding `sources`, as the operator writes slice number
-    `index` (for tests that need recorded entries without an operator); its name."""
-    name = f"{metadata}-s{index}"
-    labels = {"modelexpress.io/model-metadata": metadata, "modelexpress.io/identity": identity_hash}
+    """A ModelSourceSlice of ModelMetadata `metadata` holding `sources` (all of one rank; 0 when none), as the
+    operator writes slice number `index` of that rank (for tests that need recorded entries without an
+    operator); its name."""
+    ranks = {source["rank"] for source in sources} or {0}
+    assert len(ranks) == 1, f"a slice holds entries of one rank, not {sorted(ranks)}"
+    (rank,) = ranks
+    name = f"{metadata}-r{rank}-s{index}"
+    labels = {"modelexpress.io/model-metadata": metadata, "modelexpress.io/identity": identity_hash,
+              "modelexpress.io/rank": str(rank)}  # fmt: skip
     body = {"apiVersion": "modelexpress.io/v1alpha1", "kind": "ModelSourceSlice",
-            "metadata": {"name": name, "labels": labels}, "spec": {"modelMetadata": metadata}}  # fmt: skip
+            "metadata": {"name": name, "labels": labels}, "spec": {"modelMetadata": metadata, "rank": rank}}  # fmt: skip
     custom.create_namespaced_custom_object("modelexpress.io", "v1alpha1", namespace, "modelsourceslices", body)
     custom.patch_namespaced_custom_object_status(
         "modelexpress.io", "v1alpha1", namespace, "modelsourceslices", name,

@@ -784,10 +784,11 @@ def test_weight_versions_are_recorded_shown_and_never_mixed(
         by_pod = {s["pod"]: s for s in recorded_sources(custom_objects, namespace, name)}
         assert {pod: s.get("weightsVersion") for pod, s in by_pod.items()} == {"v1-a": "1", "v1-b": "1", "v2-a": "2"}
         assert status["readySources"] == 3
-        # `kubectl get modelsourceslices`: one slice, counting the three
+        # `kubectl get modelsourceslices`: one slice (of rank 0), counting the three
         table = get_table(kube_api, f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/modelsourceslices")
-        assert [c["name"] for c in table["columnDefinitions"]] == ["Name", "Model-Metadata", "Sources", "Ready", "Age"]
-        assert [r["cells"][:4] for r in table["rows"]] == [[f"{name}-s0", name, 3, 3]]
+        columns = [c["name"] for c in table["columnDefinitions"]]
+        assert columns == ["Name", "Model-Metadata", "Rank", "Sources", "Ready", "Age"]
+        assert [r["cells"][:5] for r in table["rows"]] == [[f"{name}-r0-s0", name, 0, 3, 3]]
 
         # A target of version N gets sources of N only; a version nobody serves gets none.
         assert endpoints("1") == {by_pod["v1-a"]["endpoint"], by_pod["v1-b"]["endpoint"]}
@@ -833,13 +834,15 @@ def test_entries_of_a_release_before_slices_move_into_slices_without_losing_a_re
     run_operator: Callable[..., contextlib.AbstractContextManager[Any]],
 ) -> None:
     """An upgrade: the ModelMetadata holds its entries in `status.sources`, as releases before slices wrote
-    them. The operator moves those of live pods into slices, then empties the list; a dead pod's entry goes."""
+    them, and one in a slice of no rank, as the first release with slices wrote them. The operator moves those
+    of live pods into slices of their rank, then empties the list and deletes the old slice; a dead pod's
+    entry goes."""
     core = client.CoreV1Api(kube_api)
     identity = WorkerIdentity(model_name="test/upgrade")
     name = identity.resource_name()
     silent = free_port()  # nothing answers there: what the slices hold can only come from the old list
     uids = {}
-    for pod in ("a", "b"):
+    for pod in ("a", "b", "c"):
         uids[pod] = core.create_namespaced_pod(namespace, worker_pod(pod, silent)).metadata.uid
         node.mark_running(namespace, pod, ip="127.0.0.1")
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelMetadata",
@@ -847,16 +850,31 @@ def test_entries_of_a_release_before_slices_move_into_slices_without_losing_a_re
     custom_objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
     old = [
         {"pod": pod, "podUid": uid, "rank": 0, "endpoint": f"127.0.0.1:{silent}", "state": "Ready"}
-        for pod, uid in [*uids.items(), ("gone", "uid-of-a-deleted-pod")]
+        for pod, uid in [("a", uids["a"]), ("b", uids["b"]), ("gone", "uid-of-a-deleted-pod")]
     ]
     custom_objects.patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, PLURAL, name, {"status": {"sources": old, "readySources": 3}}
     )
+    owner = custom_objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)["metadata"]
+    unranked = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelSourceSlice", "spec": {"modelMetadata": name},
+                "metadata": {"name": f"{name}-s0", "labels": {"modelexpress.io/model-metadata": name,
+                             "modelexpress.io/identity": ModelIdentity.of(identity).identity_hash()},
+                             "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelMetadata",
+                                                  "name": name, "uid": owner["uid"]}]}}  # fmt: skip
+    custom_objects.create_namespaced_custom_object(GROUP, VERSION, namespace, "modelsourceslices", unranked)
+    entry = {"pod": "c", "podUid": uids["c"], "rank": 0, "endpoint": f"127.0.0.1:{silent}", "state": "Ready"}
+    custom_objects.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, "modelsourceslices", f"{name}-s0", {"status": {"sources": [entry], "sourceCount": 1}}
+    )
     registry = KubernetesRegistry(namespace, api=kube_api)
     with run_operator(ttl=600):
-        moved = wait_for(sources_when(custom_objects, namespace, name, lambda s: len(s) == 2), 30, what="moved")
-        assert {(s["podUid"], s["state"]) for s in moved} == {(uids["a"], "Ready"), (uids["b"], "Ready")}
-        status = wait_for(lambda: (s := status_of(custom_objects, namespace, name)).get("readySources") == 2 and s, 30)
+        moved = wait_for(
+            lambda: (p := _slices_of(custom_objects, namespace, name)) and [x["metadata"]["name"] for x in p] == [f"{name}-r0-s0"] and p,
+            30, what="moved into one slice of rank 0",
+        )  # fmt: skip
+        held = moved[0]["status"]["sources"]
+        assert {(s["podUid"], s["state"]) for s in held} == {(uid, "Ready") for uid in uids.values()}
+        status = wait_for(lambda: (s := status_of(custom_objects, namespace, name)).get("readySources") == 3 and s, 30)
         assert "sources" not in status  # the old list is gone once the slices hold its entries
         assert sorted(r.pod_uid or "" for r in registry.find_ready(identity)) == sorted(uids.values())
     registry.close()

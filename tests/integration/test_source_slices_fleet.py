@@ -60,11 +60,16 @@ def _fleet(namespace: str, identity: WorkerIdentity) -> tuple[list[WorkerTarget]
 
 
 def _check_slices(custom: client.CustomObjectsApi, namespace: str, name: str) -> int:
-    """Every rank recorded once, in slices of at most 100; the largest object's size in bytes."""
+    """Every rank recorded once, in slices of at most 100 entries of one rank; the largest object's size."""
     pieces = _slices(custom, namespace, name)
     entries = [s for piece in pieces for s in piece["status"]["sources"]]
     assert len(entries) == RANKS and len({(s["podUid"], s["endpoint"]) for s in entries}) == RANKS
-    assert len(pieces) == RANKS // 100 and all(len(p["status"]["sources"]) <= 100 for p in pieces)
+    per_rank = -(-RANKS // TP // 100)  # 1,250 entries of each rank: 13 slices
+    assert len(pieces) == TP * per_rank and all(len(p["status"]["sources"]) <= 100 for p in pieces)
+    for piece in pieces:
+        rank = piece["spec"]["rank"]
+        assert piece["metadata"]["labels"]["modelexpress.io/rank"] == str(rank)
+        assert {s["rank"] for s in piece["status"]["sources"]} == {rank}
     assert all(p["status"]["sourceCount"] == len(p["status"]["sources"]) for p in pieces)
     metadata = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modelmetadatas", name)
     largest = max(len(json.dumps(obj)) for obj in [*pieces, metadata])
@@ -163,19 +168,24 @@ async def _record_and_change(fleet: _Fleet) -> None:
 
 
 async def _shrink(fleet: _Fleet) -> None:
-    """The fleet shrinks to a fifth, 20 ranks left in each slice: the slices are merged into 20 full ones."""
+    """The fleet shrinks to a fifth, about 20 entries left in each slice: each rank's 250 are merged into 3
+    slices (100, 100, 50)."""
     for i, target in enumerate(fleet.targets):
         if i % 100 >= 20:
             fleet.recorder.forget_target(target)
 
     def merged() -> list[dict[str, Any]] | None:
         pieces = _slices(fleet.custom, fleet.namespace, fleet.name)
-        return pieces if len(pieces) == RANKS // 500 else None
+        return pieces if len(pieces) == 3 * TP else None
 
     pieces = await _settle(merged, "the sparse slices merged")
     kept = [s for piece in pieces for s in piece["status"]["sources"]]
     assert len(kept) == RANKS // 5 and len({(s["podUid"], s["endpoint"]) for s in kept}) == RANKS // 5
-    assert all(len(piece["status"]["sources"]) == 100 for piece in pieces)
+    sizes: dict[int, list[int]] = {}
+    for piece in pieces:
+        assert {s["rank"] for s in piece["status"]["sources"]} == {piece["spec"]["rank"]}
+        sizes.setdefault(piece["spec"]["rank"], []).append(len(piece["status"]["sources"]))
+    assert {rank: sorted(found) for rank, found in sizes.items()} == {rank: [50, 100, 100] for rank in range(TP)}
 
 
 def test_ten_thousand_ranks_in_bounded_slices_one_change_one_slice_and_a_shrunk_fleet_merged(

@@ -28,9 +28,11 @@ from modelexpress.api.modelmetadata import (
 from modelexpress.api.modelsourceslice import (
     MAX_SLICE_SOURCES,
     METADATA_LABEL,
+    RANK_LABEL,
     ModelSourceSlice,
     ModelSourceSliceSpec,
     ModelSourceSliceStatus,
+    rank_selector,
     slice_name,
 )
 
@@ -38,6 +40,7 @@ __all__ = [
     "CRD_KINDS",
     "MAX_SLICE_SOURCES",
     "METADATA_LABEL",
+    "RANK_LABEL",
     "RETRY_ANNOTATION",
     "Condition",
     "ConditionStatus",
@@ -62,6 +65,7 @@ __all__ = [
     "WorkerSource",
     "build_crd",
     "crd_filename",
+    "rank_selector",
     "slice_name",
     "structural_schema",
 ]

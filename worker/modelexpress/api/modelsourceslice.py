@@ -1,4 +1,4 @@
-"""The ModelSourceSlice resource: up to 100 of one ModelMetadata's source entries.
+"""The ModelSourceSlice resource: up to 100 of one ModelMetadata's source entries, all of one rank.
 
 A model's source workers are recorded in slices, as a Service's endpoints are in EndpointSlices: many
 small objects, each owned by the ModelMetadata and labelled with its name and identity, so that one
@@ -22,6 +22,8 @@ METADATA_LABEL = "modelexpress.io/model-metadata"
 """Label holding the name of the ModelMetadata a slice belongs to."""
 SLICE_IDENTITY_LABEL = IDENTITY_LABEL
 """Label holding the identity hash of the slice's ModelMetadata (what a worker selects on)."""
+RANK_LABEL = "modelexpress.io/rank"
+"""Label holding the rank of the slice's entries (a worker selects its own rank's slices)."""
 
 
 class ModelSourceSliceSpec(KubeModel):
@@ -38,6 +40,16 @@ class ModelSourceSliceSpec(KubeModel):
     )
     """Name of the ModelMetadata (same namespace) whose sources the slice holds; it owns the slice. It never
     changes (the operator repairs a slice by what it belongs to)."""
+    rank: int | None = Field(
+        default=None,
+        ge=0,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self == oldSelf", "message": "spec.rank is immutable: a slice holds entries of one rank"}
+            ]
+        },
+    )
+    """The rank (TP x PP) of every entry in the slice; a worker reads only its own rank's slices."""
 
 
 class ModelSourceSliceStatus(KubeModel):
@@ -62,6 +74,7 @@ class ModelSourceSlice(KubeModel):
     # entry: `kubectl get mxslice -o custom-columns=POD:.status.sources[*].pod,...` (kubectl joins them).
     PRINTER_COLUMNS: ClassVar[list[dict[str, Any]]] = [
         {"name": "Model-Metadata", "type": "string", "jsonPath": ".spec.modelMetadata"},
+        {"name": "Rank", "type": "integer", "jsonPath": ".spec.rank"},
         {"name": "Sources", "type": "integer", "jsonPath": ".status.sourceCount"},
         {"name": "Ready", "type": "integer", "jsonPath": ".status.readySources"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
@@ -80,7 +93,13 @@ def metadata_selector(metadata_name: str) -> str:
     return f"{METADATA_LABEL}={label_value(metadata_name)}"
 
 
-def slice_name(metadata_name: str, index: int) -> str:
-    """The name of a ModelMetadata's slice number `index`: `<name>-s<index>`, within 253 characters."""
-    suffix = f"-s{index}"
+def rank_selector(identity_hash: str, rank: int) -> str:
+    """The label selector of one rank's slices of a model identity: what a worker reads before a pull."""
+    return f"{SLICE_IDENTITY_LABEL}={identity_hash},{RANK_LABEL}={rank}"
+
+
+def slice_name(metadata_name: str, rank: int, index: int) -> str:
+    """The name of a ModelMetadata's slice number `index` of rank `rank`: `<name>-r<rank>-s<index>`, within
+    253 characters."""
+    suffix = f"-r{rank}-s{index}"
     return metadata_name[: 253 - len(suffix)] + suffix

@@ -2,16 +2,17 @@
 
 Workers never write: the operator learns a worker's state from its WorkerService status stream, so
 `publish`, `set_state` and `remove` are no-ops here and the worker's RBAC is get/list/watch on
-`modelmetadatas` and `modelsourceslices`. A lookup reads the slices labelled with the worker's
-identity: from a cache kept by a list-then-watch loop over the namespace's slices (`watch=True`, for
-long-running workers: a change of one worker brings one slice), or one list by label selector per
-lookup (`watch=False`, for one-shot commands). Either way the cost follows the model's slices, not
-the namespace's other models.
+`modelsourceslices` and get/list on `modelmetadatas`. A lookup reads the slices of the worker's
+identity and rank (each slice holds one rank's entries): one list by label selector per lookup
+(`watch=False`, what a pull does), or from a cache kept by a list-then-watch loop over the namespace's
+slices (`watch=True`, for long-running readers: a change of one worker brings one slice). Either way
+the cost follows the slices read: a TP8 worker of a 10,000-rank fleet reads its own rank's 1,250
+entries, not the model's 10,000.
 
 A source is handed out only when it is Ready, has the target's rank, GPU architecture and weight
-version (none, or exactly the RL step asked for), and sits
-in a slice of a ModelMetadata whose spec has the target's identity (the slice's identity label). Same-node sources come first, then the
-least loaded (fewest targets pulling), ties broken at random so that targets spread out.
+version (none, or exactly the RL step asked for), and sits in a slice of a ModelMetadata whose spec
+has the target's identity (the slice's identity label). Same-node sources come first, then the least
+loaded (fewest targets pulling), ties broken at random so that targets spread out.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from modelexpress.api.modelmetadata import (
     SourceState,
     WorkerSource,
 )
-from modelexpress.api.modelsourceslice import ModelSourceSlice
+from modelexpress.api.modelsourceslice import ModelSourceSlice, rank_selector
 from modelexpress.kubeclient import kube_api_client
 from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.p2p.records import SourceRecord
@@ -166,7 +167,7 @@ class KubernetesRegistry(SourceRegistry):
 
     def find_ready(self, identity: WorkerIdentity, near: Placement | None = None) -> list[SourceRecord]:
         if self._thread is None:
-            slices, _ = self._list_slices(f"{IDENTITY_LABEL}={identity.identity_hash()}")
+            slices, _ = self._list_slices(rank_selector(identity.identity_hash(), identity.rank))
         else:
             if not self._synced.wait(30):
                 raise TimeoutError(
