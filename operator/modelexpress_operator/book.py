@@ -92,8 +92,9 @@ class Book:
         live: set[str],
     ) -> list[str]:
         """Take what the API held (at start-up): entries of live pods stay, each in its slice if that holds
-        their rank (others, and unplaced ones, in a slice of their rank); every slice read is written once more (a dead pod's entry goes, an emptied slice is
-        deleted). Entries seen since start-up win. The pod UIDs of the entries kept."""
+        their rank (others, and unplaced ones, go to a slice of their rank); every slice read is written
+        once more (a dead pod's entry goes, an emptied slice is deleted). Entries seen since start-up win.
+        The pod UIDs of the entries kept."""
         self.spec = self.spec or resource_spec
         self.generation, self.uid = max(self.generation, generation), uid
         self.conditions, self.phase = conditions, phase
