@@ -159,15 +159,14 @@ def write_slice(
     metadata: str,
     identity_hash: str,
     sources: list[dict[str, Any]],
-    index: int = 0,
 ) -> str:
     """A ModelSourceSlice of ModelMetadata `metadata` holding `sources` (all of one rank; 0 when none), as the
-    operator writes slice number `index` of that rank (for tests that need recorded entries without an
+    operator writes the first slice of that rank (for tests that need recorded entries without an
     operator); its name."""
     ranks = {source["rank"] for source in sources} or {0}
     assert len(ranks) == 1, f"a slice holds entries of one rank, not {sorted(ranks)}"
     (rank,) = ranks
-    name = f"{metadata}-r{rank}-s{index}"
+    name = f"{metadata}-r{rank}-s0"
     labels = {"modelexpress.io/model-metadata": metadata, "modelexpress.io/identity": identity_hash,
               "modelexpress.io/rank": str(rank)}  # fmt: skip
     body = {"apiVersion": "modelexpress.io/v1alpha1", "kind": "ModelSourceSlice",

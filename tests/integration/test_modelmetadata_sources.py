@@ -245,7 +245,7 @@ def test_a_slice_deleted_or_edited_behind_the_operators_back_is_written_again(
             GROUP, VERSION, namespace, "modelsourceslices", piece["metadata"]["name"]
         )
         back = wait_for(
-            sources_when(custom_objects, namespace, name, three), 10, what="the deleted slice written again"
+            sources_when(custom_objects, namespace, name, three), 30, what="the deleted slice written again"
         )
         assert {s["podUid"] for s in back} == set(uids.values())
         [again] = _slices_of(custom_objects, namespace, name)
@@ -256,11 +256,16 @@ def test_a_slice_deleted_or_edited_behind_the_operators_back_is_written_again(
             GROUP, VERSION, namespace, "modelsourceslices", again["metadata"]["name"],
             {"status": {"sources": back[:1], "sourceCount": 1}},
         )  # fmt: skip
-        wait_for(sources_when(custom_objects, namespace, name, three), 10, what="the edited slice written again")
+        wait_for(sources_when(custom_objects, namespace, name, three), 30, what="the edited slice written again")
 
-        stray = {"pod": "x", "podUid": "uid-of-nobody", "rank": 0, "endpoint": "127.0.0.1:1", "state": "Ready"}
-        write_slice(custom_objects, namespace, name, identity.identity_hash(), [stray], index=7)  # not the operator's
-        wait_for(lambda: len(_slices_of(custom_objects, namespace, name)) == 1, 10, what="the stray slice deleted")
+        # A slice of the model the operator never made: created only (the operator may delete it before any
+        # status could be written into it, so none is).
+        labels = {"modelexpress.io/model-metadata": name, "modelexpress.io/identity": identity.identity_hash(),
+                  "modelexpress.io/rank": "0"}  # fmt: skip
+        stray = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelSourceSlice", "spec": {"modelMetadata": name, "rank": 0},
+                 "metadata": {"name": f"{name}-r0-s7", "labels": labels}}  # fmt: skip
+        custom_objects.create_namespaced_custom_object(GROUP, VERSION, namespace, "modelsourceslices", stray)
+        wait_for(lambda: len(_slices_of(custom_objects, namespace, name)) == 1, 30, what="the stray slice deleted")
         assert {s["podUid"] for s in recorded_sources(custom_objects, namespace, name)} == set(uids.values())
         assert written != _slices_of(custom_objects, namespace, name)[0]["metadata"]["resourceVersion"]
     assert "deleted while it holds 3 entries: writing it again" in runner.output
