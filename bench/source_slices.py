@@ -49,6 +49,7 @@ from kubernetes import client, watch  # noqa: E402
 from prometheus_client import REGISTRY  # noqa: E402
 
 from modelexpress._proto.worker.v1 import worker_pb2  # noqa: E402
+from modelexpress.api.modelsourceslice import metadata_selector  # noqa: E402
 from modelexpress.p2p.identity import WorkerIdentity  # noqa: E402
 from modelexpress.registry.kubernetes import KubernetesRegistry  # noqa: E402
 from modelexpress_operator.recorder import SLICE_WRITERS, Recorder  # noqa: E402
@@ -162,7 +163,7 @@ async def record_fleet(api: client.ApiClient, namespace: str, sources: int, cpu:
 
         def all_recorded() -> bool:
             listed = custom.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, SLICES, label_selector=f"modelexpress.io/model-metadata={name}"
+                GROUP, VERSION, namespace, SLICES, label_selector=metadata_selector(name)
             )
             return sum(len((i.get("status") or {}).get("sources") or []) for i in listed["items"]) == sources
 
@@ -181,7 +182,7 @@ async def record_fleet(api: client.ApiClient, namespace: str, sources: int, cpu:
         await asyncio.sleep(1)  # the summary's write after the slices
         writes = recorder.writes - writes_before
         listed = custom.list_namespaced_custom_object(
-            GROUP, VERSION, namespace, SLICES, label_selector=f"modelexpress.io/model-metadata={name}"
+            GROUP, VERSION, namespace, SLICES, label_selector=metadata_selector(name)
         )
         recorded = sum(len((i.get("status") or {}).get("sources") or []) for i in listed["items"])
         metadata = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modelmetadatas", name)

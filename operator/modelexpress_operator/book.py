@@ -126,7 +126,7 @@ class Book:
         last = self.written.get(name)
         if last is not None and last.covers(version):
             return None  # our own write's event, or an older one
-        holds = len(self.plan.keys(name))
+        holds = len(self.plan.members.get(name, ()))
         if name not in self.plan.members:
             if deleted:
                 return None

@@ -299,7 +299,7 @@ class Recorder:
         for (name, entries), result in zip(contents.items(), results, strict=True):
             if isinstance(result, SliceWrite):
                 book.written[name] = result
-            elif not entries and name not in dict(failures):
+            elif not entries and not isinstance(result, BaseException):
                 book.existing.discard(name)
                 book.written.pop(name, None)
                 if not book.plan.drop_empty(name):  # refilled while it was being deleted

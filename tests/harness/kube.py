@@ -141,8 +141,8 @@ def get_table(api: client.ApiClient, path: str) -> dict[str, Any]:
     return table
 
 
-def recorded_sources(custom: client.CustomObjectsApi, namespace: str, metadata: str) -> list[dict[str, Any]]:
-    """Every source entry the operator recorded for ModelMetadata `metadata`, across its ModelSourceSlices."""
+def recorded_slices(custom: client.CustomObjectsApi, namespace: str, metadata: str) -> list[dict[str, Any]]:
+    """The ModelSourceSlices the operator keeps for ModelMetadata `metadata` (selected as it selects them)."""
     listed = custom.list_namespaced_custom_object(
         "modelexpress.io",
         "v1alpha1",
@@ -150,7 +150,31 @@ def recorded_sources(custom: client.CustomObjectsApi, namespace: str, metadata: 
         "modelsourceslices",
         label_selector=metadata_selector(metadata),
     )
-    return [s for item in listed["items"] for s in (item.get("status") or {}).get("sources") or []]
+    items: list[dict[str, Any]] = listed["items"]
+    return items
+
+
+def recorded_sources(custom: client.CustomObjectsApi, namespace: str, metadata: str) -> list[dict[str, Any]]:
+    """Every source entry the operator recorded for ModelMetadata `metadata`, across its ModelSourceSlices."""
+    return [
+        s
+        for item in recorded_slices(custom, namespace, metadata)
+        for s in (item.get("status") or {}).get("sources") or []
+    ]
+
+
+def create_slice(
+    custom: client.CustomObjectsApi, namespace: str, metadata: str, identity_hash: str, rank: int, index: int = 0
+) -> str:
+    """An empty ModelSourceSlice of ModelMetadata `metadata`, labelled and named as the operator makes slice
+    number `index` of rank `rank`; its name."""
+    name = f"{metadata}-r{rank}-s{index}"
+    labels = {"modelexpress.io/model-metadata": metadata, "modelexpress.io/identity": identity_hash,
+              "modelexpress.io/rank": str(rank)}  # fmt: skip
+    body = {"apiVersion": "modelexpress.io/v1alpha1", "kind": "ModelSourceSlice",
+            "metadata": {"name": name, "labels": labels}, "spec": {"modelMetadata": metadata, "rank": rank}}  # fmt: skip
+    custom.create_namespaced_custom_object("modelexpress.io", "v1alpha1", namespace, "modelsourceslices", body)
+    return name
 
 
 def write_slice(
@@ -165,13 +189,7 @@ def write_slice(
     operator); its name."""
     ranks = {source["rank"] for source in sources} or {0}
     assert len(ranks) == 1, f"a slice holds entries of one rank, not {sorted(ranks)}"
-    (rank,) = ranks
-    name = f"{metadata}-r{rank}-s0"
-    labels = {"modelexpress.io/model-metadata": metadata, "modelexpress.io/identity": identity_hash,
-              "modelexpress.io/rank": str(rank)}  # fmt: skip
-    body = {"apiVersion": "modelexpress.io/v1alpha1", "kind": "ModelSourceSlice",
-            "metadata": {"name": name, "labels": labels}, "spec": {"modelMetadata": metadata, "rank": rank}}  # fmt: skip
-    custom.create_namespaced_custom_object("modelexpress.io", "v1alpha1", namespace, "modelsourceslices", body)
+    name = create_slice(custom, namespace, metadata, identity_hash, ranks.pop())
     custom.patch_namespaced_custom_object_status(
         "modelexpress.io", "v1alpha1", namespace, "modelsourceslices", name,
         {"status": {"sources": sources, "sourceCount": len(sources)}},

@@ -29,7 +29,15 @@ from modelexpress.p2p.identity import WorkerIdentity
 from modelexpress.registry.kubernetes import KubernetesRegistry
 from modelexpress_operator.rbac import WORKER_RULES
 from tests.harness.fixtures import GROUP, VERSION, ServiceAccountClient
-from tests.harness.kube import condition, get_table, recorded_sources, wait_for, write_slice
+from tests.harness.kube import (
+    condition,
+    create_slice,
+    get_table,
+    recorded_slices,
+    recorded_sources,
+    wait_for,
+    write_slice,
+)
 from tests.harness.node import NodeHelper
 from tests.harness.processes import die_with_parent, free_port
 from tests.helpers.sources import Fleet, fleet, start_source
@@ -213,14 +221,6 @@ def test_restarted_operator_keeps_entries_of_live_pods_and_prunes_the_rest(
             assert {s["podUid"] for s in left} == {uids["a"], uids["b"]}
 
 
-def _slices_of(custom: client.CustomObjectsApi, namespace: str, name: str) -> list[dict[str, Any]]:
-    listed = custom.list_namespaced_custom_object(
-        GROUP, VERSION, namespace, "modelsourceslices", label_selector=f"modelexpress.io/model-metadata={name}"
-    )
-    items: list[dict[str, Any]] = listed["items"]
-    return items
-
-
 def test_a_slice_deleted_or_edited_behind_the_operators_back_is_written_again(
     kube_api: client.ApiClient,
     custom_objects: client.CustomObjectsApi,
@@ -238,7 +238,7 @@ def test_a_slice_deleted_or_edited_behind_the_operators_back_is_written_again(
     with fleet() as workers, run_operator(ttl=600) as runner:
         uids = start_worker_pods(core, node, namespace, workers, ["a", "b", "c"], model="test/repair")
         wait_for(sources_when(custom_objects, namespace, name, three), 30, what="3 sources")
-        [piece] = _slices_of(custom_objects, namespace, name)
+        [piece] = recorded_slices(custom_objects, namespace, name)
         written = piece["metadata"]["resourceVersion"]
 
         custom_objects.delete_namespaced_custom_object(
@@ -248,7 +248,7 @@ def test_a_slice_deleted_or_edited_behind_the_operators_back_is_written_again(
             sources_when(custom_objects, namespace, name, three), 30, what="the deleted slice written again"
         )
         assert {s["podUid"] for s in back} == set(uids.values())
-        [again] = _slices_of(custom_objects, namespace, name)
+        [again] = recorded_slices(custom_objects, namespace, name)
         assert again["metadata"]["uid"] != piece["metadata"]["uid"]  # made anew, owned by the ModelMetadata
         assert again["metadata"]["ownerReferences"][0]["name"] == name
 
@@ -260,14 +260,10 @@ def test_a_slice_deleted_or_edited_behind_the_operators_back_is_written_again(
 
         # A slice of the model the operator never made: created only (the operator may delete it before any
         # status could be written into it, so none is).
-        labels = {"modelexpress.io/model-metadata": name, "modelexpress.io/identity": identity.identity_hash(),
-                  "modelexpress.io/rank": "0"}  # fmt: skip
-        stray = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelSourceSlice", "spec": {"modelMetadata": name, "rank": 0},
-                 "metadata": {"name": f"{name}-r0-s7", "labels": labels}}  # fmt: skip
-        custom_objects.create_namespaced_custom_object(GROUP, VERSION, namespace, "modelsourceslices", stray)
-        wait_for(lambda: len(_slices_of(custom_objects, namespace, name)) == 1, 30, what="the stray slice deleted")
+        create_slice(custom_objects, namespace, name, identity.identity_hash(), rank=0, index=7)
+        wait_for(lambda: len(recorded_slices(custom_objects, namespace, name)) == 1, 30, what="the stray slice deleted")
         assert {s["podUid"] for s in recorded_sources(custom_objects, namespace, name)} == set(uids.values())
-        assert written != _slices_of(custom_objects, namespace, name)[0]["metadata"]["resourceVersion"]
+        assert written != recorded_slices(custom_objects, namespace, name)[0]["metadata"]["resourceVersion"]
     assert "deleted while it holds 3 entries: writing it again" in runner.output
     assert "changed by someone else: writing it again as recorded" in runner.output
     assert "holds nothing the operator placed there: deleting it" in runner.output
@@ -874,7 +870,7 @@ def test_entries_of_a_release_before_slices_move_into_slices_without_losing_a_re
     registry = KubernetesRegistry(namespace, api=kube_api)
     with run_operator(ttl=600):
         moved = wait_for(
-            lambda: (p := _slices_of(custom_objects, namespace, name)) and [x["metadata"]["name"] for x in p] == [f"{name}-r0-s0"] and p,
+            lambda: (p := recorded_slices(custom_objects, namespace, name)) and [x["metadata"]["name"] for x in p] == [f"{name}-r0-s0"] and p,
             30, what="moved into one slice of rank 0",
         )  # fmt: skip
         held = moved[0]["status"]["sources"]

@@ -27,6 +27,7 @@ from modelexpress_operator.recorder import Recorder
 from modelexpress_operator.settings import OperatorSettings
 from modelexpress_operator.workers import WorkerTarget
 from tests.harness.fixtures import GROUP, VERSION
+from tests.harness.kube import recorded_slices, recorded_sources
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(600)]
 RANKS, TP, NODES = 10_000, 8, 500
@@ -61,7 +62,7 @@ def _fleet(namespace: str, identity: WorkerIdentity) -> tuple[list[WorkerTarget]
 
 def _check_slices(custom: client.CustomObjectsApi, namespace: str, name: str) -> int:
     """Every rank recorded once, in slices of at most 100 entries of one rank; the largest object's size."""
-    pieces = _slices(custom, namespace, name)
+    pieces = recorded_slices(custom, namespace, name)
     entries = [s for piece in pieces for s in piece["status"]["sources"]]
     assert len(entries) == RANKS and len({(s["podUid"], s["endpoint"]) for s in entries}) == RANKS
     per_rank = -(-RANKS // TP // 100)  # 1,250 entries of each rank: 13 slices
@@ -76,14 +77,6 @@ def _check_slices(custom: client.CustomObjectsApi, namespace: str, name: str) ->
     print(f"\n{RANKS} ranks in {len(pieces)} slices; largest object {largest} bytes (ModelMetadata "
           f"{len(json.dumps(metadata))})")  # fmt: skip
     return largest
-
-
-def _slices(custom: client.CustomObjectsApi, namespace: str, name: str) -> list[dict[str, Any]]:
-    selector = f"modelexpress.io/model-metadata={name}"
-    items: list[dict[str, Any]] = custom.list_namespaced_custom_object(
-        GROUP, VERSION, namespace, "modelsourceslices", label_selector=selector
-    )["items"]
-    return items
 
 
 @dataclass
@@ -116,7 +109,7 @@ class _Fleet:
         return status if status.get(key) == value else None
 
     def entries(self) -> list[dict[str, Any]]:
-        return [s for piece in _slices(self.custom, self.namespace, self.name) for s in piece["status"]["sources"]]
+        return recorded_sources(self.custom, self.namespace, self.name)
 
     async def writes_of(self, change: Coroutine[Any, Any, None], done: Callable[[], Any], what: str) -> int:
         """API writes the recorder made for `change`, once `done` holds."""
@@ -175,7 +168,7 @@ async def _shrink(fleet: _Fleet) -> None:
             fleet.recorder.forget_target(target)
 
     def merged() -> list[dict[str, Any]] | None:
-        pieces = _slices(fleet.custom, fleet.namespace, fleet.name)
+        pieces = recorded_slices(fleet.custom, fleet.namespace, fleet.name)
         return pieces if len(pieces) == 3 * TP else None
 
     pieces = await _settle(merged, "the sparse slices merged")
