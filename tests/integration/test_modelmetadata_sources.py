@@ -868,13 +868,15 @@ def test_entries_of_a_release_before_slices_move_into_slices_without_losing_a_re
         GROUP, VERSION, namespace, "modelsourceslices", f"{name}-s0", {"status": {"sources": [entry], "sourceCount": 1}}
     )
     registry = KubernetesRegistry(namespace, api=kube_api)
+    wanted = {(uid, "Ready") for uid in uids.values()}
+
+    def moved() -> bool:  # the new slice is created, then filled: awaited until it holds the three
+        pieces = recorded_slices(custom_objects, namespace, name)
+        held = {(s["podUid"], s["state"]) for p in pieces for s in (p.get("status") or {}).get("sources") or []}
+        return [p["metadata"]["name"] for p in pieces] == [f"{name}-r0-s0"] and held == wanted
+
     with run_operator(ttl=600):
-        moved = wait_for(
-            lambda: (p := recorded_slices(custom_objects, namespace, name)) and [x["metadata"]["name"] for x in p] == [f"{name}-r0-s0"] and p,
-            30, what="moved into one slice of rank 0",
-        )  # fmt: skip
-        held = moved[0]["status"]["sources"]
-        assert {(s["podUid"], s["state"]) for s in held} == {(uid, "Ready") for uid in uids.values()}
+        wait_for(moved, 30, what="all three moved into one slice of rank 0, the old slice gone")
         status = wait_for(lambda: (s := status_of(custom_objects, namespace, name)).get("readySources") == 3 and s, 30)
         assert "sources" not in status  # the old list is gone once the slices hold its entries
         assert sorted(r.pod_uid or "" for r in registry.find_ready(identity)) == sorted(uids.values())
